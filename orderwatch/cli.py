@@ -1,0 +1,231 @@
+"""`orderwatch`: one entry point, sub-commands (CONTRACT §7).
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from orderwatch.config import Config, ConfigError, load_config
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"orderwatch: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _add_scaling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=1, help="worker threads in this process")
+    p.add_argument("--processes", type=int, default=1, help="processes in a local cluster")
+    p.add_argument("--addresses", help="host:port,... of every process (multi-host cluster)")
+    p.add_argument("--process-id", type=int, help="index of this process in --addresses")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orderwatch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the monitoring daemon")
+    run.add_argument("--config", help="YAML config; default: the embedded simulator demo")
+    _add_scaling(run)
+
+    rp = sub.add_parser("replay", help="event-time backtest of the rules on recorded input")
+    rp.add_argument("events", type=Path, help="JSON-lines file of events (mixed types)")
+    rp.add_argument("--config", help="YAML config (rules); default: the embedded default")
+    rp.add_argument("--alerts-out", type=Path, help="write one JSON line per alert change")
+    rp.add_argument(
+        "--dead-letters", type=Path, help="rejected lines (default: <state.dir>/dead-letters.jsonl)"
+    )
+    rp.add_argument("--batch-size", type=int, default=2000, help="lines read per batch")
+    rp.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+    rp.add_argument("--summary-json", type=Path, help="also write the summary as JSON")
+    rp.add_argument("--progress-file", type=Path, help=argparse.SUPPRESS)
+    rp.add_argument("--no-sort", action="store_true", help=argparse.SUPPRESS)
+    _add_scaling(rp)
+
+    cc = sub.add_parser("check-config", help="validate a config and print what would run")
+    cc.add_argument("file")
+
+    sim = sub.add_parser("simulate", help="realistic order traffic with failure scenarios")
+    sim.add_argument("--out", default="-", help="file path, '-' for stdout, or kafka://host:port")
+    sim.add_argument("--events", type=int, default=10_000, help="number of events to write")
+    sim.add_argument(
+        "--rate", type=float, help="events per wall second (default: as fast as possible)"
+    )
+    sim.add_argument(
+        "--orders-per-minute", type=float, default=600.0, help="new orders per simulated minute"
+    )
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument(
+        "--start", help="RFC 3339 start of simulated time (default: 2026-11-11T00:00:00+08:00)"
+    )
+    sim.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="NAME[=SHARE]",
+        help="switch a failure scenario on (repeatable)",
+    )
+    sim.add_argument("--list-scenarios", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {
+        "replay": _cmd_replay,
+        "check-config": _cmd_check_config,
+        "run": _cmd_run,
+        "simulate": _cmd_simulate,
+    }[args.command]
+    return int(handler(args) or 0)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from orderwatch.describe import describe
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{args.file}: invalid config", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    print(describe(cfg))
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from orderwatch import replay
+
+    cfg = _load(args.config)
+    if not args.events.is_file():
+        print(f"orderwatch: {args.events}: no such file", file=sys.stderr)
+        return 2
+    alerts_out: Path = args.alerts_out or Path(cfg.state.dir) / "replay-alerts.jsonl"
+    dead_letters: Path = args.dead_letters or Path(cfg.state.dir) / "dead-letters.jsonl"
+    in_cluster = args.addresses is not None
+    if not in_cluster:
+        for path in (alerts_out, dead_letters):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+    show = not args.quiet and sys.stderr.isatty()
+    total = args.events.stat().st_size
+    with _progress(show, total) as on_progress:
+        if args.processes > 1 and not in_cluster:
+            summary = replay.run_cluster(
+                args.events,
+                Path(args.config) if args.config else None,
+                alerts_out,
+                dead_letters,
+                processes=args.processes,
+                workers=args.workers,
+                batch_size=args.batch_size,
+                on_progress=on_progress,
+            )
+        else:
+            addresses = args.addresses.split(",") if in_cluster else None
+            summary = replay.run_here(
+                args.events,
+                cfg,
+                alerts_out,
+                dead_letters,
+                workers=args.workers,
+                batch_size=args.batch_size,
+                addresses=addresses,
+                process_id=args.process_id,
+                progress_file=args.progress_file,
+                on_progress=on_progress,
+            )
+    if not args.no_sort:
+        replay.sort_alert_file(alerts_out)
+    if args.summary_json:
+        args.summary_json.write_text(json.dumps(summary.to_json()))
+    if not args.quiet:
+        _print_summary(summary, alerts_out, dead_letters)
+    return 0
+
+
+class _NoProgress:
+    def __enter__(self) -> Any:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(show: bool, total: int) -> Any:
+    if not show:
+        return _NoProgress()
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    @contextmanager
+    def bar() -> Any:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        ) as p:
+            task = p.add_task("replaying", total=total)
+            yield lambda done: p.update(task, completed=done)
+
+    return bar()
+
+
+def _print_summary(summary: Any, alerts_out: Path, dead_letters: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    t = Table(title="replay summary", show_header=True)
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    for etype, n in sorted(summary.events.items()):
+        t.add_row(f"events: {etype}", f"{n:,}")
+    for reason, n in sorted(summary.rejected.items()):
+        t.add_row(f"rejected: {reason}", f"{n:,}")
+    t.add_row("duplicates dropped", f"{summary.duplicates:,}")
+    t.add_row("late events", f"{summary.late:,}")
+    for key, n in sorted(summary.alerts.items()):
+        t.add_row(f"alerts: {key}", f"{n:,}")
+    t.add_row("orders still tracked", f"{summary.orders_open:,}")
+    t.add_row("lines read", f"{summary.lines:,}")
+    t.add_row("seconds", f"{summary.seconds:.2f}")
+    t.add_row("events/s", f"{summary.rate:,.0f}")
+    console.print(t)
+    console.print(f"alerts: {alerts_out}   dead letters: {dead_letters}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from orderwatch.daemon import run_daemon
+
+    cfg = _load(args.config)
+    return run_daemon(
+        cfg,
+        workers=args.workers,
+        processes=args.processes,
+        addresses=args.addresses,
+        process_id=args.process_id,
+    )
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from orderwatch.simulate.cli import simulate_command
+
+    return simulate_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""The YAML config (CONTRACT §8) as pydantic models, with `${VAR}` from the environment.
+
+`load_config` either returns a valid `Config` or raises `ConfigError` listing every problem
+with the dotted path of the bad key (`rules.stuck[1].max_dwell: ...`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from orderwatch.domain.lifecycle import STATUSES
+from orderwatch.durations import parse_duration_ms
+
+Severity = Literal["info", "warning", "critical"]
+EventType = Literal["order", "payment", "wms", "logistics", "access_log"]
+Status = Literal[STATUSES]  # type: ignore[valid-type]
+AnomalyKind = Literal[
+    "illegal_transition",
+    "shipped_without_tracking",
+    "conflicting_tracking",
+    "amount_mismatch",
+    "duplicate_payment",
+]
+# Milliseconds, written as "90s", "30m", "48h".
+Duration = Annotated[int, BeforeValidator(parse_duration_ms), Field(ge=0)]
+PositiveDuration = Annotated[int, BeforeValidator(parse_duration_ms), Field(gt=0)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
+
+
+class ConfigError(Exception):
+    """The config cannot run; `errors` holds one `path: message` line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("invalid config:\n" + "\n".join(f"  {e}" for e in errors))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- sources -------------------------------------------------------------------------------
+
+
+class KafkaSource(_Model):
+    kind: Literal["kafka"]
+    name: str | None = None
+    brokers: list[str] = Field(min_length=1)
+    topics: dict[str, EventType | Literal["mixed"]] = Field(min_length=1)
+    starting_offset: Literal["beginning", "end"] = "beginning"
+    add_config: dict[str, str] = Field(default_factory=dict)
+
+
+class FileSource(_Model):
+    kind: Literal["file"]
+    name: str | None = None
+    path: Path
+    follow: bool = False
+    type: EventType | None = None  # bind the file to one event type (`type` may be omitted)
+    format: Literal["jsonl", "nginx"] = "jsonl"
+    batch_size: int = Field(default=2000, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _nginx_is_access_log(self) -> FileSource:
+        if self.format == "nginx" and self.type not in (None, "access_log"):
+            raise ValueError("format 'nginx' carries access_log events only")
+        return self
+
+
+class SimulatorSource(_Model):
+    kind: Literal["simulator"]
+    name: str | None = None
+    rate: float = Field(default=200.0, gt=0)  # events per wall second
+    speed: float = Field(default=60.0, gt=0)  # simulated seconds per wall second
+    seed: int = 1
+    scenarios: dict[str, float] = Field(default_factory=dict)
+    start: str | None = None  # RFC 3339 start of simulated time; default: now
+
+
+Source = Annotated[KafkaSource | FileSource | SimulatorSource, Field(discriminator="kind")]
+
+
+# --- rules ---------------------------------------------------------------------------------
+
+
+class StuckRule(_Model):
+    name: Name
+    statuses: list[Status] = Field(min_length=1)
+    max_dwell: PositiveDuration
+    since: Literal["entered", "last_update"] = "entered"
+    severity: Severity = "warning"
+    channels: list[str] | None = None
+    warehouses: list[str] | None = None
+    summary: str | None = None  # optional wording for the alert
+
+
+class Gap(_Model):
+    within: PositiveDuration
+    severity: Severity = "warning"
+
+
+class Gaps(_Model):
+    paid_without_wms: Gap | None = None
+    wms_without_payment: Gap | None = None
+    payment_not_applied: Gap | None = None
+
+
+class Anomalies(_Model):
+    severity: Severity = "warning"
+    disabled: list[AnomalyKind] = Field(default_factory=list)
+    severities: dict[AnomalyKind, Severity] = Field(default_factory=dict)
+
+
+class Rules(_Model):
+    stuck: list[StuckRule] = Field(default_factory=list)
+    gaps: Gaps = Field(default_factory=Gaps)
+    anomalies: Anomalies = Field(default_factory=Anomalies)
+    fulfilment_sla: PositiveDuration = parse_duration_ms("4h")
+
+    @field_validator("stuck")
+    @classmethod
+    def _unique_names(cls, rules: list[StuckRule]) -> list[StuckRule]:
+        seen: set[str] = set()
+        for r in rules:
+            if r.name in seen:
+                raise ValueError(f"duplicate stuck rule name {r.name!r}")
+            seen.add(r.name)
+        return rules
+
+
+class Lifecycle(_Model):
+    """Changes to the default state machine: `{from_status: [to_status, ...]}`."""
+
+    allow: dict[Status, list[Status]] = Field(default_factory=dict)
+    forbid: dict[Status, list[Status]] = Field(default_factory=dict)
+
+
+# --- breakers, switches, notifiers (validated here; run by their own modules) ---------------
+
+
+class BreakerWhen(_Model):
+    qps_above: float | None = Field(default=None, gt=0)
+    error_ratio_above: float | None = Field(default=None, gt=0, le=1)
+    slow_ratio_above: float | None = Field(default=None, gt=0, le=1)
+    slow_ms: float | None = Field(default=None, gt=0)
+    p99_ms_above: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_signal(self) -> BreakerWhen:
+        signals = [self.qps_above, self.error_ratio_above, self.slow_ratio_above, self.p99_ms_above]
+        if sum(s is not None for s in signals) != 1:
+            raise ValueError(
+                "give exactly one of qps_above, error_ratio_above, slow_ratio_above, p99_ms_above"
+            )
+        if self.slow_ratio_above is not None and self.slow_ms is None:
+            raise ValueError("slow_ratio_above needs slow_ms")
+        return self
+
+
+class BreakerBacklog(_Model):
+    status: Status
+    count_above: int | None = Field(default=None, ge=0)
+    oldest_above: Duration | None = None
+
+
+class Breaker(_Model):
+    name: Name
+    route: str | None = None
+    when: BreakerWhen | None = None
+    backlog: BreakerBacklog | None = None
+    window: PositiveDuration = parse_duration_ms("10s")
+    min_requests: int = Field(default=20, ge=0)
+    recovery: PositiveDuration = parse_duration_ms("60s")
+    switches: list[Name] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _route_or_backlog(self) -> Breaker:
+        if (self.route is None) == (self.backlog is None):
+            raise ValueError("a breaker watches either a route (with `when`) or a `backlog`")
+        if self.route is not None and self.when is None:
+            raise ValueError("a route breaker needs `when`")
+        return self
+
+
+class Notifier(_Model):
+    kind: Literal["webhook", "alertmanager", "wecom", "dingtalk", "feishu", "slack", "console"]
+    name: str | None = None
+    url: str | None = None
+    secret: str | None = None
+    keyword: str | None = None
+    match: dict[str, str] = Field(default_factory=dict)
+    mention_mobiles: list[str] = Field(default_factory=list)
+    mention_users: list[str] = Field(default_factory=list)
+    rate_per_minute: int | None = Field(default=None, gt=0)
+    send_resolved: bool = True
+
+    @model_validator(mode="after")
+    def _url_needed(self) -> Notifier:
+        if self.kind != "console" and not self.url:
+            raise ValueError(f"a {self.kind} notifier needs `url`")
+        if self.url and not re.match(r"^https?://", self.url):
+            raise ValueError("url must start with http:// or https://")
+        return self
+
+
+class Routing(_Model):
+    group_by: list[str] = Field(default_factory=lambda: ["alertname", "rule"])
+    group_wait: Duration = parse_duration_ms("30s")
+    group_interval: Duration = parse_duration_ms("5m")
+    repeat_interval: Duration = parse_duration_ms("4h")
+
+
+class Http(_Model):
+    listen: str = "127.0.0.1:8080"
+    token_env: str | None = "ORDERWATCH_TOKEN"
+    token_file: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"expected host:port, got {v!r}")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class State(_Model):
+    dir: Path = Path("./state")
+    recovery: bool = False  # bytewax snapshots of the dataflow state (resume after restart)
+    snapshot_interval: PositiveDuration = parse_duration_ms("30s")
+
+
+class Engine(_Model):
+    """Tuning that never changes results."""
+
+    shards: int = Field(default=32, ge=1, le=4096)
+    terminal_retention: Duration = parse_duration_ms("1h")
+    order_ttl: PositiveDuration = parse_duration_ms("30d")
+    dedup_horizon: PositiveDuration = parse_duration_ms("24h")
+    timeline_events: int = Field(default=20, ge=1, le=1000)
+    max_event_bytes: int = Field(default=65_536, ge=256)
+    max_future: Duration = parse_duration_ms("10m")  # live only: reject ts this far ahead
+
+
+class MetricsCfg(_Model):
+    top_stuck: int = Field(default=20, ge=0, le=200)
+    max_label_values: int = Field(default=50, ge=1, le=1000)
+    channels: list[str] = Field(default_factory=list)  # always labelled; others up to the cap
+    routes: list[str] = Field(default_factory=list)
+
+
+# --- the whole file ------------------------------------------------------------------------
+
+
+class Config(_Model):
+    timezone: str = "Asia/Shanghai"
+    assume_timezone: str | None = None
+    lateness: Duration = parse_duration_ms("60s")
+    idle_after: PositiveDuration = parse_duration_ms("5s")
+    sources: list[Source] = Field(default_factory=list)
+    status_map: dict[str, Status] = Field(default_factory=dict)
+    rules: Rules = Field(default_factory=Rules)
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
+    breakers: list[Breaker] = Field(default_factory=list)
+    switches: list[Name] = Field(default_factory=list)
+    notifiers: list[Notifier] = Field(default_factory=list)
+    routing: Routing = Field(default_factory=Routing)
+    http: Http = Field(default_factory=Http)
+    state: State = Field(default_factory=State)
+    engine: Engine = Field(default_factory=Engine)
+    metrics: MetricsCfg = Field(default_factory=MetricsCfg)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {v!r} (use an IANA name like Asia/Shanghai)"
+            ) from None
+        return v
+
+    @field_validator("assume_timezone")
+    @classmethod
+    def _assumed(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_zone(v)
+        return v
+
+    @model_validator(mode="after")
+    def _switches_declared(self) -> Config:
+        declared = set(self.switches)
+        for i, b in enumerate(self.breakers):
+            for s in b.switches:
+                if s not in declared:
+                    raise ValueError(f"breakers[{i}].switches: {s!r} is not listed in `switches`")
+        return self
+
+    @property
+    def display_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def parse_zone(text: str) -> timezone | ZoneInfo:
+    """`+08:00`, `-05:30`, `UTC` or an IANA zone name."""
+    m = re.fullmatch(r"([+-])(\d{2}):?(\d{2})", text.strip())
+    if m:
+        sign = 1 if m.group(1) == "+" else -1
+        return timezone(sign * timedelta(hours=int(m.group(2)), minutes=int(m.group(3))))
+    if text.strip().upper() in ("Z", "UTC"):
+        return UTC
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {text!r} (use '+08:00' or an IANA name)") from None
+
+
+# --- loading -------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(node: Any, path: str, env: dict[str, str], errors: list[str]) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string, recording unset variables."""
+    if isinstance(node, dict):
+        return {k: _expand(v, _join(path, str(k)), env, errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, f"{path}[{i}]", env, errors) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            errors.append(f"{path}: environment variable {name} is not set")
+            return ""
+
+        return _VAR.sub(sub, node)
+    return node
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("kafka", "file", "simulator") and out.endswith("]"):
+            continue  # pydantic's discriminator tag, not a key the user wrote
+        else:
+            out = _join(out, str(part))
+    return out or "(top level)"
+
+
+def validate_config(data: Any, env: dict[str, str] | None = None) -> Config:
+    """Validate an already-parsed YAML document."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): expected a mapping of keys"])
+    errors: list[str] = []
+    data = _expand(data, "", dict(os.environ if env is None else env), errors)
+    if errors:
+        raise ConfigError(errors)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([f"{_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
+
+
+def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> Config:
+    """Load and validate a config file; None gives the embedded default (simulator demo)."""
+    if path is None:
+        from importlib.resources import files
+
+        text = files("orderwatch").joinpath("defaults/demo.yaml").read_text("utf-8")
+        source = "embedded default"
+    else:
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        source = str(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError([f"{source}: not valid YAML at {where}: {exc}"]) from None
+    return validate_config(data, env)

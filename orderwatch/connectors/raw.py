@@ -1,0 +1,23 @@
+"""The unit every source hands to the dataflow: a chunk of raw lines with their positions.
+
+Sources do no decoding: they only read bytes, so a chunk is cheap to produce and to move
+between workers, and decoding happens in one place (`pipelines.route`).
+"""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+
+class RawChunk(Struct, gc=False):
+    source: str  # the source's name, e.g. "file:events.jsonl"
+    first: int  # position of the first line (1-based line number or Kafka offset)
+    lines: list[bytes]
+    bound_type: str | None = None  # single-type source: `type` may be omitted
+    fmt: str = "jsonl"  # "jsonl" or "nginx"
+    positions: list[str] | None = None  # explicit positions when not consecutive
+
+    def position(self, i: int) -> str:
+        if self.positions is not None:
+            return self.positions[i]
+        return str(self.first + i)

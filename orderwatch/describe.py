@@ -1,0 +1,100 @@
+"""`orderwatch check-config`: what a valid config would run, in plain words, secrets redacted."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from orderwatch.config import Config, FileSource, KafkaSource, SimulatorSource
+from orderwatch.durations import format_duration_ms as fmt
+
+
+def _redact(url: str | None) -> str:
+    """Scheme and host only: webhook URLs carry their key in the path or query."""
+    if not url:
+        return "-"
+    parts = urlsplit(url)
+    return (
+        f"{parts.scheme}://{parts.netloc}/…"
+        if parts.path not in ("", "/") or parts.query
+        else f"{parts.scheme}://{parts.netloc}"
+    )
+
+
+def describe(cfg: Config) -> str:
+    lines = ["config OK", ""]
+    lines.append(
+        f"event time: lateness {fmt(cfg.lateness)}, idle after {fmt(cfg.idle_after)}, "
+        f"display zone {cfg.timezone}, naive timestamps "
+        + (f"read as {cfg.assume_timezone}" if cfg.assume_timezone else "rejected")
+    )
+    lines.append("sources:")
+    for s in cfg.sources or []:
+        if isinstance(s, KafkaSource):
+            lines.append(
+                f"  kafka {','.join(s.brokers)} topics "
+                + ", ".join(f"{t}→{k}" for t, k in s.topics.items())
+            )
+        elif isinstance(s, FileSource):
+            mode = "follow" if s.follow else "read once"
+            lines.append(f"  file {s.path} ({s.format}, {s.type or 'mixed'}, {mode})")
+        elif isinstance(s, SimulatorSource):
+            lines.append(
+                f"  simulator {s.rate:g} events/s at {s.speed:g}x, scenarios: "
+                + (", ".join(s.scenarios) or "none")
+            )
+    if not cfg.sources:
+        lines.append("  (none: `run` would use the embedded simulator)")
+    lines.append("stuck rules:")
+    for r in cfg.rules.stuck:
+        filt = ""
+        if r.channels:
+            filt += f" channels={','.join(r.channels)}"
+        if r.warehouses:
+            filt += f" warehouses={','.join(r.warehouses)}"
+        lines.append(
+            f"  {r.name}: {'/'.join(r.statuses)} longer than {fmt(r.max_dwell)} "
+            f"since {r.since} → {r.severity}{filt}"
+        )
+    lines.append("gap rules:")
+    for name in ("paid_without_wms", "wms_without_payment", "payment_not_applied"):
+        g = getattr(cfg.rules.gaps, name)
+        lines.append(f"  {name}: " + (f"within {fmt(g.within)} → {g.severity}" if g else "off"))
+    off = set(cfg.rules.anomalies.disabled)
+    lines.append(
+        f"anomalies ({cfg.rules.anomalies.severity}): "
+        + ", ".join(
+            k
+            for k in (
+                "illegal_transition",
+                "shipped_without_tracking",
+                "conflicting_tracking",
+                "amount_mismatch",
+                "duplicate_payment",
+            )
+            if k not in off
+        )
+    )
+    lines.append(f"fulfilment SLA (pay → collect): {fmt(cfg.rules.fulfilment_sla)}")
+    if cfg.status_map:
+        lines.append("status map: " + ", ".join(f"{k}→{v}" for k, v in cfg.status_map.items()))
+    lines.append("breakers:")
+    for b in cfg.breakers:
+        watch = f"route {b.route}" if b.route else f"backlog in {b.backlog.status}"  # type: ignore[union-attr]
+        lines.append(f"  {b.name}: {watch} → switches {', '.join(b.switches) or '-'}")
+    lines.append("switches: " + (", ".join(cfg.switches) or "-"))
+    lines.append("notifiers:")
+    for n in cfg.notifiers:
+        match = " when " + ",".join(f"{k}={v}" for k, v in n.match.items()) if n.match else ""
+        signed = " (signed)" if n.secret else ""
+        lines.append(f"  {n.kind} {_redact(n.url)}{signed}{match}")
+    r = cfg.routing
+    lines.append(
+        f"routing: group by {','.join(r.group_by)}, wait {fmt(r.group_wait)}, "
+        f"interval {fmt(r.group_interval)}, repeat {fmt(r.repeat_interval)}"
+    )
+    lines.append(
+        f"http: {cfg.http.listen}, token from "
+        + (f"${cfg.http.token_env}" if cfg.http.token_env else str(cfg.http.token_file))
+    )
+    lines.append(f"state dir: {cfg.state.dir}; shards: {cfg.engine.shards}")
+    return "\n".join(lines)

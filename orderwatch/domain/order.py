@@ -1,0 +1,79 @@
+"""What orderwatch remembers about one order: a compact record with `__slots__`.
+
+Times are epoch ms ints, statuses/channels/warehouses interned strings. `flags` packs the
+per-order bits (one-shot anomalies fired, gap rules evaluated or firing, stuck rules
+evaluated or firing) into one int.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+# flags layout
+ANOMALY_BIT = 0  # bits 0-4: anomaly kinds fired (in rules.ANOMALIES order)
+PRESALE = 1 << 5  # passed through deposit_paid: two payments expected
+COLLECTED = 1 << 6  # pay-to-collect measured
+GAP_DONE_BIT = 8  # bits 8-10: gap rule evaluated (in rules.GAP_RULES order)
+GAP_FIRING_BIT = 12  # bits 12-14: gap rule firing
+STUCK_BIT = 16  # rule i: done = 16 + 2i, firing = 17 + 2i
+
+
+def stuck_done(i: int) -> int:
+    return 1 << (STUCK_BIT + 2 * i)
+
+
+def stuck_firing(i: int) -> int:
+    return 1 << (STUCK_BIT + 2 * i + 1)
+
+
+class OrderRec:
+    """One tracked order. `log` is its recent timeline: (event, status after, note)."""
+
+    __slots__ = (
+        "channel",
+        "closed_at",
+        "due",
+        "entered",
+        "flags",
+        "last_update",
+        "log",
+        "paid_at",
+        "pay_ts",
+        "payable",
+        "payments",
+        "refund_from",
+        "seen",
+        "since",
+        "status",
+        "tracking",
+        "warehouse",
+        "wms_at",
+    )
+
+    def __init__(self, ts: int) -> None:
+        self.status: str | None = None  # None: known only from payment/WMS/logistics so far
+        self.since: int = ts  # when the current status was entered
+        self.refund_from: str | None = None
+        self.entered: list[int | None] | None = None  # per stuck rule: entered its status set
+        self.last_update: int | None = None  # last order/WMS/logistics event
+        self.seen: int = ts  # last event of any kind
+        self.channel: str | None = None
+        self.warehouse: str | None = None
+        self.payable: Decimal | None = None
+        self.tracking: str | None = None
+        self.paid_at: int | None = None  # first successful payment
+        self.pay_ts: int | None = None  # start of pay-to-collect: payment or `paid`, first
+        self.payments: dict[str, Decimal | None] | None = None  # successful, not refunded
+        self.wms_at: int | None = None  # first WMS event other than `cancelled`
+        self.closed_at: int | None = None  # cancelled / refunded / closed
+        self.flags: int = 0
+        self.due: int | None = None  # due time of this order's live deadline-heap entry
+        self.log: list[tuple[Any, str | None, str | None]] = []
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, s) for s in OrderRec.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(OrderRec.__slots__, state, strict=True):
+            setattr(self, name, value)

@@ -1,0 +1,121 @@
+"""Plain, single-writer measurement state kept by each shard and read by the exporter.
+
+The hot path only bumps ints in lists and dicts it owns (no locks); `orderwatch.metrics`
+sums them over shards when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Sequence
+
+# Seconds: minutes to days, for time spent in an order status.
+DWELL_BUCKETS: tuple[float, ...] = (
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+    7200,
+    14400,
+    28800,
+    86400,
+    172800,
+    604800,
+)
+LAG_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+OTHER = "other"
+
+
+class Histogram:
+    """Cumulative-bucket histogram in one writer's hands (upper bounds, +Inf implicit)."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def merge_into(self, counts: list[int]) -> None:
+        for i, c in enumerate(self.counts):
+            counts[i] += c
+
+
+class LabelCap:
+    """Keeps a label's value set bounded: the first `limit` values pass, later ones are 'other'."""
+
+    __slots__ = ("_limit", "_seen")
+
+    def __init__(self, limit: int, always: Sequence[str] = ()) -> None:
+        self._seen: set[str] = set(always)
+        self._limit = max(limit, len(self._seen))
+
+    def __call__(self, value: str | None) -> str:
+        if value is None or value == "":
+            return "unknown"
+        if value in self._seen:
+            return value
+        if len(self._seen) < self._limit:
+            self._seen.add(value)
+            return value
+        return OTHER
+
+
+class ShardStats:
+    """What one shard measured; every field is only written by that shard's worker."""
+
+    __slots__ = (
+        "anomalies",
+        "channels",
+        "duplicates",
+        "dwell",
+        "forgotten",
+        "late",
+        "leaks",
+        "pay_to_collect",
+        "pay_to_collect_within",
+        "payments",
+        "status_counts",
+        "warehouses",
+        "wms_outbounds",
+    )
+
+    def __init__(
+        self, channels: LabelCap | None = None, warehouses: LabelCap | None = None
+    ) -> None:
+        self.channels = channels or LabelCap(50)
+        self.warehouses = warehouses or LabelCap(50)
+        self.status_counts: Counter[str] = Counter()
+        self.dwell: dict[tuple[str, str], Histogram] = {}
+        self.pay_to_collect = Histogram(DWELL_BUCKETS)
+        self.pay_to_collect_within = 0
+        self.anomalies: Counter[str] = Counter()
+        self.payments: Counter[str] = Counter()  # successful payments by channel
+        self.wms_outbounds: Counter[str] = Counter()  # first WMS outbound by channel
+        self.leaks: Counter[tuple[str, str]] = Counter()  # paid_without_wms by channel, warehouse
+        self.late = 0
+        self.duplicates = 0
+        self.forgotten = 0
+
+    def observe_dwell(self, status: str, channel: str | None, ms: int) -> None:
+        key = (status, self.channels(channel))
+        h = self.dwell.get(key)
+        if h is None:
+            h = self.dwell[key] = Histogram(DWELL_BUCKETS)
+        h.observe(ms / 1000)
+
+    def observe_pay_to_collect(self, ms: int, within_sla: bool) -> None:
+        self.pay_to_collect.observe(ms / 1000)
+        if within_sla:
+            self.pay_to_collect_within += 1

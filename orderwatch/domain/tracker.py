@@ -1,0 +1,500 @@
+"""The orders of one shard, driven in event time by a watermark (CONTRACT §2-§3).
+
+Events are buffered in a heap and applied in event-time order (ties: order, payment, WMS,
+logistics, then arrival) once the watermark reaches them. Before an event at `t` is applied,
+every deadline `T < t` fires, so a condition ended by an event at exactly `T` never fires,
+and one ended later fires at `T` and resolves at the event's time. Each order has at most one
+live entry in the deadline heap: its earliest due time, re-computed after every change.
+
+Pure logic: no bytewax, no wall clock. The result depends only on the events and the
+watermarks fed in, which is what makes replays exact and worker counts irrelevant.
+"""
+
+from __future__ import annotations
+
+import heapq
+import sys
+from decimal import Decimal
+from typing import Any
+
+from orderwatch.domain import wording
+from orderwatch.domain.alert import FIRING, AlertChange
+from orderwatch.domain.dedup import Deduper
+from orderwatch.domain.lifecycle import (
+    CLOSING,
+    CREATED,
+    DEPOSIT_PAID,
+    PAID,
+    REFUND_REQUESTED,
+    SHIPPED,
+    TERMINAL,
+    canonical,
+)
+from orderwatch.domain.order import (
+    ANOMALY_BIT,
+    COLLECTED,
+    GAP_DONE_BIT,
+    GAP_FIRING_BIT,
+    PRESALE,
+    OrderRec,
+    stuck_done,
+    stuck_firing,
+)
+from orderwatch.domain.rules import (
+    AMOUNT_MISMATCH,
+    ANOMALIES,
+    ANOMALY_ALERT,
+    CONFLICTING_TRACKING,
+    DUPLICATE_PAYMENT,
+    GAP_ALERT,
+    GAP_RULES,
+    ILLEGAL_TRANSITION,
+    PAID_WITHOUT_WMS,
+    PAYMENT_NOT_APPLIED,
+    SHIPPED_WITHOUT_TRACKING,
+    STUCK_ALERT,
+    WMS_WITHOUT_PAYMENT,
+    RuleSet,
+    StuckSpec,
+)
+from orderwatch.domain.stats import ShardStats
+from orderwatch.events import LogisticsEvent, OrderEvent, PaymentEvent, WmsEvent, rank
+
+_ANOMALY_FLAG = {kind: 1 << (ANOMALY_BIT + i) for i, kind in enumerate(ANOMALIES)}
+_GAP_DONE = {name: 1 << (GAP_DONE_BIT + i) for i, name in enumerate(GAP_RULES)}
+_GAP_FIRING = {name: 1 << (GAP_FIRING_BIT + i) for i, name in enumerate(GAP_RULES)}
+
+
+def _intern(s: str | None) -> str | None:
+    return None if s is None else sys.intern(s)
+
+
+_COLLECT_STATUSES = frozenset({"shipped", "in_transit", "delivered", "completed"})
+
+
+class ShardTracker:
+    """All orders whose id hashes to one shard."""
+
+    def __init__(self, rules: RuleSet, stats: ShardStats | None = None) -> None:
+        self.rules = rules
+        self.stats = stats or ShardStats()
+        self.orders: dict[str, OrderRec] = {}
+        self.firing: dict[tuple[str, str], AlertChange] = {}
+        self.watermark: int | None = None
+        self._pending: list[tuple[int, int, int, Any]] = []
+        self._deadlines: list[tuple[int, str]] = []
+        self._seq = 0
+        self._dedup = Deduper(rules.dedup_horizon_ms)
+        self._zone = rules.timezone
+        self._entered_rules = tuple(s for s in rules.stuck if s.since_entered)
+        self._update_rules = tuple(s for s in rules.stuck if not s.since_entered)
+        self._firing_mask = sum(_GAP_FIRING.values()) | sum(
+            stuck_firing(s.index) for s in rules.stuck
+        )
+
+    # --- intake ------------------------------------------------------------------------------
+
+    def ingest(self, ts: int, ev: OrderEvent | PaymentEvent | WmsEvent | LogisticsEvent) -> bool:
+        """Buffer one event until the watermark reaches it; False if it was a duplicate."""
+        if ev.event_id is not None and self._dedup.seen(ev.event_id, ts):
+            self.stats.duplicates += 1
+            return False
+        if type(ev) is OrderEvent:  # re-share strings that crossed a process boundary
+            ev.status = canonical(ev.status) or ev.status
+            ev.channel = _intern(ev.channel)
+            ev.warehouse = _intern(ev.warehouse)
+        elif type(ev) is WmsEvent:
+            ev.warehouse = _intern(ev.warehouse)
+        if self.watermark is not None and ts <= self.watermark:
+            self.stats.late += 1
+        self._seq += 1
+        heapq.heappush(self._pending, (ts, rank(ev), self._seq, ev))
+        return True
+
+    def advance(self, watermark: int) -> list[AlertChange]:
+        """Apply buffered events up to `watermark` and fire deadlines at or before it."""
+        out: list[AlertChange] = []
+        if self.watermark is not None and watermark < self.watermark:
+            watermark = self.watermark
+        pending = self._pending
+        while pending and pending[0][0] <= watermark:
+            ts, _, _, ev = heapq.heappop(pending)
+            self._fire_due(ts - 1, out)
+            self._apply(ts, ev, out)
+        self._fire_due(watermark, out)
+        self.watermark = watermark
+        self._dedup.expire(watermark)
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._pending)
+
+    def next_due(self) -> int | None:
+        """The earliest event time at which something may happen (a buffered event or deadline)."""
+        times = [h[0][0] for h in (self._pending, self._deadlines) if h]
+        return min(times) if times else None
+
+    # --- deadlines ---------------------------------------------------------------------------
+
+    def _fire_due(self, limit: int, out: list[AlertChange]) -> None:
+        heap = self._deadlines
+        orders = self.orders
+        while heap and heap[0][0] <= limit:
+            due, oid = heapq.heappop(heap)
+            rec = orders.get(oid)
+            if rec is None or rec.due != due:
+                continue  # superseded by an earlier entry for the same order
+            rec.due = None
+            if self._evaluate(oid, rec, due, out):
+                self._schedule(oid, rec)
+
+    def _schedule(self, oid: str, rec: OrderRec) -> None:
+        due = self._next_due(rec)
+        if due is not None and (rec.due is None or due < rec.due):
+            rec.due = due
+            heapq.heappush(self._deadlines, (due, oid))
+
+    def _next_due(self, rec: OrderRec) -> int | None:
+        best: int | None = None
+        flags = rec.flags
+        status = rec.status
+        for spec in self.rules.stuck:
+            if status not in spec.statuses or flags & (
+                stuck_done(spec.index) | stuck_firing(spec.index)
+            ):
+                continue
+            if spec.since_entered:
+                clock = rec.entered[spec.index] if rec.entered else None
+            else:
+                clock = rec.last_update
+            if clock is not None:
+                due = clock + spec.max_dwell_ms
+                if best is None or due < best:
+                    best = due
+        for name, gap in self.rules.gaps.items():
+            if flags & _GAP_DONE[name]:
+                continue
+            clock = rec.wms_at if name == WMS_WITHOUT_PAYMENT else rec.paid_at
+            if clock is not None:
+                due = clock + gap.within_ms
+                if best is None or due < best:
+                    best = due
+        expiry = self._expiry(rec)
+        if expiry is not None and (best is None or expiry < best):
+            best = expiry
+        return best
+
+    def _expiry(self, rec: OrderRec) -> int | None:
+        if rec.flags & self._firing_mask:
+            return None  # never forget an order with a firing alert
+        idle = rec.seen + self.rules.order_ttl_ms
+        if rec.status in TERMINAL:
+            return min(rec.since + self.rules.terminal_retention_ms, idle)
+        return idle
+
+    def _evaluate(self, oid: str, rec: OrderRec, now: int, out: list[AlertChange]) -> bool:
+        """Fire what is due at `now`; False when the order was forgotten."""
+        for spec in self.rules.stuck:
+            self._evaluate_stuck(oid, rec, spec, now, out)
+        for name, gap in self.rules.gaps.items():
+            done = _GAP_DONE[name]
+            if rec.flags & done:
+                continue
+            clock = rec.wms_at if name == WMS_WITHOUT_PAYMENT else rec.paid_at
+            if clock is None or clock + gap.within_ms > now:
+                continue
+            rec.flags |= done
+            if self._gap_open(name, rec):
+                at = clock + gap.within_ms
+                labels = wording.labels(GAP_ALERT, name, gap.severity, oid, rec)
+                notes = wording.gap(name, gap.within_ms, clock, at, oid, rec, self._zone)
+                self._fire(oid, rec, name, _GAP_FIRING[name], labels, notes, at, out)
+        expiry = self._expiry(rec)
+        if expiry is not None and expiry <= now:
+            self._forget(oid, rec)
+            return False
+        return True
+
+    def _evaluate_stuck(
+        self, oid: str, rec: OrderRec, spec: StuckSpec, now: int, out: list[AlertChange]
+    ) -> None:
+        done, firing = stuck_done(spec.index), stuck_firing(spec.index)
+        if rec.status not in spec.statuses or rec.flags & (done | firing):
+            return
+        if spec.since_entered:
+            clock = rec.entered[spec.index] if rec.entered else None
+        else:
+            clock = rec.last_update
+        if clock is None or clock + spec.max_dwell_ms > now:
+            return
+        rec.flags |= done
+        if not spec.applies_to(rec.channel, rec.warehouse):
+            return
+        at = clock + spec.max_dwell_ms
+        labels = wording.labels(STUCK_ALERT, spec.name, spec.severity, oid, rec)
+        notes = wording.stuck(
+            spec.name,
+            spec.statuses,
+            spec.max_dwell_ms,
+            spec.since_entered,
+            clock,
+            at,
+            oid,
+            rec,
+            self._zone,
+            spec.summary,
+        )
+        self._fire(oid, rec, spec.name, firing, labels, notes, at, out)
+
+    @staticmethod
+    def _gap_open(name: str, rec: OrderRec) -> bool:
+        if name == PAID_WITHOUT_WMS:
+            return rec.wms_at is None and rec.closed_at is None
+        if name == WMS_WITHOUT_PAYMENT:
+            return rec.paid_at is None
+        return rec.status == CREATED  # payment_not_applied
+
+    def _forget(self, oid: str, rec: OrderRec) -> None:
+        del self.orders[oid]
+        self.stats.status_counts[rec.status or "unknown"] -= 1
+        self.stats.forgotten += 1
+
+    # --- alert state -------------------------------------------------------------------------
+
+    def _fire(
+        self,
+        oid: str,
+        rec: OrderRec,
+        rule: str,
+        bit: int,
+        labels: dict[str, str],
+        notes: dict[str, str],
+        at: int,
+        out: list[AlertChange],
+    ) -> None:
+        alert = AlertChange(FIRING, labels, notes, at, None)
+        rec.flags |= bit
+        self.firing[(oid, rule)] = alert
+        out.append(alert)
+
+    def _resolve(
+        self, oid: str, rec: OrderRec, rule: str, bit: int, ts: int, out: list[AlertChange]
+    ) -> None:
+        if rec.flags & bit:
+            rec.flags &= ~bit
+            alert = self.firing.pop((oid, rule))
+            out.append(alert.resolved(ts))
+
+    def _anomaly(
+        self, oid: str, rec: OrderRec, kind: str, detail: str, ts: int, out: list[AlertChange]
+    ) -> None:
+        flag = _ANOMALY_FLAG[kind]
+        severity = self.rules.anomalies.get(kind)
+        if rec.flags & flag or severity is None:
+            return
+        rec.flags |= flag
+        self.stats.anomalies[kind] += 1
+        labels = wording.labels(ANOMALY_ALERT, kind, severity, oid, rec)
+        notes = wording.anomaly(kind, detail, ts, oid, rec, self._zone)
+        out.append(AlertChange(FIRING, labels, notes, ts, ts))
+
+    # --- applying events ---------------------------------------------------------------------
+
+    def _apply(self, ts: int, ev: Any, out: list[AlertChange]) -> None:
+        oid = ev.order_id
+        rec = self.orders.get(oid)
+        if rec is None:
+            rec = self.orders[oid] = OrderRec(ts)
+            self.stats.status_counts["unknown"] += 1
+        late = self.watermark is not None and ts <= self.watermark
+        if ts > rec.seen:
+            rec.seen = ts
+        ev.ts = ts  # the timeline keeps the instant, not the original string
+        log = rec.log
+        log.append((ev, rec.status, None))  # alerts fired by this event already list it
+        if len(log) > self.rules.timeline_events:
+            del log[0]
+        t = type(ev)
+        if t is OrderEvent:
+            note = self._on_order(oid, rec, ev, ts, out)
+        elif t is PaymentEvent:
+            note = self._on_payment(oid, rec, ev, ts, out)
+        elif t is WmsEvent:
+            note = self._on_wms(oid, rec, ev, ts, out)
+        else:
+            note = self._on_logistics(oid, rec, ev, ts, out)
+        if late:
+            note = f"{note}; late" if note else "late"
+        log[-1] = (ev, rec.status, note)
+        self._schedule(oid, rec)
+
+    def _on_order(
+        self, oid: str, rec: OrderRec, ev: OrderEvent, ts: int, out: list[AlertChange]
+    ) -> str | None:
+        new, old = ev.status, rec.status
+        if ev.channel:
+            rec.channel = ev.channel
+        if ev.warehouse:
+            rec.warehouse = ev.warehouse
+        if ev.amount is not None:
+            rec.payable = ev.amount
+        note = None
+        if new == SHIPPED:
+            if ev.tracking_no and rec.tracking and ev.tracking_no != rec.tracking:
+                self._anomaly(
+                    oid, rec, CONFLICTING_TRACKING, f"{rec.tracking} then {ev.tracking_no}", ts, out
+                )
+                note = "conflicting tracking"
+            elif not ev.tracking_no and not rec.tracking and new != old:
+                self._anomaly(oid, rec, SHIPPED_WITHOUT_TRACKING, "", ts, out)
+                note = "no tracking number"
+        if ev.tracking_no and not rec.tracking:
+            rec.tracking = ev.tracking_no
+        if new == old:
+            self._check_amount(oid, rec, ts, out)
+            return note or "repeated status"  # changes no clock (CONTRACT §2)
+        if old is not None and not self.rules.machine.allowed(old, new, rec.refund_from):
+            self._anomaly(oid, rec, ILLEGAL_TRANSITION, f"{old} → {new}", ts, out)
+            note = f"illegal {old} → {new}"
+        self._change_status(oid, rec, old, new, ts, out)
+        self._touch(oid, rec, ts, out)
+        self._check_amount(oid, rec, ts, out)
+        return note
+
+    def _change_status(
+        self, oid: str, rec: OrderRec, old: str | None, new: str, ts: int, out: list[AlertChange]
+    ) -> None:
+        stats = self.stats
+        if old is not None:
+            stats.observe_dwell(old, rec.channel, ts - rec.since)
+        stats.status_counts[old or "unknown"] -= 1
+        stats.status_counts[new] += 1
+        rec.status, rec.since = new, ts
+        if new == REFUND_REQUESTED:
+            rec.refund_from = old
+        elif new == DEPOSIT_PAID:
+            rec.flags |= PRESALE
+        elif new == PAID and rec.pay_ts is None:
+            rec.pay_ts = ts
+        if new in _COLLECT_STATUSES and rec.pay_ts is not None and not rec.flags & COLLECTED:
+            rec.flags |= COLLECTED
+            took = ts - rec.pay_ts
+            stats.observe_pay_to_collect(took, took <= self.rules.fulfilment_sla_ms)
+        for spec in self._entered_rules:
+            was, now = old in spec.statuses, new in spec.statuses
+            if now and not was:
+                if rec.entered is None:
+                    rec.entered = [None] * len(self.rules.stuck)
+                rec.entered[spec.index] = ts
+                rec.flags &= ~stuck_done(spec.index)
+            elif was and not now:
+                self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
+                if rec.entered is not None:
+                    rec.entered[spec.index] = None
+        if new in CLOSING and rec.closed_at is None:
+            rec.closed_at = ts
+            self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)
+        if new != CREATED:
+            self._resolve(oid, rec, PAYMENT_NOT_APPLIED, _GAP_FIRING[PAYMENT_NOT_APPLIED], ts, out)
+
+    def _touch(self, oid: str, rec: OrderRec, ts: int, out: list[AlertChange]) -> None:
+        """An order, WMS or logistics event: `since: last_update` clocks restart."""
+        if rec.last_update is None or ts > rec.last_update:
+            rec.last_update = ts
+        for spec in self._update_rules:
+            self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
+            rec.flags &= ~stuck_done(spec.index)
+
+    def _on_payment(
+        self, oid: str, rec: OrderRec, ev: PaymentEvent, ts: int, out: list[AlertChange]
+    ) -> str | None:
+        if ev.channel and not rec.channel:
+            rec.channel = ev.channel
+        if ev.status == "success":
+            pays = rec.payments
+            if pays is None:
+                pays = rec.payments = {}
+            elif ev.pay_no in pays:
+                return "repeated callback"
+            pays[ev.pay_no] = ev.amount
+            self.stats.payments[self.stats.channels(rec.channel)] += 1
+            if rec.paid_at is None:
+                rec.paid_at = ts
+                if rec.pay_ts is None:
+                    rec.pay_ts = ts
+                if rec.wms_at is not None or rec.closed_at is not None:
+                    rec.flags |= _GAP_DONE[PAID_WITHOUT_WMS]
+            self._resolve(oid, rec, WMS_WITHOUT_PAYMENT, _GAP_FIRING[WMS_WITHOUT_PAYMENT], ts, out)
+            expected = 2 if rec.flags & PRESALE else 1
+            if len(pays) > expected:
+                self._anomaly(oid, rec, DUPLICATE_PAYMENT, ", ".join(pays), ts, out)
+            self._check_amount(oid, rec, ts, out)
+        elif ev.status == "refunded":
+            if rec.payments:
+                rec.payments.pop(ev.pay_no, None)
+            if rec.closed_at is None:
+                rec.closed_at = ts
+            self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)
+        return None
+
+    def _on_wms(
+        self, oid: str, rec: OrderRec, ev: WmsEvent, ts: int, out: list[AlertChange]
+    ) -> str | None:
+        if ev.warehouse:
+            rec.warehouse = ev.warehouse
+        if ev.action != "cancelled":
+            if rec.wms_at is None:
+                rec.wms_at = ts
+                self.stats.wms_outbounds[self.stats.channels(rec.channel)] += 1
+                if rec.paid_at is not None:
+                    rec.flags |= _GAP_DONE[WMS_WITHOUT_PAYMENT]
+            if rec.paid_at is not None:
+                rec.flags |= _GAP_DONE[PAID_WITHOUT_WMS]
+            self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)
+        self._touch(oid, rec, ts, out)
+        return None
+
+    def _on_logistics(
+        self, oid: str, rec: OrderRec, ev: LogisticsEvent, ts: int, out: list[AlertChange]
+    ) -> str | None:
+        if ev.tracking_no and not rec.tracking:
+            rec.tracking = ev.tracking_no
+        self._touch(oid, rec, ts, out)
+        return None
+
+    def _check_amount(self, oid: str, rec: OrderRec, ts: int, out: list[AlertChange]) -> None:
+        """Compare payments with the payable once the order shows it is (fully) paid."""
+        if rec.payable is None or not rec.payments or rec.flags & _ANOMALY_FLAG[AMOUNT_MISMATCH]:
+            return
+        if rec.status is None or rec.status == CREATED or rec.status == DEPOSIT_PAID:
+            return
+        amounts = [a for a in rec.payments.values() if a is not None]
+        if not amounts:
+            return
+        if rec.flags & PRESALE:
+            if len(amounts) < 2:
+                return
+            total: Decimal = sum(amounts, Decimal(0))
+            if total != rec.payable:
+                self._anomaly(
+                    oid,
+                    rec,
+                    AMOUNT_MISMATCH,
+                    f"paid {total} in {len(amounts)} payments, payable {rec.payable}",
+                    ts,
+                    out,
+                )
+            return
+        for pay_no, amount in rec.payments.items():
+            if amount is not None and amount != rec.payable:
+                diff = amount - rec.payable
+                self._anomaly(
+                    oid,
+                    rec,
+                    AMOUNT_MISMATCH,
+                    f"{pay_no} paid {amount}, payable {rec.payable} (diff {diff:+})",
+                    ts,
+                    out,
+                )
+                return

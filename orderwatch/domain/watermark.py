@@ -1,0 +1,69 @@
+"""The watermark of CONTRACT §3: largest event time seen minus the allowed lateness.
+
+Live, when no input arrived for `idle_after`, the watermark moves on with the wall clock
+from the moment input stopped, so deadlines still fire on a quiet night; while input keeps
+arriving (a backlog), event time alone drives it. At the end of a finite input it becomes
+the largest event time. Wall time is passed in, never read here.
+"""
+
+from __future__ import annotations
+
+
+class WatermarkClock:
+    __slots__ = ("_idle_after", "_last_input", "_lateness", "max_ts", "value")
+
+    def __init__(self, lateness_ms: int, idle_after_ms: int | None = None) -> None:
+        self._lateness = lateness_ms
+        self._idle_after = idle_after_ms  # None: replay, event time only
+        self._last_input: int | None = None  # wall ms of the last input seen
+        self.max_ts: int | None = None
+        self.value: int | None = None
+
+    def observe(self, max_ts: int | None, wall_ms: int) -> None:
+        """Input arrived at `wall_ms`; `max_ts` is the largest event time in it (if any)."""
+        if max_ts is not None and (self.max_ts is None or max_ts > self.max_ts):
+            self.max_ts = max_ts
+        self._last_input = wall_ms
+
+    def current(self, wall_ms: int) -> int | None:
+        """The watermark now (never moves back)."""
+        if self.max_ts is None:
+            return self.value
+        w = self.max_ts - self._lateness
+        idle = self._idle_for(wall_ms)
+        if idle is not None and idle >= self._idle_after:  # type: ignore[operator]
+            w += idle
+        if self.value is None or w > self.value:
+            self.value = w
+        return self.value
+
+    def final(self) -> int | None:
+        """End of a finite input: deadlines at or before the largest event time fire."""
+        if self.max_ts is not None and (self.value is None or self.max_ts > self.value):
+            self.value = self.max_ts
+        return self.value
+
+    def wake_at(self, wall_ms: int, next_due: int | None) -> int | None:
+        """Wall ms at which the idle watermark reaches `next_due` (live only)."""
+        idle = self._idle_for(wall_ms)
+        if idle is None or self._last_input is None or self.max_ts is None:
+            return None
+        assert self._idle_after is not None
+        if idle < self._idle_after:
+            return self._last_input + self._idle_after
+        if next_due is None:
+            return None
+        # current() = max_ts - lateness + (wall - last_input), and never moves back.
+        return max(wall_ms + 1, next_due - self.max_ts + self._lateness + self._last_input)
+
+    def _idle_for(self, wall_ms: int) -> int | None:
+        if self._idle_after is None or self._last_input is None:
+            return None
+        return max(0, wall_ms - self._last_input)
+
+    def __getstate__(self) -> tuple[int | None, ...]:
+        return (self._lateness, self._idle_after, self.max_ts, self.value)
+
+    def __setstate__(self, state: tuple[int | None, ...]) -> None:
+        self._lateness, self._idle_after, self.max_ts, self.value = state  # type: ignore[assignment]
+        self._last_input = None

@@ -1,0 +1,174 @@
+"""Alert labels and annotations: what the on-call engineer reads and must be able to act on.
+
+Everything here derives from event times and order state only (never the wall clock), so
+replays give byte-identical annotations. Times are shown in the configured display zone
+and say which zone they are in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from orderwatch.domain.order import OrderRec
+from orderwatch.durations import format_duration_ms
+from orderwatch.events import LogisticsEvent, OrderEvent, PaymentEvent, WmsEvent
+
+LAST_EVENTS = 5
+
+_ANOMALY_TEXT = {
+    "illegal_transition": "illegal status change {detail}",
+    "shipped_without_tracking": "marked shipped without a tracking number",
+    "conflicting_tracking": "shipped twice with different tracking numbers {detail}",
+    "amount_mismatch": "payment amount differs from the payable amount {detail}",
+    "duplicate_payment": "paid more than once {detail}",
+}
+
+_GAP_TEXT = {
+    "paid_without_wms": "paid {dwell} ago but the warehouse has no outbound order (漏发)",
+    "wms_without_payment": "warehouse outbound {dwell} ago but no successful payment (未付先发)",
+    "payment_not_applied": "payment succeeded {dwell} ago but the order is still `created` "
+    "(已付仍待付款)",
+}
+
+_ACTION = {
+    "paid_without_wms": "Check the push to WMS for this order (callback logs, ERP pre-allocation); "
+    "re-push the outbound order or cancel and refund.",
+    "wms_without_payment": "Hold the parcel: confirm the payment with the gateway before it ships.",
+    "payment_not_applied": "Check the payment callback handler; apply the payment to the order "
+    "(or let the reconcile job do it) before the order auto-closes.",
+    "OrderStuck": "Open the order's timeline (GET /v1/orders/{order_id}) and find the step that "
+    "did not happen.",
+}
+
+
+@lru_cache(maxsize=16)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def local_time(ms: int, zone: str) -> str:
+    """`2026-01-20 08:00:00 +08:00 (Asia/Shanghai)`: explicit about the zone."""
+    dt = datetime.fromtimestamp(ms / 1000, _zone(zone))
+    off = dt.strftime("%z")
+    return f"{dt:%Y-%m-%d %H:%M:%S} {off[:3]}:{off[3:]} ({zone})"
+
+
+def describe_event(ev: Any) -> str:
+    """One line per event, for timelines and the `last_events` annotation."""
+    t = type(ev)
+    if t is OrderEvent:
+        extra = f" tracking={ev.tracking_no}" if ev.tracking_no else ""
+        amount = f" amount={ev.amount}" if ev.amount is not None else ""
+        return f"order {ev.status}{amount}{extra} ({ev.source or 'oms'})"
+    if t is PaymentEvent:
+        amount = f" {ev.amount}" if ev.amount is not None else ""
+        return f"payment {ev.status} {ev.pay_no}{amount}"
+    if t is WmsEvent:
+        where = f" @{ev.warehouse}" if ev.warehouse else ""
+        return f"wms {ev.action} {ev.wms_order_no or ''}{where}".replace("  ", " ")
+    if t is LogisticsEvent:
+        return f"logistics {ev.node} {ev.tracking_no or ''} {ev.carrier or ''}".rstrip()
+    return repr(ev)
+
+
+def last_events(rec: OrderRec, zone: str) -> str:
+    lines = []
+    for ev, _status, note in rec.log[-LAST_EVENTS:]:
+        when = datetime.fromtimestamp(ev.ts / 1000, _zone(zone)).strftime("%m-%d %H:%M:%S")
+        lines.append(f"{when} {describe_event(ev)}" + (f" [{note}]" if note else ""))
+    return "\n".join(lines)
+
+
+def labels(
+    alertname: str, rule: str, severity: str, order_id: str, rec: OrderRec
+) -> dict[str, str]:
+    out = {"alertname": alertname, "rule": rule, "severity": severity, "order_id": order_id}
+    if rec.channel:
+        out["channel"] = rec.channel
+    if rec.warehouse:
+        out["warehouse"] = rec.warehouse
+    return out
+
+
+def _common(order_id: str, rec: OrderRec, zone: str) -> dict[str, str]:
+    out = {
+        "order_id": order_id,
+        "status": rec.status or "unknown",
+        "status_since": local_time(rec.since, zone) if rec.status else "",
+        "last_events": last_events(rec, zone),
+        "timeline": f"/v1/orders/{order_id}",
+    }
+    if rec.channel:
+        out["channel"] = rec.channel
+    if rec.warehouse:
+        out["warehouse"] = rec.warehouse
+    if rec.payable is not None:
+        out["amount"] = str(rec.payable)
+    return out
+
+
+def stuck(
+    rule: str,
+    statuses: frozenset[str],
+    max_dwell_ms: int,
+    since_entered: bool,
+    clock: int,
+    at: int,
+    order_id: str,
+    rec: OrderRec,
+    zone: str,
+    summary: str | None,
+) -> dict[str, str]:
+    dwell = format_duration_ms(at - clock)
+    what = "in " + "/".join(sorted(statuses)) if since_entered else "without any update"
+    text = (
+        summary
+        or f"Order {order_id} stuck {what} for {dwell} (limit {format_duration_ms(max_dwell_ms)})"
+    )
+    clock_name = "entered_at" if since_entered else "last_update_at"
+    return {
+        "summary": text,
+        "description": f"{text}; status {rec.status} since {local_time(rec.since, zone)}. "
+        + _ACTION["OrderStuck"].format(order_id=order_id),
+        clock_name: local_time(clock, zone),
+        "dwell": dwell,
+        **_common(order_id, rec, zone),
+    }
+
+
+def gap(
+    rule: str, within_ms: int, clock: int, at: int, order_id: str, rec: OrderRec, zone: str
+) -> dict[str, str]:
+    dwell = format_duration_ms(at - clock)
+    text = f"Order {order_id} " + _GAP_TEXT[rule].format(dwell=dwell)
+    out = {
+        "summary": text,
+        "description": f"{text}. {_ACTION[rule]}",
+        "window": format_duration_ms(within_ms),
+        **_common(order_id, rec, zone),
+    }
+    if rec.paid_at is not None:
+        out["paid_at"] = local_time(rec.paid_at, zone)
+    if rec.payments:
+        out["pay_no"] = ",".join(rec.payments)
+        paid = [str(a) for a in rec.payments.values() if a is not None]
+        if paid:
+            out["paid_amount"] = ",".join(paid)
+    if rec.wms_at is not None:
+        out["wms_at"] = local_time(rec.wms_at, zone)
+    return out
+
+
+def anomaly(
+    kind: str, detail: str, at: int, order_id: str, rec: OrderRec, zone: str
+) -> dict[str, str]:
+    text = f"Order {order_id} " + _ANOMALY_TEXT[kind].format(detail=detail).rstrip()
+    return {
+        "summary": text,
+        "description": f"{text} at {local_time(at, zone)}.",
+        "detail": detail,
+        **_common(order_id, rec, zone),
+    }

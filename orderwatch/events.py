@@ -1,0 +1,364 @@
+"""Input events (CONTRACT §1): decoding, validation and rejection with a bounded reason.
+
+Decoding is the hot path, so events are msgspec Structs (C-speed JSON decoding and type
+checks) and timestamps become integer epoch milliseconds. Anything that fails becomes a
+`Rejected` carrying a reason from `REASONS` (bounded: it is a metric label) and a detail
+message for the dead-letter file.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from orderwatch.domain.lifecycle import canonical
+
+OrderId = Annotated[str, Meta(min_length=1, max_length=128)]
+Amount = Decimal | None
+Ts = int | str
+
+ORDER, PAYMENT, WMS, LOGISTICS, ACCESS_LOG = "order", "payment", "wms", "logistics", "access_log"
+EVENT_TYPES = (ORDER, PAYMENT, WMS, LOGISTICS, ACCESS_LOG)
+
+REASONS = (
+    "malformed_json",
+    "encoding",
+    "oversized",
+    "missing_field",
+    "invalid_field",
+    "unknown_type",
+    "unknown_status",
+    "naive_timestamp",
+    "invalid_timestamp",
+    "future_timestamp",
+)
+
+# Epoch-ms sanity bounds: an integer below 1973-03-03 is almost surely epoch *seconds*.
+_MIN_MS = 100_000_000_000
+_MAX_MS = 4_102_444_800_000  # 2100-01-01
+
+
+class OrderEvent(Struct, tag_field="type", tag=ORDER, gc=False):
+    ts: Ts
+    order_id: OrderId
+    status: str
+    event_id: str | None = None
+    channel: str | None = None
+    warehouse: str | None = None
+    amount: Amount = None
+    buyer_id: str | None = None
+    tracking_no: str | None = None
+    carrier: str | None = None
+    source: str | None = None
+
+
+class PaymentEvent(Struct, tag_field="type", tag=PAYMENT, gc=False):
+    ts: Ts
+    order_id: OrderId
+    pay_no: Annotated[str, Meta(min_length=1)]
+    status: Literal["success", "failed", "refunded", "closed"]
+    amount: Amount = None
+    event_id: str | None = None
+    channel: str | None = None
+    source: str | None = None
+
+
+class WmsEvent(Struct, tag_field="type", tag=WMS, gc=False):
+    ts: Ts
+    order_id: OrderId
+    action: Literal["outbound_created", "picked", "packed", "shipped", "cancelled"]
+    wms_order_no: str | None = None
+    warehouse: str | None = None
+    event_id: str | None = None
+    source: str | None = None
+
+
+class LogisticsEvent(Struct, tag_field="type", tag=LOGISTICS, gc=False):
+    ts: Ts
+    order_id: OrderId
+    node: Literal[
+        "collected", "in_transit", "out_for_delivery", "delivered", "exception", "returned"
+    ]
+    tracking_no: str | None = None
+    carrier: str | None = None
+    event_id: str | None = None
+    source: str | None = None
+
+
+class AccessLogEvent(Struct, tag_field="type", tag=ACCESS_LOG, gc=False):
+    ts: Ts
+    route: Annotated[str, Meta(min_length=1, max_length=512)]
+    status: Annotated[int, Meta(ge=100, le=599)]
+    latency_ms: Annotated[float, Meta(ge=0)]
+    method: str | None = None
+    service: str | None = None
+    event_id: str | None = None
+
+
+OrderScoped = OrderEvent | PaymentEvent | WmsEvent | LogisticsEvent
+AnyEvent = OrderScoped | AccessLogEvent
+_BY_TYPE: dict[str, type[Struct]] = {
+    ORDER: OrderEvent,
+    PAYMENT: PaymentEvent,
+    WMS: WmsEvent,
+    LOGISTICS: LogisticsEvent,
+    ACCESS_LOG: AccessLogEvent,
+}
+
+
+class Rejected(Struct, gc=False):
+    """An input that could not become an event; it goes to the dead-letter output."""
+
+    reason: str
+    detail: str
+    source: str
+    position: str
+    raw: bytes
+
+
+class Decoded(Struct, gc=False):
+    """A valid event with its instant in epoch milliseconds."""
+
+    ts_ms: int
+    event: AnyEvent
+
+
+def _reason_for(exc: msgspec.ValidationError) -> str:
+    msg = str(exc)
+    if msg.startswith("Object missing required field `type`") or "at `$.type`" in msg:
+        return "unknown_type" if "Invalid value" in msg else "missing_field"
+    if msg.startswith("Object missing required field"):
+        return "missing_field"
+    if "Invalid enum value" in msg:
+        return "unknown_status"
+    return "invalid_field"
+
+
+class TimestampError(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class TimestampParser:
+    """RFC 3339 with offset or epoch ms -> epoch ms; naive only with `assume_timezone`."""
+
+    __slots__ = ("_assume",)
+
+    def __init__(self, assume: tzinfo | None = None) -> None:
+        self._assume = assume
+
+    def __call__(self, ts: int | str) -> int:
+        if type(ts) is int:
+            if not _MIN_MS <= ts < _MAX_MS:
+                hint = " (looks like epoch seconds; ts must be milliseconds)" if ts > 0 else ""
+                raise TimestampError("invalid_timestamp", f"ts {ts} out of range{hint}")
+            return ts
+        assert isinstance(ts, str)
+        try:
+            dt = datetime.fromisoformat(ts)
+        except ValueError:
+            raise TimestampError(
+                "invalid_timestamp", f"ts {ts[:64]!r} is not RFC 3339 or epoch milliseconds"
+            ) from None
+        if dt.tzinfo is None:
+            if self._assume is None:
+                raise TimestampError(
+                    "naive_timestamp",
+                    f"ts {ts[:64]!r} has no UTC offset (set assume_timezone to accept it)",
+                )
+            dt = dt.replace(tzinfo=self._assume)
+        # Integer arithmetic: exact to the millisecond, no float rounding.
+        delta = dt - _EPOCH
+        ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+        if not _MIN_MS <= ms < _MAX_MS:
+            raise TimestampError("invalid_timestamp", f"ts {ts[:64]!r} out of range")
+        return ms
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Decoder:
+    """Turns raw lines into `Decoded` events or `Rejected` records.
+
+    `status_map` translates channel status names to canonical ones (canonical names always
+    map to themselves); `bound_type` is the event type of a single-type source.
+    """
+
+    def __init__(
+        self,
+        status_map: Mapping[str, str] | None = None,
+        assume_timezone: tzinfo | None = None,
+        max_bytes: int = 65_536,
+    ) -> None:
+        self._status = {k: canonical(v) or v for k, v in (status_map or {}).items()}
+        self._ts = TimestampParser(assume_timezone)
+        self._max = max_bytes
+        self._mixed = msgspec.json.Decoder(AnyEvent)
+        self._bound = {t: msgspec.json.Decoder(cls) for t, cls in _BY_TYPE.items()}
+        self._interned: dict[str, str] = {}
+
+    def _intern(self, s: str | None) -> str | None:
+        if s is None:
+            return None
+        got = self._interned.get(s)
+        if got is None:
+            if len(self._interned) < 10_000:
+                got = self._interned[s] = sys.intern(s)
+            else:
+                got = s
+        return got
+
+    def decode(
+        self, raw: bytes, source: str, position: str, bound_type: str | None = None
+    ) -> Decoded | Rejected:
+        """Decode one JSON line."""
+        if len(raw) > self._max:
+            return Rejected(
+                "oversized",
+                f"{len(raw)} bytes > limit {self._max}",
+                source,
+                position,
+                raw[:1024],
+            )
+        try:
+            if bound_type is None or raw.find(b'"type"') >= 0:
+                ev = self._mixed.decode(raw)
+                if bound_type is not None and ev.__struct_config__.tag != bound_type:
+                    return Rejected(
+                        "unknown_type",
+                        f"source carries {bound_type} events, got {ev.__struct_config__.tag}",
+                        source,
+                        position,
+                        raw,
+                    )
+            else:
+                ev = self._bound[bound_type].decode(raw)
+        except msgspec.ValidationError as exc:
+            return Rejected(_reason_for(exc), str(exc), source, position, raw)
+        except msgspec.DecodeError as exc:
+            reason = "encoding" if "UTF-8" in str(exc) or "utf-8" in str(exc) else "malformed_json"
+            return Rejected(reason, str(exc), source, position, raw)
+        return self.finish(ev, raw, source, position)
+
+    def finish(self, ev: AnyEvent, raw: bytes, source: str, position: str) -> Decoded | Rejected:
+        """Checks msgspec cannot express: timestamps, status map, finite amounts."""
+        try:
+            ts_ms = self._ts(ev.ts)
+        except TimestampError as exc:
+            return Rejected(exc.reason, str(exc), source, position, raw)
+        if type(ev) is OrderEvent:
+            status = self._status.get(ev.status) or canonical(ev.status)
+            if status is None:
+                return Rejected(
+                    "unknown_status",
+                    f"order status {ev.status[:64]!r} is neither canonical nor in status_map",
+                    source,
+                    position,
+                    raw,
+                )
+            ev.status = status
+            ev.channel = self._intern(ev.channel)
+            ev.warehouse = self._intern(ev.warehouse)
+            if ev.amount is not None and not ev.amount.is_finite():
+                return Rejected(
+                    "invalid_field",
+                    "amount is not a finite decimal - at `$.amount`",
+                    source,
+                    position,
+                    raw,
+                )
+        elif type(ev) is PaymentEvent:
+            if ev.amount is not None and not ev.amount.is_finite():
+                return Rejected(
+                    "invalid_field",
+                    "amount is not a finite decimal - at `$.amount`",
+                    source,
+                    position,
+                    raw,
+                )
+        elif type(ev) is WmsEvent:
+            ev.warehouse = self._intern(ev.warehouse)
+        elif type(ev) is AccessLogEvent:
+            ev.route = self._intern(ev.route)  # type: ignore[assignment]
+        return Decoded(ts_ms, ev)
+
+
+# --- nginx "combined" access logs with $request_time appended ---------------------------------
+
+_NGINX = re.compile(
+    rb'^(?P<addr>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "(?P<method>[A-Z]+) (?P<path>\S+)'
+    rb'(?: [^"]*)?" (?P<status>\d{3}) (?P<bytes>\d+|-) "(?:[^"\\]|\\.)*" "(?:[^"\\]|\\.)*"'
+    rb" (?P<rt>\d+(?:\.\d+)?)\s*$"
+)
+
+
+def parse_nginx_time(text: str) -> int:
+    """`10/Oct/2026:13:55:36 +0800` -> epoch ms."""
+    dt = datetime.strptime(text, "%d/%b/%Y:%H:%M:%S %z")
+    return int(dt.timestamp()) * 1000
+
+
+def decode_nginx(raw: bytes, source: str, position: str) -> Decoded | Rejected:
+    """One nginx combined line (`$request_time` in seconds appended) as an access_log event."""
+    m = _NGINX.match(raw)
+    if m is None:
+        return Rejected(
+            "malformed_json",
+            "not an nginx combined log line with $request_time",
+            source,
+            position,
+            raw,
+        )
+    try:
+        ts_ms = parse_nginx_time(m.group("time").decode())
+    except ValueError:
+        return Rejected("invalid_timestamp", "bad nginx time", source, position, raw)
+    path = m.group("path").decode("utf-8", "replace").split("?", 1)[0]
+    ev = AccessLogEvent(
+        ts=ts_ms,
+        route=sys.intern(path) if len(path) <= 512 else path[:512],
+        status=int(m.group("status")),
+        latency_ms=float(m.group("rt")) * 1000.0,
+        method=m.group("method").decode(),
+    )
+    return Decoded(ts_ms, ev)
+
+
+def rank(ev: AnyEvent) -> int:
+    """Tie-break of events with the same instant: the order first, then money, goods, parcels."""
+    return _RANK[type(ev)]
+
+
+_RANK: dict[type, int] = {
+    OrderEvent: 0,
+    PaymentEvent: 1,
+    WmsEvent: 2,
+    LogisticsEvent: 3,
+    AccessLogEvent: 4,
+}
+
+__all__ = [
+    "REASONS",
+    "AccessLogEvent",
+    "AnyEvent",
+    "Decoded",
+    "Decoder",
+    "LogisticsEvent",
+    "OrderEvent",
+    "OrderScoped",
+    "PaymentEvent",
+    "Rejected",
+    "TimestampParser",
+    "WmsEvent",
+    "decode_nginx",
+    "rank",
+]

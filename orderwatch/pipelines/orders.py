@@ -1,0 +1,129 @@
+"""The order dataflow: sources -> decode & route -> shard trackers -> alert and dead-letter sinks.
+
+Wiring only. State is keyed by shard (a few dozen keys), never by order: bytewax compares
+each key's `notify_at` with the wall clock on every activation, which collapses with one
+key per open order (DESIGN.md). Deadlines live in each tracker's heap, driven by the
+watermark; `notify_at` only wakes idle shards when the live watermark moves on.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
+
+from orderwatch.config import Config, parse_zone
+from orderwatch.domain.alert import AlertChange
+from orderwatch.domain.rules import RuleSet
+from orderwatch.domain.stats import LabelCap, ShardStats
+from orderwatch.domain.tracker import ShardTracker
+from orderwatch.domain.watermark import WatermarkClock
+from orderwatch.events import Decoder
+from orderwatch.pipelines.route import DEAD_LETTER_KEY, Router, ShardBatch
+from orderwatch.runtime import Runtime
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes]):
+    """One shard: feeds batches into its tracker and advances the shared-rule watermark."""
+
+    def __init__(
+        self,
+        tracker: ShardTracker,
+        clock: WatermarkClock,
+        runtime: Runtime,
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.tracker = tracker
+        self.clock = clock
+        self.now_ms = now_ms
+        self.runtime: Runtime | None = runtime  # registered under its key on the first batch
+        clock.observe(None, now_ms())
+
+    def on_batch(self, values: list[ShardBatch]) -> tuple[list[AlertChange], bool]:
+        if self.runtime is not None:
+            self.runtime.trackers[values[0].key] = self.tracker
+            self.runtime = None
+        ingest = self.tracker.ingest
+        wall = self.now_ms()
+        for batch in values:
+            for ts, ev in batch.events:
+                ingest(ts, ev)
+            self.clock.observe(batch.max_ts, wall)
+        return self._advance(self.clock.current(wall)), StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[AlertChange], bool]:
+        return self._advance(self.clock.current(self.now_ms())), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[AlertChange], bool]:
+        return self._advance(self.clock.final()), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        wall = self.now_ms()
+        at = self.clock.wake_at(wall, self.tracker.next_due())
+        return None if at is None else datetime.fromtimestamp(at / 1000, UTC)
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps((self.tracker, self.clock), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _advance(self, watermark: int | None) -> list[AlertChange]:
+        if watermark is None:
+            return []
+        return self.tracker.advance(watermark)
+
+
+@dataclass
+class Outputs:
+    alerts: Sink[Any]
+    dead_letters: Sink[Any]
+
+
+def build_flow(
+    cfg: Config,
+    inputs: Sequence[Source[Any]],
+    outputs: Outputs,
+    runtime: Runtime,
+    *,
+    live: bool,
+    now_ms: Callable[[], int] = _wall_ms,
+) -> Dataflow:
+    """The whole order dataflow. `live=False` is a replay: event time only, no wall clock."""
+    rules = RuleSet.from_config(cfg)
+    assume = parse_zone(cfg.assume_timezone) if cfg.assume_timezone else None
+    decoder = Decoder(cfg.status_map, assume, cfg.engine.max_event_bytes)
+    router = Router(decoder, runtime, live=live, max_future_ms=cfg.engine.max_future, now_ms=now_ms)
+    channels = LabelCap(cfg.metrics.max_label_values, cfg.metrics.channels)
+    warehouses = LabelCap(cfg.metrics.max_label_values)
+    idle_after = cfg.idle_after if live else None
+
+    def build_shard(resume: bytes | None) -> ShardLogic:
+        if resume is not None:
+            tracker, clock = pickle.loads(resume)
+        else:
+            tracker = ShardTracker(rules, ShardStats(channels, warehouses))
+            clock = WatermarkClock(cfg.lateness, idle_after)
+        return ShardLogic(tracker, clock, runtime, now_ms)
+
+    flow = Dataflow("orderwatch")
+    streams = [op.input(f"read_{i}", flow, src) for i, src in enumerate(inputs)]
+    raw = streams[0] if len(streams) == 1 else op.merge("merge_sources", *streams)
+    routed = op.flat_map_batch("decode_and_route", raw, router)
+    split = op.branch("split_dead_letters", routed, lambda kv: kv[0] != DEAD_LETTER_KEY)
+    alerts = op.stateful_batch("track_orders", split.trues, build_shard)
+    op.output(
+        "write_alerts", op.map("key_alerts", alerts, lambda kv: ("alerts", kv[1])), outputs.alerts
+    )
+    op.output("write_dead_letters", split.falses, outputs.dead_letters)
+    return flow

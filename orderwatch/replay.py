@@ -1,0 +1,263 @@
+"""`orderwatch replay`: an event-time backtest of the rules on recorded input.
+
+The output file is sorted by (time of the change, fingerprint, firing before resolved), so
+it is byte-identical whatever the workers, processes or batch size. With `--processes N`
+the parent starts N copies of itself as a local bytewax cluster and merges their counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from bytewax.run import cli_main
+
+from orderwatch.config import Config
+from orderwatch.connectors.files import JsonlSource
+from orderwatch.connectors.sinks import AlertFileSink, DeadLetterSink
+from orderwatch.pipelines.orders import Outputs, build_flow
+from orderwatch.runtime import Runtime
+
+
+@dataclass
+class Summary:
+    events: Counter[str] = field(default_factory=Counter)  # by type
+    rejected: Counter[str] = field(default_factory=Counter)  # by reason
+    alerts: Counter[str] = field(default_factory=Counter)  # "rule status" -> count
+    duplicates: int = 0
+    late: int = 0
+    orders_open: int = 0
+    lines: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def events_total(self) -> int:
+        return sum(self.events.values())
+
+    @property
+    def rate(self) -> float:
+        return self.lines / self.seconds if self.seconds > 0 else 0.0
+
+    def merge(self, other: Summary) -> None:
+        self.events.update(other.events)
+        self.rejected.update(other.rejected)
+        self.alerts.update(other.alerts)
+        self.duplicates += other.duplicates
+        self.late += other.late
+        self.orders_open += other.orders_open
+        self.lines += other.lines
+        self.bytes += other.bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "events": dict(self.events),
+            "rejected": dict(self.rejected),
+            "alerts": dict(self.alerts),
+            "duplicates": self.duplicates,
+            "late": self.late,
+            "orders_open": self.orders_open,
+            "lines": self.lines,
+            "bytes": self.bytes,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Summary:
+        return cls(
+            Counter(d["events"]),
+            Counter(d["rejected"]),
+            Counter(d["alerts"]),
+            d["duplicates"],
+            d["late"],
+            d["orders_open"],
+            d["lines"],
+            d["bytes"],
+            d["seconds"],
+        )
+
+
+def collect(runtime: Runtime, sink: AlertFileSink) -> Summary:
+    """This process's counts after the run."""
+    s = Summary()
+    for intake in runtime.intakes():
+        for (_, etype), n in intake.events.items():
+            s.events[etype] += n
+        for (_, reason), n in intake.rejected.items():
+            s.rejected[reason] += n
+        s.lines += intake.lines_read
+        s.bytes += intake.bytes_read
+    for tracker in runtime.trackers.values():
+        s.duplicates += tracker.stats.duplicates
+        s.late += tracker.stats.late
+        s.orders_open += len(tracker.orders)
+    for (rule, status), n in sink.by_rule.items():
+        s.alerts[f"{rule} {status}"] += n
+    return s
+
+
+def sort_alert_file(path: Path) -> None:
+    """Rewrite the alert lines in a canonical order (see module docstring)."""
+    lines = path.read_bytes().splitlines()
+
+    def key(line: bytes) -> tuple[str, str, int]:
+        a = orjson.loads(line)
+        at = a["startsAt"] if a["status"] == "firing" else a["endsAt"]
+        return (at, a["fingerprint"], 0 if a["status"] == "firing" else 1)
+
+    lines.sort(key=key)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(b"".join(line + b"\n" for line in lines))
+    os.replace(tmp, path)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@contextmanager
+def _progress_writer(path: Path | None, source: JsonlSource) -> Iterator[None]:
+    """In a cluster child: publish bytes read every 0.3 s for the parent's progress bar."""
+    if path is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(0.3):
+            path.write_text(str(source.bytes_read))
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+        path.write_text(str(source.bytes_read))
+
+
+def run_here(
+    events: Path,
+    cfg: Config,
+    alerts_out: Path,
+    dead_letters: Path,
+    *,
+    workers: int = 1,
+    batch_size: int = 2000,
+    addresses: list[str] | None = None,
+    process_id: int | None = None,
+    progress_file: Path | None = None,
+    on_progress: Any = None,
+) -> Summary:
+    """Run the replay dataflow in this process (alone or as one process of a cluster)."""
+    runtime = Runtime(shards=cfg.engine.shards, process_id=process_id or 0)
+    source = JsonlSource(events, name=f"file:{events.name}", batch_size=batch_size)
+    sink = AlertFileSink(alerts_out)
+    flow = build_flow(
+        cfg, [source], Outputs(sink, DeadLetterSink(dead_letters)), runtime, live=False
+    )
+    started = time.perf_counter()
+    stop = threading.Event()
+    if on_progress is not None:
+        threading.Thread(target=_poll, args=(stop, source, on_progress), daemon=True).start()
+    try:
+        with _progress_writer(progress_file, source):
+            cli_main(flow, workers_per_process=workers, process_id=process_id, addresses=addresses)
+    finally:
+        stop.set()
+    summary = collect(runtime, sink)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _poll(stop: threading.Event, source: JsonlSource, on_progress: Any) -> None:
+    while not stop.wait(0.2):
+        on_progress(source.bytes_read)
+
+
+def run_cluster(
+    events: Path,
+    config_path: Path | None,
+    alerts_out: Path,
+    dead_letters: Path,
+    *,
+    processes: int,
+    workers: int = 1,
+    batch_size: int = 2000,
+    on_progress: Any = None,
+) -> Summary:
+    """Start `processes` copies of `orderwatch replay` as a local cluster and merge them."""
+    ports = _free_ports(processes)
+    addresses = ",".join(f"127.0.0.1:{p}" for p in ports)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="orderwatch-replay-") as tmp:
+        procs = []
+        for i in range(processes):
+            argv = [
+                sys.executable,
+                "-m",
+                "orderwatch",
+                "replay",
+                str(events),
+                "--alerts-out",
+                str(alerts_out),
+                "--dead-letters",
+                str(dead_letters),
+                "--workers",
+                str(workers),
+                "--batch-size",
+                str(batch_size),
+                "--addresses",
+                addresses,
+                "--process-id",
+                str(i),
+                "--summary-json",
+                f"{tmp}/summary-{i}.json",
+                "--progress-file",
+                f"{tmp}/progress-{i}",
+                "--no-sort",
+                "--quiet",
+            ]
+            if config_path is not None:
+                argv += ["--config", str(config_path)]
+            procs.append(subprocess.Popen(argv))
+        while any(p.poll() is None for p in procs):
+            if on_progress is not None:
+                on_progress(max(_read_int(Path(f"{tmp}/progress-{i}")) for i in range(processes)))
+            time.sleep(0.2)
+        failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+        if failed:
+            raise RuntimeError(f"replay process(es) {failed} failed; see their output above")
+        total = Summary()
+        for i in range(processes):
+            total.merge(Summary.from_json(json.loads(Path(f"{tmp}/summary-{i}.json").read_text())))
+    total.seconds = time.perf_counter() - started
+    return total
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except (OSError, ValueError):
+        return 0

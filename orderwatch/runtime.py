@@ -1,0 +1,76 @@
+"""Process-local handles shared by the dataflow workers, the exporter and the HTTP API.
+
+Workers are threads of one process: each shard's tracker and each worker's intake counters
+have a single writer; readers (Prometheus scrapes, API calls) only read them.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from orderwatch.domain.stats import LAG_BUCKETS, Histogram, LabelCap
+
+if TYPE_CHECKING:
+    from orderwatch.domain.tracker import ShardTracker
+
+
+class IntakeStats:
+    """What one worker thread read: events, rejections, lag and access-log traffic."""
+
+    def __init__(self, routes: LabelCap) -> None:
+        self.routes = routes
+        self.events: Counter[tuple[str, str]] = Counter()  # (source, type)
+        self.rejected: Counter[tuple[str, str]] = Counter()  # (source, reason)
+        self.lag: dict[str, Histogram] = {}  # by source, live only
+        self.requests: Counter[tuple[str, str, str]] = Counter()  # (route, method, code class)
+        self.latency: dict[str, Histogram] = {}  # by route, seconds
+        self.bytes_read = 0
+        self.lines_read = 0
+
+    def observe_lag(self, source: str, seconds: float) -> None:
+        h = self.lag.get(source)
+        if h is None:
+            h = self.lag[source] = Histogram(LAG_BUCKETS)
+        h.observe(seconds)
+
+
+@dataclass
+class Runtime:
+    """Everything one process shares between its dataflow and its control plane."""
+
+    shards: int = 32
+    process_id: int = 0
+    trackers: dict[str, ShardTracker] = field(default_factory=dict)
+    alert_queue: queue.Queue[Any] | None = None
+    route_cap: LabelCap = field(default_factory=lambda: LabelCap(50))
+    channel_cap: LabelCap = field(default_factory=lambda: LabelCap(50))
+    started: float = field(default_factory=time.time)
+    dataflow_running: bool = False
+    sources_connected: bool = False
+    _intakes: list[IntakeStats] = field(default_factory=list)
+    _local: threading.local = field(default_factory=threading.local)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def intake(self) -> IntakeStats:
+        """This thread's intake counters (created on first use)."""
+        stats: IntakeStats | None = getattr(self._local, "intake", None)
+        if stats is None:
+            stats = IntakeStats(self.route_cap)
+            self._local.intake = stats
+            with self._lock:
+                self._intakes.append(stats)
+        return stats
+
+    def intakes(self) -> list[IntakeStats]:
+        with self._lock:
+            return list(self._intakes)
+
+    def watermark(self) -> int | None:
+        """The lowest shard watermark (the one every shard has reached)."""
+        marks = [t.watermark for t in list(self.trackers.values()) if t.watermark is not None]
+        return min(marks) if marks else None
