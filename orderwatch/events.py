@@ -244,6 +244,9 @@ class Decoder:
                 ev = self._bound[bound_type].decode(raw)
         except msgspec.ValidationError as exc:
             return Rejected(_reason_for(exc), str(exc), source, position, raw)
+        except UnicodeDecodeError as exc:
+            return Rejected("encoding", f"not UTF-8: {exc.reason} at byte {exc.start}", source,
+                            position, raw)
         except msgspec.DecodeError as exc:
             reason = "encoding" if "UTF-8" in str(exc) or "utf-8" in str(exc) else "malformed_json"
             return Rejected(reason, str(exc), source, position, raw)

@@ -14,6 +14,7 @@ from typing import Any
 ANOMALY_BIT = 0  # bits 0-4: anomaly kinds fired (in rules.ANOMALIES order)
 PRESALE = 1 << 5  # passed through deposit_paid: two payments expected
 COLLECTED = 1 << 6  # pay-to-collect measured
+PAID_ANY = 1 << 7  # at least one successful payment (a deposit counts)
 GAP_DONE_BIT = 8  # bits 8-10: gap rule evaluated (in rules.GAP_RULES order)
 GAP_FIRING_BIT = 12  # bits 12-14: gap rule firing
 STUCK_BIT = 16  # rule i: done = 16 + 2i, firing = 17 + 2i
@@ -62,7 +63,7 @@ class OrderRec:
         self.warehouse: str | None = None
         self.payable: Decimal | None = None
         self.tracking: str | None = None
-        self.paid_at: int | None = None  # first successful payment
+        self.paid_at: int | None = None  # fully paid: first success, or balance of a presale
         self.pay_ts: int | None = None  # start of pay-to-collect: payment or `paid`, first
         self.payments: dict[str, Decimal | None] | None = None  # successful, not refunded
         self.wms_at: int | None = None  # first WMS event other than `cancelled`

@@ -35,6 +35,7 @@ from orderwatch.domain.order import (
     COLLECTED,
     GAP_DONE_BIT,
     GAP_FIRING_BIT,
+    PAID_ANY,
     PRESALE,
     OrderRec,
     stuck_done,
@@ -252,8 +253,9 @@ class ShardTracker:
         if name == PAID_WITHOUT_WMS:
             return rec.wms_at is None and rec.closed_at is None
         if name == WMS_WITHOUT_PAYMENT:
-            return rec.paid_at is None
-        return rec.status == CREATED  # payment_not_applied
+            return not rec.flags & PAID_ANY
+        # payment_not_applied: fully paid, yet the order still waits for (the rest of) it
+        return rec.status == CREATED or (bool(rec.flags & PRESALE) and rec.status == DEPOSIT_PAID)
 
     def _forget(self, oid: str, rec: OrderRec) -> None:
         del self.orders[oid]
@@ -374,7 +376,7 @@ class ShardTracker:
         if new == REFUND_REQUESTED:
             rec.refund_from = old
         elif new == DEPOSIT_PAID:
-            rec.flags |= PRESALE
+            self._presale(rec)
         elif new == PAID and rec.pay_ts is None:
             rec.pay_ts = ts
         if new in _COLLECT_STATUSES and rec.pay_ts is not None and not rec.flags & COLLECTED:
@@ -395,8 +397,17 @@ class ShardTracker:
         if new in CLOSING and rec.closed_at is None:
             rec.closed_at = ts
             self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)
-        if new != CREATED:
+        if not self._gap_open(PAYMENT_NOT_APPLIED, rec):
             self._resolve(oid, rec, PAYMENT_NOT_APPLIED, _GAP_FIRING[PAYMENT_NOT_APPLIED], ts, out)
+
+    @staticmethod
+    def _presale(rec: OrderRec) -> None:
+        """A deposit order: two payments expected; a deposit alone is not full payment."""
+        rec.flags |= PRESALE
+        firing = _GAP_FIRING[PAID_WITHOUT_WMS] | _GAP_FIRING[PAYMENT_NOT_APPLIED]
+        if rec.paid_at is not None and len(rec.payments or ()) == 1 and not rec.flags & firing:
+            rec.paid_at = None  # that payment was the deposit: wait for the balance
+            rec.flags &= ~(_GAP_DONE[PAID_WITHOUT_WMS] | _GAP_DONE[PAYMENT_NOT_APPLIED])
 
     def _touch(self, oid: str, rec: OrderRec, ts: int, out: list[AlertChange]) -> None:
         """An order, WMS or logistics event: `since: last_update` clocks restart."""
@@ -419,14 +430,15 @@ class ShardTracker:
                 return "repeated callback"
             pays[ev.pay_no] = ev.amount
             self.stats.payments[self.stats.channels(rec.channel)] += 1
-            if rec.paid_at is None:
+            rec.flags |= PAID_ANY
+            self._resolve(oid, rec, WMS_WITHOUT_PAYMENT, _GAP_FIRING[WMS_WITHOUT_PAYMENT], ts, out)
+            expected = 2 if rec.flags & PRESALE else 1
+            if rec.paid_at is None and len(pays) >= expected:
                 rec.paid_at = ts
                 if rec.pay_ts is None:
                     rec.pay_ts = ts
                 if rec.wms_at is not None or rec.closed_at is not None:
                     rec.flags |= _GAP_DONE[PAID_WITHOUT_WMS]
-            self._resolve(oid, rec, WMS_WITHOUT_PAYMENT, _GAP_FIRING[WMS_WITHOUT_PAYMENT], ts, out)
-            expected = 2 if rec.flags & PRESALE else 1
             if len(pays) > expected:
                 self._anomaly(oid, rec, DUPLICATE_PAYMENT, ", ".join(pays), ts, out)
             self._check_amount(oid, rec, ts, out)
@@ -447,7 +459,7 @@ class ShardTracker:
             if rec.wms_at is None:
                 rec.wms_at = ts
                 self.stats.wms_outbounds[self.stats.channels(rec.channel)] += 1
-                if rec.paid_at is not None:
+                if rec.flags & PAID_ANY:
                     rec.flags |= _GAP_DONE[WMS_WITHOUT_PAYMENT]
             if rec.paid_at is not None:
                 rec.flags |= _GAP_DONE[PAID_WITHOUT_WMS]

@@ -1,0 +1,195 @@
+"""The order dataflow through bytewax: 1 and 2 workers, bad input, and the replay CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from bytewax.run import cli_main
+from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orderwatch.connectors.raw import RawChunk
+from orderwatch.domain.alert import AlertChange
+from orderwatch.pipelines.orders import Outputs, build_flow
+from orderwatch.runtime import Runtime
+from tests.strategies import rules_config, streams
+from tests.unit.test_properties import reference
+
+CFG = rules_config()
+
+
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def workers(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
+def run_flow(
+    lines: list[bytes], *, workers: int = 1, batch: int = 50
+) -> tuple[list[AlertChange], list[Any], Runtime]:
+    chunks = [RawChunk("test", i + 1, lines[i : i + batch]) for i in range(0, len(lines), batch)]
+    alerts: list[tuple[str, AlertChange]] = []
+    dead: list[Any] = []
+    runtime = Runtime(shards=CFG.engine.shards)
+    flow = build_flow(
+        CFG,
+        [TestingSource(chunks)],
+        Outputs(TestingSink(alerts), TestingSink(dead)),
+        runtime,
+        live=False,
+    )
+    if workers == 1:
+        run_main(flow)
+    else:
+        cli_main(flow, workers_per_process=workers)
+    return sorted((a for _, a in alerts), key=AlertChange.sort_key), [d for _, d in dead], runtime
+
+
+SAMPLE = streams(max_orders=40).example()
+
+
+def test_dataflow_matches_the_reference(workers: int) -> None:
+    """Through bytewax the alerts are those of the one-tracker reference."""
+    got, dead, runtime = run_flow(SAMPLE, workers=workers)
+    assert got == reference(SAMPLE)
+    assert dead == []
+    assert len(runtime.trackers) == CFG.engine.shards
+
+
+@settings(max_examples=8, deadline=None)
+@given(lines=streams(max_orders=20), batch=st.integers(1, 100))
+def test_any_batch_size_through_bytewax(lines: list[bytes], batch: int) -> None:
+    """Batch size never changes the alerts."""
+    assert run_flow(lines, batch=batch)[0] == reference(lines)
+
+
+BAD_LINES = [
+    (b'{"type":"order","ts":1794326400000,"order_id":"Z1"', "malformed_json"),
+    (b'{"type":"order","ts":1794326400000,"status":"paid"}', "missing_field"),
+    (b'{"type":"coupon","ts":1794326400000,"order_id":"Z2"}', "unknown_type"),
+    (
+        b'{"type":"order","ts":1794326400000,"order_id":"Z3","status":"teleported"}',
+        "unknown_status",
+    ),
+    (
+        b'{"type":"order","ts":"2026-11-11T00:00:00","order_id":"Z4","status":"paid"}',
+        "naive_timestamp",
+    ),
+    (
+        b'{"type":"order","ts":1794326400000,"order_id":"Z5","status":"paid","x":"'
+        + b"y" * 70_000
+        + b'"}',
+        "oversized",
+    ),
+]
+
+
+def test_bad_input_goes_to_dead_letters_and_loses_nothing_else(workers: int) -> None:
+    """Bad lines land in the dead-letter output with reason and position; alerts are unchanged."""
+    mixed = list(SAMPLE)
+    positions = {}
+    for k, (raw, reason) in enumerate(BAD_LINES):
+        at = min(len(mixed), 3 + k * 7)
+        mixed.insert(at, raw)
+        positions[reason] = at + 1
+    got, dead, _ = run_flow(mixed, workers=workers, batch=9)
+    assert got == reference(SAMPLE)
+    assert sorted(d.reason for d in dead) == sorted(r for _, r in BAD_LINES)
+    for d in dead:
+        assert d.source == "test"
+    # positions are the 1-based line numbers in the mixed stream
+    assert {d.reason: int(d.position) for d in dead} == positions
+
+
+def _replay(events: Path, out: Path, *args: str, config: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orderwatch",
+            "replay",
+            str(events),
+            "--config",
+            str(config),
+            "--alerts-out",
+            str(out),
+            "--dead-letters",
+            str(out) + ".dead",
+            "--quiet",
+            *args,
+        ],
+        check=True,
+        timeout=240,
+    )
+
+
+@pytest.fixture(scope="module")
+def big_stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few hundred generated orders as a file."""
+    path = tmp_path_factory.mktemp("stream") / "events.jsonl"
+    lines: list[bytes] = []
+    for i in range(12):
+        part = streams(max_orders=30).example()
+        lines += [
+            orjson.dumps(
+                {
+                    **orjson.loads(raw),
+                    "order_id": f"{orjson.loads(raw)['order_id']}-{i}",
+                    "event_id": f"{orjson.loads(raw)['event_id']}-{i}",
+                }
+            )
+            for raw in part
+        ]
+    path.write_bytes(b"\n".join(sorted(lines, key=lambda r: orjson.loads(r)["ts"])) + b"\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def rules_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import yaml
+
+    from tests.strategies import RULES
+
+    path = tmp_path_factory.mktemp("cfg") / "rules.yaml"
+    path.write_text(
+        yaml.safe_dump({"rules": RULES, "lateness": "60s", "engine": {"terminal_retention": "30m"}})
+    )
+    return path
+
+
+def test_replay_cli_is_identical_for_workers_processes_and_batches(
+    big_stream: Path, rules_file: Path, tmp_path: Path
+) -> None:
+    """`orderwatch replay` writes byte-identical files for 1 worker, 2 workers, 2 processes."""
+    base = tmp_path / "one.jsonl"
+    _replay(big_stream, base, config=rules_file)
+    content = base.read_bytes()
+    assert content.count(b"\n") > 50
+    for name, args in [
+        ("two-workers", ["--workers", "2", "--batch-size", "7"]),
+        ("two-processes", ["--processes", "2", "--batch-size", "333"]),
+    ]:
+        out = tmp_path / f"{name}.jsonl"
+        _replay(big_stream, out, *args, config=rules_file)
+        assert out.read_bytes() == content, name
+
+
+def test_replay_output_lines_follow_the_contract(
+    big_stream: Path, rules_file: Path, tmp_path: Path
+) -> None:
+    """Each line has status, labels, annotations, startsAt, endsAt and fingerprint."""
+    out = tmp_path / "a.jsonl"
+    _replay(big_stream, out, config=rules_file)
+    for line in out.read_bytes().splitlines():
+        a = orjson.loads(line)
+        assert set(a) == {"status", "labels", "annotations", "startsAt", "endsAt", "fingerprint"}
+        assert a["status"] in ("firing", "resolved")
+        assert a["startsAt"].endswith("Z")
+        assert {"alertname", "rule", "severity", "order_id"} <= set(a["labels"])
+        if a["status"] == "resolved":
+            assert a["endsAt"] >= a["startsAt"]

@@ -1,0 +1,216 @@
+"""Watermark clock, dedup horizon, state machine, durations and config errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from orderwatch.config import ConfigError, load_config, validate_config
+from orderwatch.domain.dedup import Deduper
+from orderwatch.domain.lifecycle import STATUSES, TERMINAL, StateMachine
+from orderwatch.domain.watermark import WatermarkClock
+from orderwatch.durations import format_duration_ms, parse_duration_ms
+from tests.factories import HOUR, MIN, config, order, summary, track
+
+# --- watermark -------------------------------------------------------------------------------
+
+
+def test_watermark_is_max_event_time_minus_lateness() -> None:
+    """Event time alone drives the watermark in a replay, and it never moves back."""
+    c = WatermarkClock(lateness_ms=60_000)
+    c.observe(1_000_000, wall_ms=0)
+    assert c.current(10**12) == 940_000
+    c.observe(500_000, wall_ms=1)
+    assert c.current(10**12) == 940_000
+    assert c.final() == 1_000_000
+
+
+def test_idle_input_lets_the_wall_clock_move_the_watermark() -> None:
+    """Live: after idle_after without input, the watermark advances with the wall clock."""
+    c = WatermarkClock(lateness_ms=60_000, idle_after_ms=5_000)
+    c.observe(1_000_000, wall_ms=50_000)
+    assert c.current(54_999) == 940_000  # not idle yet
+    assert c.current(55_000) == 945_000  # idle: moved by the 5 s since the last input
+    assert c.current(65_000) == 955_000
+    assert c.wake_at(65_000, next_due=1_000_000) == 50_000 + 1_000_000 - 940_000
+
+
+def test_backlog_keeps_watermark_on_event_time() -> None:
+    """While input keeps arriving the wall clock does not push the watermark."""
+    c = WatermarkClock(lateness_ms=60_000, idle_after_ms=5_000)
+    for i in range(100):
+        c.observe(1_000_000 + i, wall_ms=i * 1000)  # one batch a second, for 100 s
+        assert c.current(i * 1000) == 940_000 + i
+
+
+def test_wake_before_idle_is_the_idle_moment() -> None:
+    """Before the input is idle the shard wakes up when it would become idle."""
+    c = WatermarkClock(lateness_ms=0, idle_after_ms=5_000)
+    c.observe(100, wall_ms=1_000)
+    assert c.wake_at(2_000, next_due=None) == 6_000
+
+
+# --- dedup ------------------------------------------------------------------------------------
+
+
+def test_dedup_drops_the_second_copy_within_the_horizon() -> None:
+    """The same event_id at the same time is a duplicate."""
+    d = Deduper(horizon_ms=HOUR)
+    assert d.seen("e1", 10) is False
+    assert d.seen("e1", 10) is True
+    assert d.seen("e2", 10) is False
+
+
+def test_dedup_forgets_after_the_horizon() -> None:
+    """An id is forgotten once the watermark is a horizon past its generation."""
+    d = Deduper(horizon_ms=HOUR)
+    d.seen("e1", 10)
+    d.expire(HOUR + 20)
+    assert d.seen("e1", 10) is True  # still within at least one horizon
+    d.expire(3 * HOUR)
+    assert len(d) == 0
+
+
+def test_dedup_catches_a_restamped_redelivery() -> None:
+    """A redelivery stamped minutes later, across a generation boundary, is still caught."""
+    d = Deduper(horizon_ms=HOUR)
+    d.seen("e1", HOUR - 1)
+    assert d.seen("e1", HOUR + 5 * MIN) is True
+
+
+def test_redelivered_event_changes_nothing() -> None:
+    """A second copy of an event_id has no effect on alerts."""
+    one = order(0, "A", "paid", event_id="x")
+    rules = {"stuck": [{"name": "p", "statuses": ["paid"], "max_dwell": "30m"}]}
+    twice = track(
+        [
+            one,
+            order(10 * MIN, "A", "allocated", event_id="y"),
+            order(20 * MIN, "A", "paid", event_id="x"),
+        ],
+        config(rules),
+        until=HOUR,
+    )
+    assert summary(twice) == []
+
+
+# --- state machine ------------------------------------------------------------------------------
+
+
+def test_default_machine_never_leaves_a_terminal_status() -> None:
+    """No transition out of completed, cancelled, refunded or closed is allowed."""
+    m = StateMachine.build()
+    for t in TERMINAL:
+        for s in STATUSES:
+            assert not m.allowed(t, s, refund_origin=s)
+
+
+def test_forward_path_allows_skipping_but_not_going_back() -> None:
+    """created -> shipped skips forward; shipped -> paid goes back."""
+    m = StateMachine.build()
+    assert m.allowed("created", "shipped")
+    assert not m.allowed("shipped", "paid")
+    assert m.allowed("label_printed", "cancelled")
+    assert not m.allowed("shipped", "cancelled")
+
+
+# --- durations and config -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("90s", 90_000),
+        ("30m", 1_800_000),
+        ("48h", 172_800_000),
+        ("1h30m", 5_400_000),
+        ("500ms", 500),
+        ("7d", 604_800_000),
+        (1.5, 1500),
+    ],
+)
+def test_durations(text: str, ms: int) -> None:
+    """Operator durations parse to milliseconds."""
+    assert parse_duration_ms(text) == ms
+
+
+@pytest.mark.parametrize("text", ["", "10", "5x", "m5", "-5s", "1h 2"])
+def test_bad_durations_are_rejected(text: str) -> None:
+    """Anything that is not a duration is an error, not a guess."""
+    with pytest.raises(ValueError):
+        parse_duration_ms(text)
+
+
+def test_duration_formatting() -> None:
+    """Durations read back the way people write them."""
+    assert format_duration_ms(2 * HOUR + 5 * MIN) == "2h5m"
+    assert format_duration_ms(45_000) == "45s"
+
+
+def test_config_errors_name_the_path_of_every_bad_key() -> None:
+    """Every problem is listed with its dotted path."""
+    with pytest.raises(ConfigError) as err:
+        validate_config(
+            {
+                "lateness": "soon",
+                "rules": {
+                    "stuck": [
+                        {"name": "a", "statuses": ["paid"], "max_dwell": "1m"},
+                        {"name": "b", "statuses": ["payed"], "max_dwell": "2x"},
+                    ]
+                },
+                "notifiers": [{"kind": "dingtalk"}],
+                "typo": 1,
+            }
+        )
+    text = "\n".join(err.value.errors)
+    for path in (
+        "lateness:",
+        "rules.stuck[1].statuses[0]:",
+        "rules.stuck[1].max_dwell:",
+        "notifiers[0]:",
+        "typo:",
+    ):
+        assert path in text, text
+
+
+def test_env_vars_fill_secrets_and_missing_ones_are_errors() -> None:
+    """${VAR} comes from the environment; an unset one is reported with its path."""
+    doc = {"notifiers": [{"kind": "wecom", "url": "https://x/send?key=${WECOM_KEY}"}]}
+    cfg = validate_config(doc, env={"WECOM_KEY": "k123"})
+    assert cfg.notifiers[0].url == "https://x/send?key=k123"
+    with pytest.raises(ConfigError) as err:
+        validate_config(doc, env={})
+    assert err.value.errors == ["notifiers[0].url: environment variable WECOM_KEY is not set"]
+
+
+def test_breaker_switch_must_be_declared() -> None:
+    """A breaker may only drive switches listed in `switches`."""
+    with pytest.raises(ConfigError) as err:
+        validate_config(
+            {
+                "breakers": [
+                    {"name": "b", "route": "/x", "when": {"qps_above": 5}, "switches": ["nope"]}
+                ]
+            }
+        )
+    assert "nope" in err.value.errors[0]
+
+
+def test_contract_example_config_is_valid(tmp_path: object) -> None:
+    """The example config shipped in examples/ validates."""
+    cfg = load_config("examples/orderwatch.yaml")
+    assert [r.name for r in cfg.rules.stuck] == [
+        "paid_not_allocated",
+        "paid_not_shipped",
+        "logistics_stalled",
+    ]
+    assert cfg.rules.gaps.paid_without_wms is not None
+
+
+def test_bad_yaml_is_reported_with_a_position(tmp_path: pytest.TempPathFactory) -> None:
+    """Broken YAML is a config error with line and column."""
+    p = tmp_path / "bad.yaml"  # type: ignore[operator]
+    p.write_text("rules: [\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert "line" in err.value.errors[0]

@@ -1,0 +1,190 @@
+"""Event intake (CONTRACT §1): timestamps, amounts, status map, and rejection reasons."""
+
+from __future__ import annotations
+
+from datetime import timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from orderwatch.events import (
+    REASONS,
+    Decoded,
+    Decoder,
+    OrderEvent,
+    PaymentEvent,
+    Rejected,
+    decode_nginx,
+)
+
+
+def decode(raw: bytes, **kw: object) -> Decoded | Rejected:
+    bound = kw.pop("bound", None)
+    return Decoder(**kw).decode(raw, "src", "7", bound)  # type: ignore[arg-type]
+
+
+def reason(raw: bytes, **kw: object) -> str:
+    d = decode(raw, **kw)
+    assert isinstance(d, Rejected), d
+    assert d.reason in REASONS
+    return d.reason
+
+
+INSTANT = 1_794_326_400_000  # 2026-11-10T16:00:00Z
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        '"2026-11-11T00:00:00+08:00"',
+        '"2026-11-10T16:00:00Z"',
+        '"2026-11-10T16:00:00.000+00:00"',
+        "1794326400000",
+        '"2026-11-10T11:00:00-05:00"',
+    ],
+)
+def test_offsets_and_epoch_ms_give_the_same_instant(ts: str) -> None:
+    """Offsets differ between systems; the instant is what counts."""
+    d = decode(b'{"type":"order","ts":' + ts.encode() + b',"order_id":"A","status":"paid"}')
+    assert isinstance(d, Decoded) and d.ts_ms == INSTANT
+
+
+def test_naive_timestamp_is_rejected() -> None:
+    """A timestamp without an offset is rejected with reason naive_timestamp."""
+    raw = b'{"type":"order","ts":"2026-11-11T00:00:00","order_id":"A","status":"paid"}'
+    assert reason(raw) == "naive_timestamp"
+
+
+def test_naive_timestamp_accepted_with_assume_timezone() -> None:
+    """With assume_timezone +08:00 a naive time is read in that zone."""
+    raw = b'{"type":"order","ts":"2026-11-11T00:00:00","order_id":"A","status":"paid"}'
+    d = decode(raw, assume_timezone=timezone(timedelta(hours=8)))
+    assert isinstance(d, Decoded) and d.ts_ms == INSTANT
+
+
+def test_epoch_seconds_are_rejected_with_a_hint() -> None:
+    """An integer that looks like epoch seconds is not silently read as 1970."""
+    d = decode(b'{"type":"order","ts":1794326400,"order_id":"A","status":"paid"}')
+    assert isinstance(d, Rejected) and d.reason == "invalid_timestamp"
+    assert "seconds" in d.detail
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b'{"type":"order","ts":1794326400000,"order_id":"A"', "malformed_json"),
+        (b"not json at all", "malformed_json"),
+        (b"[1,2]", "invalid_field"),
+        (b'{"type":"order","ts":1794326400000,"status":"paid"}', "missing_field"),
+        (b'{"ts":1794326400000,"order_id":"A","status":"paid"}', "missing_field"),
+        (b'{"type":"refund","ts":1794326400000,"order_id":"A"}', "unknown_type"),
+        (
+            b'{"type":"order","ts":1794326400000,"order_id":"A","status":"shipping"}',
+            "unknown_status",
+        ),
+        (
+            b'{"type":"payment","ts":1794326400000,"order_id":"A","pay_no":"P","status":"ok"}',
+            "unknown_status",
+        ),
+        (b'{"type":"order","ts":1794326400000,"order_id":"","status":"paid"}', "invalid_field"),
+        (
+            b'{"type":"order","ts":1794326400000,"order_id":"' + b"x" * 129 + b'","status":"paid"}',
+            "invalid_field",
+        ),
+        (b'{"type":"order","ts":true,"order_id":"A","status":"paid"}', "invalid_field"),
+        (b'{"type":"order","ts":"yesterday","order_id":"A","status":"paid"}', "invalid_timestamp"),
+        (
+            b'{"type":"order","ts":1794326400000,"order_id":"A","status":"paid","amount":"abc"}',
+            "invalid_field",
+        ),
+        (
+            b'{"type":"order","ts":1794326400000,"order_id":"A","status":"paid","amount":"NaN"}',
+            "invalid_field",
+        ),
+        (b'{"type":"order","ts":1794326400000,"order_id":"\xff\xfe","status":"paid"}', "encoding"),
+    ],
+)
+def test_bad_input_gets_a_bounded_reason(raw: bytes, why: str) -> None:
+    """Each kind of bad input is rejected with its reason, never an exception."""
+    assert reason(raw) == why
+
+
+def test_oversized_line_is_rejected_before_parsing() -> None:
+    """A line over the limit is rejected as oversized and its raw text is cut."""
+    raw = (
+        b'{"type":"order","ts":1794326400000,"order_id":"A","status":"paid","pad":"'
+        + b"x" * 70_000
+        + b'"}'
+    )
+    d = decode(raw)
+    assert isinstance(d, Rejected) and d.reason == "oversized" and len(d.raw) <= 1024
+    assert reason(raw, max_bytes=100) == "oversized"
+
+
+def test_rejection_keeps_source_position_and_detail() -> None:
+    """The dead letter says where the line came from and what was wrong (field path)."""
+    d = decode(b'{"type":"order","ts":1794326400000,"status":"paid"}')
+    assert isinstance(d, Rejected)
+    assert (d.source, d.position) == ("src", "7")
+    assert "order_id" in d.detail
+
+
+@pytest.mark.parametrize("amount", ['"299.00"', '"299.0"', "299", "299.0", "299.000"])
+def test_amounts_are_exact_decimals(amount: str) -> None:
+    """Every notation of 299 decodes to a Decimal equal to 299, never a float."""
+    d = decode(
+        b'{"type":"payment","ts":1794326400000,"order_id":"A","pay_no":"P",'
+        b'"status":"success","amount":' + amount.encode() + b"}"
+    )
+    assert isinstance(d, Decoded) and isinstance(d.event, PaymentEvent)
+    assert isinstance(d.event.amount, Decimal) and d.event.amount == Decimal(299)
+
+
+def test_binary_float_notation_stays_exact() -> None:
+    """0.1 + 0.2 style amounts are kept exactly as written."""
+    d = decode(
+        b'{"type":"order","ts":1794326400000,"order_id":"A","status":"paid",'
+        b'"amount":0.30000000000000004}'
+    )
+    assert isinstance(d, Decoded) and str(d.event.amount) == "0.30000000000000004"
+
+
+def test_status_map_translates_channel_statuses() -> None:
+    """WAIT_SELLER_SEND_GOODS and 已付款 map to `paid`."""
+    dec = Decoder({"WAIT_SELLER_SEND_GOODS": "paid", "已付款": "paid"})
+    for name in ("WAIT_SELLER_SEND_GOODS", "已付款", "paid"):
+        raw = ('{"type":"order","ts":1794326400000,"order_id":"A","status":"%s"}' % name).encode()
+        d = dec.decode(raw, "s", "1")
+        assert isinstance(d, Decoded) and isinstance(d.event, OrderEvent)
+        assert d.event.status == "paid"
+
+
+def test_bound_source_may_omit_type() -> None:
+    """A source bound to `payment` decodes lines without `type`, and rejects other types."""
+    raw = b'{"ts":1794326400000,"order_id":"A","pay_no":"P","status":"success"}'
+    d = decode(raw, bound="payment")
+    assert isinstance(d, Decoded) and isinstance(d.event, PaymentEvent)
+    other = b'{"type":"order","ts":1794326400000,"order_id":"A","status":"paid"}'
+    assert reason(other, bound="payment") == "unknown_type"
+
+
+def test_unknown_extra_fields_are_ignored() -> None:
+    """Producers may add fields without breaking intake."""
+    d = decode(b'{"type":"order","ts":1794326400000,"order_id":"A","status":"paid","x":{"y":1}}')
+    assert isinstance(d, Decoded)
+
+
+def test_nginx_combined_line_with_request_time() -> None:
+    """An nginx combined line with $request_time appended becomes an access_log event."""
+    line = (
+        b'10.0.0.1 - - [11/Nov/2026:00:00:01 +0800] "POST /api/pay/callback?sig=1 HTTP/1.1" '
+        b'504 12 "-" "curl/8" 3.250'
+    )
+    d = decode_nginx(line, "nginx", "1")
+    assert isinstance(d, Decoded)
+    ev = d.event
+    assert (ev.route, ev.status, ev.method) == ("/api/pay/callback", 504, "POST")
+    assert ev.latency_ms == pytest.approx(3250.0)
+    assert d.ts_ms == INSTANT + 1000  # 00:00:01 +0800
+    bad = decode_nginx(b"garbage", "nginx", "2")
+    assert isinstance(bad, Rejected) and bad.reason in REASONS

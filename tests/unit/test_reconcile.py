@@ -1,0 +1,324 @@
+"""Payment <-> warehouse gaps and money anomalies (CONTRACT §2-§3, the Reconcile issue)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.factories import MIN, SEC, config, event, order, payment, summary, track, wms
+
+GAPS = {
+    "gaps": {
+        "paid_without_wms": {"within": "10m", "severity": "critical"},
+        "wms_without_payment": {"within": "10m"},
+        "payment_not_applied": {"within": "5m", "severity": "critical"},
+    },
+    "anomalies": {"severity": "warning"},
+}
+
+
+def gaps(lines: list[bytes], until: int | None = None) -> list[tuple]:
+    return summary(track(lines, config(GAPS), until=until))
+
+
+# --- paid_without_wms (漏发) ------------------------------------------------------------------
+
+
+def test_paid_without_wms_fires_at_payment_plus_window() -> None:
+    """Paid, no warehouse event for 10 min: fires at tp + 10 min."""
+    lines = [order(0, "A", "paid"), payment(0, "A")]
+    assert gaps(lines, until=30 * MIN) == [("firing", "paid_without_wms", "A", 10 * MIN, None)]
+
+
+def test_wms_event_exactly_at_deadline_gives_no_alert() -> None:
+    """A WMS outbound at tp + within closes the gap in time."""
+    lines = [order(0, "A", "paid"), payment(0, "A"), wms(10 * MIN, "A")]
+    assert gaps(lines, until=30 * MIN) == []
+
+
+def test_late_wms_event_resolves_the_gap_at_its_time() -> None:
+    """A WMS outbound after the deadline resolves the firing alert at its own time."""
+    lines = [order(0, "A", "paid"), payment(0, "A"), wms(10 * MIN + 1, "A")]
+    assert gaps(lines, until=30 * MIN) == [
+        ("firing", "paid_without_wms", "A", 10 * MIN, None),
+        ("resolved", "paid_without_wms", "A", 10 * MIN, 10 * MIN + 1),
+    ]
+
+
+def test_wms_cancelled_does_not_close_the_gap() -> None:
+    """Only a WMS event other than `cancelled` counts as the warehouse having the order."""
+    lines = [order(0, "A", "paid"), payment(0, "A"), wms(MIN, "A", "cancelled")]
+    assert [g[1] for g in gaps(lines, until=30 * MIN)] == ["paid_without_wms"]
+
+
+def test_wms_before_payment_closes_the_gap() -> None:
+    """A warehouse order that came before the payment leaves nothing to detect."""
+    lines = [
+        order(0, "A", "created"),
+        wms(MIN, "A"),
+        payment(2 * MIN, "A"),
+        order(2 * MIN, "A", "paid"),
+    ]
+    assert gaps(lines, until=HOURS(2)) == []
+
+
+def test_cancelled_before_deadline_closes_the_gap() -> None:
+    """The order cancelled within the window needs no warehouse."""
+    lines = [order(0, "A", "paid"), payment(0, "A"), order(5 * MIN, "A", "cancelled")]
+    assert gaps(lines, until=HOURS(1)) == []
+
+
+def test_refund_resolves_a_firing_gap() -> None:
+    """A refund after the deadline resolves paid_without_wms at the refund's time."""
+    lines = [
+        order(0, "A", "paid"),
+        payment(0, "A"),
+        order(15 * MIN, "A", "refund_requested"),
+        payment(20 * MIN, "A", status="refunded"),
+    ]
+    assert gaps(lines, until=HOURS(1)) == [
+        ("firing", "paid_without_wms", "A", 10 * MIN, None),
+        ("resolved", "paid_without_wms", "A", 10 * MIN, 20 * MIN),
+    ]
+
+
+def test_gap_annotations_carry_what_on_call_needs() -> None:
+    """The alert names pay_no, amount, when paid and how long without a warehouse order."""
+    lines = [
+        order(0, "A", "created", channel="jd", amount="299.00"),
+        payment(SEC, "A", "PAY-9", amount="299.00"),
+        order(2 * SEC, "A", "paid"),
+    ]
+    alert = track(lines, config(GAPS), until=HOURS(1))[0]
+    notes = alert.annotations
+    assert notes["pay_no"] == "PAY-9"
+    assert notes["paid_amount"] == "299.00"
+    assert notes["paid_at"] == "2026-11-11 00:00:01 +08:00 (Asia/Shanghai)"
+    assert "10m" in notes["summary"] and "漏发" in notes["summary"]
+    assert "payment success PAY-9" in notes["last_events"]
+    assert alert.labels["channel"] == "jd" and alert.labels["severity"] == "critical"
+
+
+# --- wms_without_payment (未付先发) ----------------------------------------------------------
+
+
+def test_wms_without_payment_fires_and_resolves_on_payment() -> None:
+    """Outbound with no payment: fires at tw + 10 min, resolves at the late payment."""
+    lines = [wms(0, "A"), payment(25 * MIN, "A")]
+    assert gaps(lines) == [
+        ("firing", "wms_without_payment", "A", 10 * MIN, None),
+        ("resolved", "wms_without_payment", "A", 10 * MIN, 25 * MIN),
+    ]
+
+
+def test_order_known_only_from_wms_is_tracked() -> None:
+    """An order never seen on the order stream still gets wms_without_payment."""
+    assert gaps([wms(0, "GHOST")], until=HOURS(1)) == [
+        ("firing", "wms_without_payment", "GHOST", 10 * MIN, None)
+    ]
+
+
+def test_payment_exactly_at_deadline_is_in_time() -> None:
+    """A payment at tw + within closes the gap (and the earlier WMS event covers the payment)."""
+    assert gaps([wms(0, "A"), payment(10 * MIN, "A")], until=HOURS(1)) == []
+    assert gaps([wms(0, "B"), payment(10 * MIN + 1, "B")], until=HOURS(1)) == [
+        ("firing", "wms_without_payment", "B", 10 * MIN, None),
+        ("resolved", "wms_without_payment", "B", 10 * MIN, 10 * MIN + 1),
+    ]
+
+
+def test_failed_payment_does_not_count() -> None:
+    """A failed callback is not a successful payment."""
+    lines = [wms(0, "A"), payment(MIN, "A", status="failed")]
+    assert [g[1] for g in gaps(lines, until=HOURS(1))] == ["wms_without_payment"]
+
+
+# --- payment_not_applied (已付仍待付款) ------------------------------------------------------
+
+
+def test_payment_not_applied_fires_when_order_still_created() -> None:
+    """Paid, but the order is still `created` 5 min later."""
+    lines = [order(0, "A", "created"), payment(MIN, "A"), wms(2 * MIN, "A")]
+    assert gaps(lines, until=HOURS(1)) == [("firing", "payment_not_applied", "A", 6 * MIN, None)]
+
+
+def test_payment_not_applied_resolves_when_order_leaves_created() -> None:
+    """The order moving to `paid` late resolves the alert at that event."""
+    lines = [
+        order(0, "A", "created"),
+        payment(MIN, "A"),
+        wms(2 * MIN, "A"),
+        order(9 * MIN, "A", "paid"),
+    ]
+    assert gaps(lines) == [
+        ("firing", "payment_not_applied", "A", 6 * MIN, None),
+        ("resolved", "payment_not_applied", "A", 6 * MIN, 9 * MIN),
+    ]
+
+
+def test_leaving_created_exactly_at_deadline_is_in_time() -> None:
+    """`paid` at tp + 5 min: no alert."""
+    lines = [
+        order(0, "A", "created"),
+        payment(MIN, "A"),
+        wms(2 * MIN, "A"),
+        order(6 * MIN, "A", "paid"),
+    ]
+    assert gaps(lines, until=HOURS(1)) == []
+
+
+def test_paid_status_before_callback_is_fine() -> None:
+    """The order already `paid` when the callback arrives: nothing to apply."""
+    lines = [
+        order(0, "A", "created"),
+        order(MIN, "A", "paid"),
+        payment(MIN + 5, "A"),
+        wms(2 * MIN, "A"),
+    ]
+    assert gaps(lines, until=HOURS(1)) == []
+
+
+# --- amounts and duplicate payments -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("paid", ['"299.00"', '"299.0"', "299", "299.000"])
+def test_equal_amounts_in_any_notation_match(paid: str) -> None:
+    """ "299.00", "299.0", 299 and 299.000 are the same amount: no mismatch."""
+    lines = [
+        order(0, "A", "created", amount="299.00"),
+        b'{"type":"payment","ts":"2026-11-11T00:01:00+08:00","order_id":"A","pay_no":"P",'
+        b'"status":"success","amount":' + paid.encode() + b"}",
+        order(2 * MIN, "A", "paid"),
+        wms(3 * MIN, "A"),
+    ]
+    assert gaps(lines, until=HOURS(1)) == []
+
+
+def test_amount_mismatch_fires_once_with_the_difference() -> None:
+    """Paid 261.20 for 299.00: one alert naming the 37.80 difference."""
+    lines = [
+        order(0, "A", "created", amount="299.00"),
+        payment(MIN, "A", amount="261.20"),
+        order(2 * MIN, "A", "paid"),
+        wms(3 * MIN, "A"),
+        order(4 * MIN, "A", "allocated"),
+    ]
+    alerts = track(lines, config(GAPS), until=HOURS(1))
+    assert summary(alerts) == [("firing", "amount_mismatch", "A", 2 * MIN, 2 * MIN)]
+    assert "-37.80" in alerts[0].annotations["detail"]
+
+
+def test_amount_checked_when_payment_comes_after_paid_status() -> None:
+    """Payment after the `paid` event is checked at the payment."""
+    lines = [order(0, "A", "paid", amount=10), payment(MIN, "A", amount=12), wms(MIN, "A")]
+    assert gaps(lines, until=HOURS(1)) == [("firing", "amount_mismatch", "A", MIN, MIN)]
+
+
+def test_presale_deposit_and_balance_sum_to_payable() -> None:
+    """Deposit + balance equal to the payable: neither mismatch nor duplicate payment."""
+    lines = [
+        order(0, "A", "created", amount="100.00"),
+        payment(MIN, "A", "D", amount="20.00"),
+        order(MIN, "A", "deposit_paid"),
+        payment(HOURS(1), "A", "B", amount="80.00"),
+        order(HOURS(1), "A", "paid"),
+        wms(HOURS(1), "A"),
+    ]
+    assert gaps(lines, until=HOURS(3)) == []
+
+
+def test_duplicate_payment_with_different_pay_no() -> None:
+    """Two successful payments with different pay_no fire duplicate_payment once."""
+    lines = [
+        order(0, "A", "paid"),
+        payment(0, "A", "P1"),
+        payment(MIN, "A", "P2"),
+        payment(2 * MIN, "A", "P3"),
+        wms(MIN, "A"),
+    ]
+    assert gaps(lines, until=HOURS(1)) == [("firing", "duplicate_payment", "A", MIN, MIN)]
+
+
+def test_redelivered_callback_same_event_id_is_not_a_duplicate_payment() -> None:
+    """The same callback delivered twice (same event_id) is dropped, not a second payment."""
+    cb = payment(0, "A", "P1", event_id="cb-1")
+    lines = [order(0, "A", "paid"), cb, cb, wms(MIN, "A")]
+    assert gaps(lines, until=HOURS(1)) == []
+
+
+def test_repeated_callback_same_pay_no_is_not_a_duplicate_payment() -> None:
+    """The gateway re-sending a callback for the same pay_no (new event_id) is one payment."""
+    lines = [
+        order(0, "A", "paid"),
+        payment(0, "A", "P1", event_id="x"),
+        payment(SEC, "A", "P1", event_id="y"),
+        wms(MIN, "A"),
+    ]
+    assert gaps(lines, until=HOURS(1)) == []
+
+
+def test_repayment_after_refund_is_not_a_duplicate() -> None:
+    """P1 refunded, then paid again with P2: one live payment."""
+    lines = [
+        order(0, "A", "paid"),
+        payment(0, "A", "P1"),
+        wms(MIN, "A"),
+        payment(2 * MIN, "A", "P1", status="refunded"),
+        payment(3 * MIN, "A", "P2"),
+    ]
+    assert [g[1] for g in gaps(lines, until=HOURS(1))] == []
+
+
+def test_payment_before_order_events_for_unknown_order() -> None:
+    """A payment for an order never seen is tracked and can leak (漏发)."""
+    assert gaps([payment(0, "NEW")], until=HOURS(1)) == [
+        ("firing", "paid_without_wms", "NEW", 10 * MIN, None)
+    ]
+
+
+def test_mixed_offsets_are_the_same_instant() -> None:
+    """+08:00 and Z and epoch ms for the same instant line up exactly."""
+    lines = [
+        order(0, "A", "created", ts="2026-11-11T08:00:00+08:00"),
+        event("payment", 0, "A", ts="2026-11-11T00:00:00Z", pay_no="P", status="success"),
+        event("wms", 0, "A", ts=UTC_MIDNIGHT + 10 * MIN, action="outbound_created"),
+        order(0, "A", "paid", ts="2026-11-11T08:05:00+08:00"),
+    ]
+    # wms exactly at tp + 10 min: in time; paid exactly at tp + 5 min: in time.
+    assert gaps(lines, until=HOURS(1)) == []
+
+
+UTC_MIDNIGHT = int(datetime(2026, 11, 11, tzinfo=UTC).timestamp() * 1000)
+
+
+def HOURS(n: float) -> int:
+    return int(n * 3_600_000)
+
+
+def test_presale_deposit_before_its_status_event_is_still_a_deposit() -> None:
+    """Deposit callback first, then `deposit_paid`: the 漏发 clock starts at the balance."""
+    lines = [
+        order(0, "A", "created", amount="100.00"),
+        payment(MIN, "A", "D", amount="20.00"),
+        order(2 * MIN, "A", "deposit_paid"),
+        payment(HOURS(1), "A", "B", amount="80.00"),
+        order(HOURS(1), "A", "paid"),
+    ]
+    assert gaps(lines, until=HOURS(3)) == [
+        ("firing", "paid_without_wms", "A", HOURS(1) + 10 * MIN, None)
+    ]
+
+
+def test_presale_balance_not_applied_is_detected() -> None:
+    """Balance paid but the order stays `deposit_paid`: payment_not_applied."""
+    lines = [
+        order(0, "A", "created", amount="100.00"),
+        order(MIN, "A", "deposit_paid"),
+        payment(MIN, "A", "D", amount="20.00"),
+        payment(HOURS(1), "A", "B", amount="80.00"),
+        wms(HOURS(1), "A"),
+    ]
+    assert gaps(lines, until=HOURS(3)) == [
+        ("firing", "payment_not_applied", "A", HOURS(1) + 5 * MIN, None)
+    ]
