@@ -136,9 +136,8 @@ def journey(draw: st.DrawFn, oid: str) -> list[tuple[int, dict[str, Any]]]:
                 action="outbound_created",
                 warehouse="WH1",
             )
-        if status == "shipped":
-            if fault != "no_tracking":
-                fields["tracking_no"] = f"T{oid}"
+        if status == "shipped" and fault != "no_tracking":
+            fields["tracking_no"] = f"T{oid}"
         emit("order", t, jitter=False, **fields)
         if status == "shipped" and fault == "conflict":
             emit("order", t + SEC, jitter=False, status="shipped", tracking_no=f"X{oid}")

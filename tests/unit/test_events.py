@@ -153,7 +153,7 @@ def test_status_map_translates_channel_statuses() -> None:
     """WAIT_SELLER_SEND_GOODS and 已付款 map to `paid`."""
     dec = Decoder({"WAIT_SELLER_SEND_GOODS": "paid", "已付款": "paid"})
     for name in ("WAIT_SELLER_SEND_GOODS", "已付款", "paid"):
-        raw = ('{"type":"order","ts":1794326400000,"order_id":"A","status":"%s"}' % name).encode()
+        raw = (f'{{"type":"order","ts":1794326400000,"order_id":"A","status":"{name}"}}').encode()
         d = dec.decode(raw, "s", "1")
         assert isinstance(d, Decoded) and isinstance(d.event, OrderEvent)
         assert d.event.status == "paid"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 from hypothesis import given, settings
@@ -95,6 +96,6 @@ def test_leaving_a_terminal_status_is_always_reported(lines: list[bytes]) -> Non
     }
     for oid, steps in timeline.items():
         statuses = [s for _, _, s in sorted(steps)]
-        left_terminal = any(a in TERMINAL and b != a for a, b in zip(statuses, statuses[1:]))
+        left_terminal = any(a in TERMINAL and b != a for a, b in itertools.pairwise(statuses))
         if left_terminal:
             assert oid in illegal
