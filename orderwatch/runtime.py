@@ -52,6 +52,7 @@ class Runtime:
     started: float = field(default_factory=time.time)
     dataflow_running: bool = False
     sources_connected: bool = False
+    stopping: threading.Event = field(default_factory=threading.Event)  # cooperative shutdown
     _intakes: list[IntakeStats] = field(default_factory=list)
     _local: threading.local = field(default_factory=threading.local)
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -7,6 +7,7 @@ In `follow` mode only complete lines are taken; a half-written last line waits.
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -31,6 +32,8 @@ class _FilePartition(StatefulSourcePartition[RawChunk, tuple[int, int]]):
         self._eof = False
 
     def next_batch(self) -> list[RawChunk]:
+        if self._src.stop is not None and self._src.stop.is_set():
+            raise StopIteration  # shutdown: end the input cleanly
         lines: list[bytes] = []
         want = self._src.batch_size
         while len(lines) < want:
@@ -88,8 +91,10 @@ class JsonlSource(FixedPartitionedSource[RawChunk, tuple[int, int]]):
         batch_size: int = 2000,
         bound_type: str | None = None,
         fmt: str = "jsonl",
+        stop: threading.Event | None = None,
     ) -> None:
         self.path = Path(path)
+        self.stop = stop
         self.name = name or f"file:{self.path.name}"
         self.follow = follow
         self.batch_size = batch_size

@@ -1,0 +1,1 @@
+"""The HTTP control plane (CONTRACT §6): the aiohttp app, its server and the alert consumer."""

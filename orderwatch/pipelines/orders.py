@@ -50,6 +50,7 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes]):
         self.clock = clock
         self.now_ms = now_ms
         self.runtime: Runtime | None = runtime  # registered under its key on the first batch
+        self.stopping = runtime.stopping
         clock.observe(None, now_ms())
 
     def on_batch(self, values: list[ShardBatch]) -> tuple[list[AlertChange], bool]:
@@ -68,6 +69,8 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes]):
         return self._advance(self.clock.current(self.now_ms())), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[AlertChange], bool]:
+        if self.stopping is not None and self.stopping.is_set():
+            return [], StatefulBatchLogic.RETAIN  # a shutdown is not the end of the input
         return self._advance(self.clock.final()), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:

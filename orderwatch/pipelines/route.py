@@ -97,7 +97,7 @@ class Router:
                 stats.rejected[(source, d.reason)] += 1
                 continue
             ts, ev = d.ts_ms, d.event
-            if self._live and ts > horizon:
+            if self._live and self._max_future > 0 and ts > horizon:
                 rej = Rejected(
                     "future_timestamp",
                     f"ts is {(ts - now) // 1000}s ahead of the clock",

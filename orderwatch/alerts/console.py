@@ -1,0 +1,43 @@
+"""Alerts as readable console lines: what `make run` shows while the demo runs."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from orderwatch.domain.alert import AlertChange
+from orderwatch.domain.wording import local_time
+
+_ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
+
+
+def format_line(a: AlertChange, zone: str) -> str:
+    """`🔴 FIRING  critical paid_without_wms O123 tmall@WH-1 at 2026-11-11 00:10:00 +08:00: ...`"""
+    sev = a.labels.get("severity", "")
+    where = "@".join(x for x in (a.labels.get("channel"), a.labels.get("warehouse")) if x)
+    if a.one_shot:
+        state, when = "ANOMALY ", a.starts_at
+    elif a.status == "firing":
+        state, when = "FIRING  ", a.starts_at
+    else:
+        state, when = "RESOLVED", a.ends_at or a.starts_at
+    icon = "✅" if state == "RESOLVED" else _ICON.get(sev, "⚪")
+    subject = a.labels.get("order_id") or a.labels.get("route") or ""
+    head = f"{icon} {state} {sev:<8} {a.labels.get('rule', a.labels.get('alertname', ''))}"
+    tail = f" {subject}" + (f" {where}" if where else "")
+    summary = a.annotations.get("summary", "")
+    return f"{head}{tail} at {local_time(when, zone)}: {summary}"
+
+
+class ConsolePrinter:
+    """Prints every effective alert change, one line each."""
+
+    def __init__(self, zone: str, out: TextIO | None = None) -> None:
+        self._zone = zone
+        self._out = out or sys.stdout
+
+    def __call__(self, changes: list[AlertChange]) -> None:
+        if not changes:
+            return
+        self._out.write("".join(format_line(a, self._zone) + "\n" for a in changes))
+        self._out.flush()

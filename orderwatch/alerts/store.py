@@ -1,0 +1,293 @@
+"""Which alert instances were already announced, kept in SQLite so restarts and replays agree.
+
+CONTRACT §4: "the same condition never produces two firing alerts, including after a restart
+or a replay of already-seen input". The dataflow is at-least-once after a resume and a replay
+re-emits everything, so the store is the single place that decides which changes are *new*.
+
+An *instance* is `(fingerprint, starts_at)`: the same labels firing again after a
+resolution carry a different `starts_at`. `apply()` keeps a change only when it moves an
+instance forward:
+
+- `firing` of an unknown instance: kept (a still-firing *other* instance of the same
+  fingerprint is superseded silently: one fingerprint fires at most once at a time);
+- `firing` of a known instance (firing, resolved or one-shot): dropped;
+- `resolved` of a firing instance: kept; of a resolved one: dropped; of an unknown one:
+  kept once (the first we hear of it tells receivers it ended), recorded, then dropped;
+- one-shot (`endsAt == startsAt`): kept once per instance, forever.
+
+Resolved and one-shot instances are pruned when their `starts_at` falls `retention`
+(default 7 days) behind the largest event time the store has seen, and any *unknown*
+instance that old is dropped as already seen: pruning never reopens a duplicate.
+Decisions use event time only (never the wall clock), so a replay decides as the live
+run did.
+
+The store is written and read by one thread (the control plane's asyncio loop); a lock
+makes the occasional read from another thread (e.g. a test, a CLI) safe as well.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections import Counter, deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from orderwatch.domain.alert import FIRING, RESOLVED, AlertChange
+from orderwatch.domain.rules import GAP_ALERT, PAID_WITHOUT_WMS, STUCK_ALERT
+from orderwatch.domain.stats import LabelCap
+
+DB_NAME = "alerts.db"
+DEFAULT_RETENTION_MS = 7 * 86_400_000
+RECENT_ONE_SHOTS = 500
+_PRUNE_EVERY_MS = 600_000  # prune when the event-time high-water moved this far
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    fingerprint TEXT NOT NULL,
+    starts_at   INTEGER NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('firing', 'resolved', 'once')),
+    ends_at     INTEGER,
+    order_id    TEXT,
+    labels      TEXT NOT NULL,
+    annotations TEXT NOT NULL,
+    PRIMARY KEY (fingerprint, starts_at)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS instances_by_state ON instances (state, starts_at);
+CREATE INDEX IF NOT EXISTS instances_by_order ON instances (order_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+_COLUMNS = "fingerprint, starts_at, state, ends_at, labels, annotations"
+
+AlertKey = tuple[str, str, str]  # (alertname, rule, severity)
+
+
+def _dumps(d: dict[str, str]) -> str:
+    return json.dumps(d, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _row_to_change(row: tuple[Any, ...]) -> AlertChange:
+    fp, starts_at, state, ends_at, labels, annotations = row
+    status = RESOLVED if state == "resolved" else FIRING
+    return AlertChange(status, json.loads(labels), json.loads(annotations), starts_at, ends_at, fp)
+
+
+def _key(alert: AlertChange) -> AlertKey:
+    labels = alert.labels
+    return (labels.get("alertname", ""), labels.get("rule", ""), labels.get("severity", ""))
+
+
+class AlertStore:
+    """Durable alert state: dedups changes (`apply`) and answers what is firing now."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        retention_ms: int = DEFAULT_RETENTION_MS,
+        channels: LabelCap | None = None,
+        warehouses: LabelCap | None = None,
+    ) -> None:
+        self.path = path
+        self.retention_ms = retention_ms
+        self._channels = channels or LabelCap(50)
+        self._warehouses = warehouses or LabelCap(50)
+        self._lock = threading.Lock()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(
+            ":memory:" if path is None else str(path),
+            isolation_level=None,  # explicit BEGIN/COMMIT below
+            check_same_thread=False,
+        )
+        if path is not None:
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged change survives a crash
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        self._firing: dict[str, AlertChange] = {}
+        self._recent: deque[AlertChange] = deque(maxlen=RECENT_ONE_SHOTS)
+        self._fired: Counter[AlertKey] = Counter()  # effective firings since this process began
+        self._leaks: Counter[tuple[str, str]] = Counter()  # paid_without_wms by channel, warehouse
+        self._high_water = 0
+        self._pruned_at = 0
+        self._load()
+
+    @classmethod
+    def in_dir(cls, state_dir: Path, **kwargs: Any) -> AlertStore:
+        """The store at `<state.dir>/alerts.db`."""
+        return cls(Path(state_dir) / DB_NAME, **kwargs)
+
+    def _load(self) -> None:
+        db = self._db
+        for row in db.execute(f"SELECT {_COLUMNS} FROM instances WHERE state = 'firing'"):
+            alert = _row_to_change(row)
+            self._firing[alert.fingerprint] = alert
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM instances WHERE state = 'once' "
+            "ORDER BY starts_at DESC, fingerprint LIMIT ?",
+            (RECENT_ONE_SHOTS,),
+        ).fetchall()
+        self._recent.extend(_row_to_change(r) for r in reversed(rows))
+        got = db.execute("SELECT value FROM meta WHERE key = 'high_water'").fetchone()
+        self._high_water = self._pruned_at = got[0] if got else 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> AlertStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def apply(self, changes: Iterable[AlertChange]) -> list[AlertChange]:
+        """Record `changes`; return the effective ones, in order, once they are on disk."""
+        changes = list(changes)
+        if not changes:
+            return []
+        with self._lock:
+            db = self._db
+            horizon = self._high_water - self.retention_ms
+            high_water = max(self._high_water, max(c.at for c in changes))
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                kept = [c for c in changes if self._decide(c, horizon)]
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('high_water', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (high_water,),
+                )
+                pruned = high_water - self._pruned_at >= _PRUNE_EVERY_MS
+                if pruned:
+                    db.execute(
+                        "DELETE FROM instances WHERE state != 'firing' AND starts_at < ?",
+                        (high_water - self.retention_ms,),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            # Memory follows only what is committed.
+            self._high_water = high_water
+            if pruned:
+                self._pruned_at = high_water
+            for change in kept:
+                self._remember(change)
+            return kept
+
+    def _decide(self, c: AlertChange, horizon: int) -> bool:
+        """Is `c` news? Writes the instance's new state inside the open transaction."""
+        db = self._db
+        row = db.execute(
+            "SELECT state FROM instances WHERE fingerprint = ? AND starts_at = ?",
+            (c.fingerprint, c.starts_at),
+        ).fetchone()
+        if c.status == RESOLVED:
+            if row is not None:
+                if row[0] != "firing":
+                    return False
+                db.execute(
+                    "UPDATE instances SET state = 'resolved', ends_at = ?, annotations = ? "
+                    "WHERE fingerprint = ? AND starts_at = ?",
+                    (c.ends_at, _dumps(c.annotations), c.fingerprint, c.starts_at),
+                )
+                return True
+        elif row is not None:
+            return False  # this instance was already announced (firing, resolved or one-shot)
+        if c.starts_at < horizon:
+            return False  # older than what we remember: seen before, then pruned
+        if c.status == FIRING and not c.one_shot:
+            db.execute(  # one fingerprint fires at most once at a time
+                "UPDATE instances SET state = 'resolved', ends_at = ? "
+                "WHERE fingerprint = ? AND state = 'firing'",
+                (c.starts_at, c.fingerprint),
+            )
+        state = "once" if c.one_shot else ("firing" if c.status == FIRING else "resolved")
+        db.execute(
+            f"INSERT INTO instances ({_COLUMNS}, order_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                c.fingerprint,
+                c.starts_at,
+                state,
+                c.ends_at,
+                _dumps(c.labels),
+                _dumps(c.annotations),
+                c.labels.get("order_id"),
+            ),
+        )
+        return True
+
+    def _remember(self, c: AlertChange) -> None:
+        if c.status == RESOLVED:
+            current = self._firing.get(c.fingerprint)
+            if current is not None and current.starts_at == c.starts_at:
+                del self._firing[c.fingerprint]
+            return
+        self._fired[_key(c)] += 1
+        if c.one_shot:
+            self._recent.append(c)
+            return
+        self._firing[c.fingerprint] = c
+        labels = c.labels
+        if labels.get("alertname") == GAP_ALERT and labels.get("rule") == PAID_WITHOUT_WMS:
+            where = (
+                self._channels(labels.get("channel")),
+                self._warehouses(labels.get("warehouse")),
+            )
+            self._leaks[where] += 1
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def firing(self) -> list[AlertChange]:
+        """Alerts firing now (one-shot anomalies excluded), oldest first."""
+        with self._lock:
+            alerts = list(self._firing.values())
+        alerts.sort(key=lambda a: (a.starts_at, a.fingerprint))
+        return alerts
+
+    def recent_one_shots(self, limit: int = 100) -> list[AlertChange]:
+        """The latest one-shot anomalies (at most `RECENT_ONE_SHOTS` kept), newest first."""
+        with self._lock:
+            recent = list(self._recent)
+        recent.sort(key=lambda a: (a.starts_at, a.fingerprint), reverse=True)
+        return recent[: max(limit, 0)]
+
+    def stuck(self, rule: str | None = None, limit: int | None = None) -> list[AlertChange]:
+        """Firing `OrderStuck` alerts (of one `rule` if given), oldest `starts_at` first."""
+        alerts = [
+            a
+            for a in self.firing()
+            if a.labels.get("alertname") == STUCK_ALERT
+            and (rule is None or a.labels.get("rule") == rule)
+        ]
+        return alerts if limit is None else alerts[: max(limit, 0)]
+
+    def counts(self) -> dict[AlertKey, int]:
+        """Firing alerts by (alertname, rule, severity)."""
+        return dict(Counter(_key(a) for a in self.firing()))
+
+    def fired(self) -> dict[AlertKey, int]:
+        """Effective firings (one-shots included) applied since this process started."""
+        with self._lock:
+            return dict(self._fired)
+
+    def leaks(self) -> dict[tuple[str, str], int]:
+        """`paid_without_wms` firings applied since this process started, by channel, warehouse."""
+        with self._lock:
+            return dict(self._leaks)
+
+    def for_order(self, order_id: str) -> list[AlertChange]:
+        """Every remembered instance about one order (firing, resolved, one-shot), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM instances WHERE order_id = ? "
+                "ORDER BY starts_at, fingerprint",
+                (order_id,),
+            ).fetchall()
+        return [_row_to_change(r) for r in rows]

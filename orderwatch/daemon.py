@@ -1,0 +1,261 @@
+"""`orderwatch run`: the dataflow in the main thread, the control plane in a second one.
+
+Shutdown is cooperative: SIGTERM or Ctrl-C sets `Runtime.stopping`, every source ends its
+input, bytewax finishes the epoch (snapshots included when recovery is on), the control
+plane drains the last alert changes into the store, and the process exits 0. A second
+Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from bytewax.inputs import Source
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+
+from orderwatch.alerts.console import ConsolePrinter
+from orderwatch.alerts.store import AlertStore
+from orderwatch.config import Config, FileSource, KafkaSource, SimulatorSource
+from orderwatch.connectors.files import JsonlSource
+from orderwatch.connectors.simulator import SimulatorSource as SimSource
+from orderwatch.connectors.sinks import DeadLetterSink, QueueSink
+from orderwatch.control.api import build_app
+from orderwatch.control.server import STOP, consume_alerts, start_control_plane
+from orderwatch.domain.rules import RuleSet
+from orderwatch.domain.stats import LabelCap
+from orderwatch.logs import configure_logging
+from orderwatch.metrics import build_registry
+from orderwatch.pipelines.orders import Outputs, build_flow
+from orderwatch.runtime import Runtime
+
+log = structlog.get_logger("orderwatch")
+
+
+class ControlPlane:
+    """An asyncio loop in its own thread: the HTTP API and the alert consumer."""
+
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        runtime: Runtime,
+        store: AlertStore,
+        on_change: Callable[[list[Any]], Any],
+    ) -> None:
+        self._app, self._host, self._port = app, host, port
+        self._runtime, self._store, self._on_change = runtime, store, on_change
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="control-plane", daemon=True)
+        self._consumer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._runner = self._loop.run_until_complete(
+                start_control_plane(self._app, self._host, self._port)
+            )
+        except BaseException as exc:  # e.g. the port is taken: fail the start, loudly
+            self._error = exc
+            self._ready.set()
+            return
+        self._consumer = self._loop.create_task(
+            consume_alerts(self._runtime, self._store, self._on_change)
+        )
+        self._ready.set()
+        self._loop.run_forever()
+
+    def stop(self) -> None:
+        """Drain what the dataflow queued, then stop serving."""
+        if self._error is not None or not self._thread.is_alive():
+            return
+        assert self._runtime.alert_queue is not None
+        self._runtime.alert_queue.put(STOP)
+
+        async def finish() -> None:
+            if self._consumer is not None:
+                await asyncio.wait_for(self._consumer, timeout=30)
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(finish(), self._loop).result(timeout=60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+
+def build_sources(cfg: Config, stop: threading.Event) -> list[Source[Any]]:
+    sources: list[Source[Any]] = []
+    for s in cfg.sources or [SimulatorSource(kind="simulator")]:
+        if isinstance(s, FileSource):
+            sources.append(
+                JsonlSource(
+                    s.path,
+                    name=s.name,
+                    follow=s.follow,
+                    batch_size=s.batch_size,
+                    bound_type=s.type,
+                    fmt=s.format,
+                    stop=stop,
+                )
+            )
+        elif isinstance(s, SimulatorSource):
+            sources.append(SimSource(s, stop=stop))
+        elif isinstance(s, KafkaSource):
+            raise SystemExit(
+                "orderwatch: kafka sources are not available in this build yet; "
+                "use a file (follow: true) or the simulator"
+            )
+    return sources
+
+
+def _install_signals(runtime: Runtime) -> None:
+    def on_signal(signum: int, _frame: Any) -> None:
+        if runtime.stopping.is_set():
+            raise KeyboardInterrupt  # second signal: abort now
+        log.info("stopping", signal=signal.Signals(signum).name)
+        runtime.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def _recovery(cfg: Config, state_dir: Path, processes: int) -> RecoveryConfig | None:
+    if not cfg.state.recovery:
+        return None
+    db = state_dir / "recovery"
+    if not db.exists():
+        db.mkdir(parents=True)
+        init_db_dir(db, max(processes, 1))
+    return RecoveryConfig(db)
+
+
+def run_daemon(
+    cfg: Config,
+    *,
+    workers: int = 1,
+    processes: int = 1,
+    addresses: str | None = None,
+    process_id: int | None = None,
+) -> int:
+    """Run until stopped; returns the exit code."""
+    configure_logging()
+    if processes > 1 and addresses is None:
+        return _spawn_cluster(processes, workers)
+    pid = process_id or 0
+    primary = pid == 0
+    state_dir = Path(cfg.state.dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    caps = cfg.metrics.max_label_values
+    runtime = Runtime(
+        shards=cfg.engine.shards,
+        process_id=pid,
+        alert_queue=queue.Queue(),
+        route_cap=LabelCap(caps, cfg.metrics.routes),
+    )
+    channels = LabelCap(caps, cfg.metrics.channels)
+    store = (
+        AlertStore.in_dir(state_dir, channels=channels)
+        if primary
+        else AlertStore(None, channels=channels)
+    )
+    registry = build_registry(runtime, store, cfg.metrics, rules=RuleSet.from_config(cfg))
+    app = build_app(runtime, store, registry, timezone=cfg.timezone)
+    printer = ConsolePrinter(cfg.timezone)
+    control = ControlPlane(app, cfg.http.host, cfg.http.port + pid, runtime, store, printer)
+    control.start()
+    log.info(
+        "started",
+        listen=f"{cfg.http.host}:{cfg.http.port + pid}",
+        state_dir=str(state_dir),
+        sources=len(cfg.sources) or "simulator",
+        workers=workers,
+        process=pid,
+    )
+    try:
+        sources = build_sources(cfg, runtime.stopping)
+        outputs = Outputs(
+            QueueSink(runtime.alert_queue, local=primary),  # type: ignore[arg-type]
+            DeadLetterSink(state_dir / "dead-letters.jsonl", local=primary),
+        )
+        flow = build_flow(cfg, sources, outputs, runtime, live=True)
+        _install_signals(runtime)
+        runtime.sources_connected = True
+        runtime.dataflow_running = True
+        cli_main(
+            flow,
+            workers_per_process=workers,
+            process_id=process_id,
+            addresses=addresses.split(",") if addresses else None,
+            epoch_interval=timedelta(milliseconds=cfg.state.snapshot_interval),
+            recovery_config=_recovery(
+                cfg, state_dir, 1 if addresses is None else len(addresses.split(","))
+            ),
+        )
+    finally:
+        runtime.dataflow_running = False
+        control.stop()
+        store.close()
+        log.info("stopped", clean=True)
+    return 0
+
+
+def _spawn_cluster(processes: int, workers: int) -> int:
+    """`run --processes N` on one host: N copies of this command as a bytewax cluster."""
+    from orderwatch.replay import _free_ports
+
+    ports = _free_ports(processes)
+    addresses = ",".join(f"127.0.0.1:{p}" for p in ports)
+    args = [a for a in sys.argv[1:] if not a.startswith("--processes")]
+    if "--processes" in sys.argv:
+        i = sys.argv.index("--processes")
+        args = sys.argv[1:i] + sys.argv[i + 2 :]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "orderwatch",
+                *args,
+                "--addresses",
+                addresses,
+                "--process-id",
+                str(i),
+                "--workers",
+                str(workers),
+            ]
+        )
+        for i in range(processes)
+    ]
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while any(p.poll() is None for p in procs):
+        time.sleep(0.2)
+    return max(p.returncode or 0 for p in procs)
+
+
+__all__ = ["ControlPlane", "build_sources", "run_daemon"]

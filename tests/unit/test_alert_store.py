@@ -1,0 +1,198 @@
+"""The alert store: effective changes only, across restarts and replays (CONTRACT §4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orderwatch.alerts.store import DB_NAME, AlertStore
+from orderwatch.domain.alert import FIRING, AlertChange
+from orderwatch.domain.stats import LabelCap
+from tests.factories import BASE, HOUR, MIN, order, payment, track, wms
+
+DAY = 24 * HOUR
+
+
+def alert(
+    rule: str = "paid_not_shipped",
+    oid: str = "A",
+    starts: int = 0,
+    *,
+    alertname: str = "OrderStuck",
+    severity: str = "critical",
+    **labels: str,
+) -> AlertChange:
+    lab = {"alertname": alertname, "rule": rule, "severity": severity, "order_id": oid, **labels}
+    return AlertChange(FIRING, lab, {"summary": f"{oid} {rule}"}, BASE + starts, None)
+
+
+def one_shot(kind: str = "amount_mismatch", oid: str = "A", at: int = 0) -> AlertChange:
+    lab = {"alertname": "OrderAnomaly", "rule": kind, "severity": "warning", "order_id": oid}
+    return AlertChange(FIRING, lab, {}, BASE + at, BASE + at)
+
+
+def test_firing_twice_with_same_start_is_announced_once() -> None:
+    """A repeated firing of the same instance is dropped."""
+    store = AlertStore(None)
+    a = alert()
+    assert store.apply([a]) == [a]
+    assert store.apply([alert()]) == []
+    assert store.firing() == [a]
+
+
+def test_dedup_survives_reopen(tmp_path: Path) -> None:
+    """After a restart, re-emitted firing and resolved changes of known instances are dropped."""
+    path = tmp_path / DB_NAME
+    a = alert()
+    gone = alert("paid_not_allocated")
+    with AlertStore(path) as store:
+        store.apply([a, gone, gone.resolved(BASE + HOUR)])
+    with AlertStore(path) as store:
+        assert store.firing() == [a]
+        assert store.apply([alert(), gone, gone.resolved(BASE + HOUR)]) == []
+        assert store.apply([a.resolved(BASE + 2 * HOUR)]) == [a.resolved(BASE + 2 * HOUR)]
+    with AlertStore(path) as store:
+        assert store.firing() == []
+
+
+def test_resolved_of_unknown_instance_is_kept_once() -> None:
+    """The first resolution we hear of is news; a second copy is not."""
+    store = AlertStore(None)
+    end = alert().resolved(BASE + HOUR)
+    assert store.apply([end]) == [end]
+    assert store.apply([end]) == []
+    assert store.apply([alert()]) == []  # its firing, replayed later, is old news too
+
+
+def test_refiring_after_resolution_with_new_start_is_a_new_instance() -> None:
+    """The same labels firing again from a later start are announced again."""
+    store = AlertStore(None)
+    first = alert(starts=0)
+    again = alert(starts=3 * HOUR)
+    assert store.apply([first, first.resolved(BASE + HOUR)]) == [first, first.resolved(BASE + HOUR)]
+    assert store.apply([again]) == [again]
+    assert store.firing() == [again]
+
+
+def test_replaying_an_older_instance_after_a_newer_one_is_dropped() -> None:
+    """A replay from the start re-emits an instance that ended before the current one began."""
+    store = AlertStore(None)
+    first, second = alert(starts=0), alert(starts=3 * HOUR)
+    store.apply([first, first.resolved(BASE + HOUR), second])
+    assert store.apply([first, first.resolved(BASE + HOUR), second]) == []
+    assert store.firing() == [second]
+
+
+def test_one_shot_fires_once_forever_across_reopen(tmp_path: Path) -> None:
+    """A one-shot anomaly is announced once per instance, even after a restart."""
+    path = tmp_path / DB_NAME
+    shot = one_shot()
+    with AlertStore(path) as store:
+        assert store.apply([shot, one_shot()]) == [shot]
+        assert store.firing() == []
+        assert store.recent_one_shots(10) == [shot]
+    with AlertStore(path) as store:
+        assert store.apply([one_shot()]) == []
+        assert store.recent_one_shots(10) == [shot]
+
+
+def test_pruned_instances_stay_deduplicated() -> None:
+    """Instances older than the retention are forgotten yet never announced twice."""
+    store = AlertStore(None, retention_ms=DAY)
+    shot = one_shot(at=0)
+    store.apply([shot])
+    store.apply([one_shot(oid="B", at=3 * DAY)])  # moves event time on: `shot` is pruned
+    assert store._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 1
+    assert store.apply([one_shot(at=0)]) == []
+    fresh = one_shot(oid="C", at=3 * DAY - HOUR)
+    assert store.apply([fresh]) == [fresh]
+
+
+def test_a_newer_instance_supersedes_a_still_firing_one() -> None:
+    """One fingerprint is firing at most once: a new start replaces the old instance."""
+    store = AlertStore(None)
+    old, new = alert(starts=0), alert(starts=5 * HOUR)
+    store.apply([old])
+    assert store.apply([new]) == [new]
+    assert store.firing() == [new]
+    assert store.apply([old.resolved(BASE + HOUR)]) == []
+
+
+def test_stuck_lists_oldest_first_and_filters_by_rule() -> None:
+    """`stuck()` returns firing OrderStuck alerts oldest first, optionally of one rule."""
+    store = AlertStore(None)
+    store.apply(
+        [
+            alert("paid_not_shipped", "B", 2 * HOUR),
+            alert("paid_not_shipped", "A", 1 * HOUR),
+            alert("paid_not_allocated", "C", 0),
+            alert("paid_without_wms", "D", 0, alertname="OrderGap"),
+        ]
+    )
+    assert [a.labels["order_id"] for a in store.stuck()] == ["C", "A", "B"]
+    assert [a.labels["order_id"] for a in store.stuck("paid_not_shipped", 1)] == ["A"]
+    assert store.stuck("nope") == []
+
+
+def test_counts_group_firing_alerts_by_name_rule_severity() -> None:
+    """`counts()` sums firing, non-one-shot alerts by (alertname, rule, severity)."""
+    store = AlertStore(None)
+    store.apply([alert(oid="A"), alert(oid="B"), alert("x", "C", severity="warning"), one_shot()])
+    assert store.counts() == {
+        ("OrderStuck", "paid_not_shipped", "critical"): 2,
+        ("OrderStuck", "x", "warning"): 1,
+    }
+
+
+def test_paid_without_wms_firings_are_counted_with_capped_labels() -> None:
+    """Leak counts go by channel and warehouse, values beyond the cap become `other`."""
+    store = AlertStore(None, channels=LabelCap(1), warehouses=LabelCap(5))
+    gap = {"alertname": "OrderGap", "severity": "critical"}
+    store.apply(
+        [
+            alert("paid_without_wms", "A", channel="tmall", warehouse="W1", **gap),
+            alert("paid_without_wms", "B", channel="jd", warehouse="W1", **gap),
+            alert("wms_without_payment", "C", channel="tmall", warehouse="W1", **gap),
+        ]
+    )
+    store.apply([alert("paid_without_wms", "A", channel="tmall", warehouse="W1", **gap)])
+    assert store.leaks() == {("tmall", "W1"): 1, ("other", "W1"): 1}
+
+
+def test_replayed_tracker_output_adds_nothing(tmp_path: Path) -> None:
+    """Real tracker output applied twice (a restart plus replay) yields each change once."""
+    lines = [
+        order(0, "A", "created", amount="10"),
+        payment(MIN, "A", amount="12"),
+        order(MIN, "A", "paid"),
+        wms(20 * MIN, "A"),
+    ]
+    changes = track(lines, until=3 * HOUR)
+    rules = sorted({c.labels["rule"] for c in changes})
+    assert rules == [
+        "amount_mismatch",
+        "paid_not_allocated",
+        "paid_not_shipped",
+        "paid_without_wms",
+    ]
+    path = tmp_path / DB_NAME
+    with AlertStore(path) as store:
+        assert store.apply(changes) == changes
+    with AlertStore(path) as store:
+        assert store.apply(track(lines, until=3 * HOUR)) == []
+        assert {a.labels["rule"] for a in store.firing()} == {
+            "paid_not_allocated",
+            "paid_not_shipped",
+        }
+
+
+def test_for_order_returns_every_remembered_instance() -> None:
+    """An order's firing, resolved and one-shot instances come back, oldest first."""
+    store = AlertStore(None)
+    a, b = alert("paid_not_allocated", starts=0), alert(starts=HOUR)
+    store.apply([a, a.resolved(BASE + 30 * MIN), one_shot(at=MIN), b, alert(oid="Z")])
+    got = store.for_order("A")
+    assert [(x.status, x.labels["rule"], x.one_shot) for x in got] == [
+        ("resolved", "paid_not_allocated", False),
+        ("firing", "amount_mismatch", True),
+        ("firing", "paid_not_shipped", False),
+    ]

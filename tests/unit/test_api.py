@@ -1,0 +1,295 @@
+"""The read API over real HTTP (CONTRACT §6) and the alert-queue consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from orderwatch.alerts.store import AlertStore
+from orderwatch.config import Config
+from orderwatch.control.api import build_app
+from orderwatch.control.server import (
+    STOP,
+    bound_port,
+    consume_alerts,
+    start_control_plane,
+    stop_control_plane,
+)
+from orderwatch.domain.alert import AlertChange
+from orderwatch.domain.rules import RuleSet
+from orderwatch.domain.tracker import ShardTracker
+from orderwatch.metrics import build_registry
+from orderwatch.pipelines.route import shard_keys, shard_of
+from orderwatch.runtime import Runtime
+from tests.factories import BASE, HOUR, MIN, config, decode_all, order, payment, wms
+
+Check = Callable[[TestClient[Any, Any]], Awaitable[None]]
+ZONE = "Asia/Shanghai"
+
+
+class Daemon:
+    """Real trackers registered per shard key, a store fed with their alerts, and the app."""
+
+    def __init__(self, cfg: Config | None = None, shards: int = 4) -> None:
+        self.cfg = cfg or config(metrics={"top_stuck": 3})
+        self.rules = RuleSet.from_config(self.cfg)
+        self.runtime = Runtime(shards=shards, alert_queue=queue.Queue())
+        self.store = AlertStore(None)
+        self.registry = build_registry(self.runtime, self.store, self.cfg.metrics, process=False)
+
+    def feed(self, lines: list[bytes], until: int) -> Daemon:
+        n = self.runtime.shards
+        for d in decode_all(lines, self.cfg):
+            key = shard_keys(n)[shard_of(d.event.order_id, n)]  # type: ignore[union-attr]
+            tracker = self.runtime.trackers.get(key)
+            if tracker is None:
+                tracker = self.runtime.trackers[key] = ShardTracker(self.rules)
+            tracker.ingest(d.ts_ms, d.event)  # type: ignore[arg-type]
+        for key in shard_keys(n):  # every shard shares the watermark
+            tracker = self.runtime.trackers.setdefault(key, ShardTracker(self.rules))
+            self.store.apply(sorted(tracker.advance(BASE + until), key=AlertChange.sort_key))
+        return self
+
+    def app(self) -> web.Application:
+        return build_app(self.runtime, self.store, self.registry, timezone=ZONE)
+
+
+def serve(app: web.Application, check: Check) -> None:
+    async def main() -> None:
+        async with TestClient(TestServer(app)) as client:
+            await check(client)
+
+    asyncio.run(main())
+
+
+SCENARIO = [
+    order(0, "A", "created", amount="10", channel="tmall"),
+    payment(MIN, "A", amount="12"),
+    order(MIN, "A", "paid", event_id="e-1"),
+    order(10 * MIN, "B", "paid", channel="jd", warehouse="W1"),
+    wms(11 * MIN, "B", warehouse="W1"),
+    order(20 * MIN, "C", "paid"),
+]
+
+
+def test_healthz_and_readyz() -> None:
+    """Liveness is always ok; readiness needs the dataflow running and sources connected."""
+    d = Daemon()
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        r = await client.get("/healthz")
+        assert (r.status, await r.json()) == (200, {"status": "ok"})
+        r = await client.get("/readyz")
+        body = await r.json()
+        assert r.status == 503
+        assert body["missing"] == ["dataflow not running", "sources not connected"]
+        assert "error" in body
+        d.runtime.dataflow_running = d.runtime.sources_connected = True
+        r = await client.get("/readyz")
+        assert r.status == 200
+
+    serve(d.app(), check)
+
+
+def test_metrics_endpoint_parses_as_prometheus_text() -> None:
+    """`/metrics` is valid exposition text carrying the injected registry's samples."""
+    d = Daemon().feed(SCENARIO, until=HOUR)
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        r = await client.get("/metrics")
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        families = {f.name: f for f in text_string_to_metric_families(await r.text())}
+        firing = families["orderwatch_alerts_firing"].samples
+        stuck = {"alertname": "OrderStuck", "rule": "paid_not_allocated", "severity": "warning"}
+        assert [s.value for s in firing if s.labels == stuck] == [3]
+        ages = families["orderwatch_stuck_order_age_seconds"].samples
+        assert sorted(s.labels["order_id"] for s in ages) == ["A", "B", "C"]
+
+    serve(d.app(), check)
+
+
+def test_alerts_lists_firing_with_filters_and_one_shots_apart() -> None:
+    """Firing alerts use the CONTRACT §4 shape, filter by labels, and one-shots sit apart."""
+    d = Daemon().feed(SCENARIO, until=HOUR)
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        body = await (await client.get("/v1/alerts")).json()
+        assert body["count"] == len(body["alerts"]) == len(d.store.firing())
+        first = body["alerts"][0]
+        assert set(first) == {
+            "status",
+            "labels",
+            "annotations",
+            "startsAt",
+            "endsAt",
+            "fingerprint",
+        }
+        assert [a["labels"]["rule"] for a in body["anomalies"]] == ["amount_mismatch"]
+        body = await (await client.get("/v1/alerts?rule=paid_without_wms")).json()
+        assert [a["labels"]["order_id"] for a in body["alerts"]] == ["A"]
+        assert body["anomalies"] == []
+        body = await (await client.get("/v1/alerts?severity=critical&alertname=OrderStuck")).json()
+        assert body["alerts"] == []  # paid_not_shipped (2 h) has not fired within the hour
+        r = await client.get("/v1/alerts?severty=critical")
+        assert r.status == 400
+        assert "severty" in (await r.json())["error"]
+
+    serve(d.app(), check)
+
+
+def test_stuck_orders_oldest_first_with_limit() -> None:
+    """Stuck orders come oldest first; `limit` caps the list and `rule` filters it."""
+    d = Daemon().feed(SCENARIO, until=HOUR)
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        body = await (await client.get("/v1/orders/stuck")).json()
+        assert [o["order_id"] for o in body["orders"]] == ["A", "B", "C"]
+        assert body["orders"][0]["age_seconds"] == (HOUR - MIN) / 1000
+        assert body["orders"][0]["timeline"] == "/v1/orders/A"
+        body = await (await client.get("/v1/orders/stuck?rule=paid_not_allocated&limit=2")).json()
+        assert [o["order_id"] for o in body["orders"]] == ["A", "B"]
+        assert body["total"] == 3
+        body = await (await client.get("/v1/orders/stuck?rule=nope")).json()
+        assert body["orders"] == []
+
+    serve(d.app(), check)
+
+
+def test_stuck_orders_rejects_a_bad_limit() -> None:
+    """A `limit` outside 1..1000 or not a number is a 400 naming the parameter."""
+    d = Daemon()
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        for bad in ("0", "1001", "abc", "-3"):
+            r = await client.get(f"/v1/orders/stuck?limit={bad}")
+            assert r.status == 400, bad
+            assert "limit" in (await r.json())["error"]
+        assert (await client.get("/v1/orders/stuck?limit=1000")).status == 200
+
+    serve(d.app(), check)
+
+
+def test_order_timeline_shows_state_events_and_alerts() -> None:
+    """The timeline carries the order's state, every kept event and its alerts."""
+    d = Daemon().feed(SCENARIO, until=HOUR)
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        r = await client.get("/v1/orders/A")
+        assert r.status == 200
+        body = await r.json()
+        assert (body["status"], body["channel"], body["payable"]) == ("paid", "tmall", "10")
+        assert body["since"] == "2026-11-10T16:01:00.000Z"
+        assert body["since_local"] == "2026-11-11T00:01:00.000+08:00"
+        assert body["paid_at_local"] == "2026-11-11T00:01:00.000+08:00"
+        assert [e["type"] for e in body["events"]] == ["order", "order", "payment"]
+        paid = body["events"][1]
+        assert paid["event_id"] == "e-1" and paid["status_after"] == "paid"
+        assert paid["description"].startswith("order paid")
+        assert {a["labels"]["rule"] for a in body["alerts"]} == {
+            "paid_not_allocated",
+            "paid_without_wms",
+        }
+        assert [a["labels"]["rule"] for a in body["anomalies"]] == ["amount_mismatch"]
+
+    serve(d.app(), check)
+
+
+def test_order_timeline_errors_are_json() -> None:
+    """An unknown order is a JSON 404 that mentions retention; an over-long id is a 400."""
+    d = Daemon().feed(SCENARIO, until=HOUR)
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        r = await client.get("/v1/orders/NOPE")
+        body = await r.json()
+        assert r.status == 404
+        assert "NOPE is not tracked" in body["error"] and "retention" in body["error"]
+        r = await client.get("/v1/orders/" + "x" * 129)
+        assert r.status == 400
+        assert "128" in (await r.json())["error"]
+        assert (await client.get("/v1/orders/" + "x" * 128)).status == 404
+
+    serve(d.app(), check)
+
+
+def test_unknown_path_wrong_method_and_crash_are_json() -> None:
+    """aiohttp's own 404/405 and an unexpected exception all answer `{"error": ...}`."""
+
+    class BrokenStore(AlertStore):
+        def firing(self) -> list[AlertChange]:
+            raise RuntimeError("boom")
+
+    runtime = Runtime()
+    store = BrokenStore(None)
+    app = build_app(runtime, store, build_registry(runtime, store, process=False), timezone=ZONE)
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        r = await client.get("/nope")
+        assert (r.status, r.content_type) == (404, "application/json")
+        assert "/nope" in (await r.json())["error"]
+        r = await client.post("/healthz")
+        assert r.status == 405
+        assert "POST" in (await r.json())["error"]
+        r = await client.get("/v1/alerts")
+        assert r.status == 500
+        assert "error" in await r.json()
+
+    serve(app, check)
+
+
+def test_control_plane_serves_on_a_real_port() -> None:
+    """`start_control_plane` on port 0 serves real HTTP until `stop_control_plane`."""
+    d = Daemon()
+
+    async def main() -> None:
+        runner = await start_control_plane(d.app(), "127.0.0.1", 0)
+        port = bound_port(runner)
+        try:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"http://127.0.0.1:{port}/healthz") as r,
+            ):
+                assert r.status == 200
+        finally:
+            await stop_control_plane(runner)
+        async with aiohttp.ClientSession() as s:
+            try:
+                await s.get(f"http://127.0.0.1:{port}/healthz")
+            except aiohttp.ClientConnectionError:
+                return
+        raise AssertionError("still serving after stop")
+
+    asyncio.run(main())
+
+
+def test_consumer_applies_batches_and_passes_on_effective_changes(tmp_path: Path) -> None:
+    """Queued batches reach the store; duplicates are dropped before `on_change` sees them."""
+    d = Daemon()
+    lines = [order(0, "A", "paid"), order(0, "B", "paid")]
+    tracker = ShardTracker(d.rules)
+    for ev in decode_all(lines):
+        tracker.ingest(ev.ts_ms, ev.event)  # type: ignore[arg-type]
+    batch = tracker.advance(BASE + HOUR)
+    assert len(batch) == 2
+    d.store = AlertStore(tmp_path / "alerts.db")
+    seen: list[list[AlertChange]] = []
+
+    async def on_change(changes: list[AlertChange]) -> None:
+        seen.append(changes)
+
+    q = d.runtime.alert_queue
+    assert q is not None
+    q.put(batch)
+    q.put(list(batch))  # a replay of the same output
+    q.put(STOP)
+    asyncio.run(asyncio.wait_for(consume_alerts(d.runtime, d.store, on_change), 5))
+    assert seen == [batch]
+    assert len(d.store.firing()) == 2
