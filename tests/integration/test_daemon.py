@@ -1,0 +1,179 @@
+"""The daemon as users run it: a subprocess answering over real HTTP, scraped by real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.factories import CONTRACT_RULES
+from tests.integration.harness import daemon, prom_query, prometheus, wait_for
+
+SAMPLE = Path("examples/sample-events.jsonl")
+
+
+def sample_config(events: Path) -> dict[str, Any]:
+    return {
+        "sources": [{"kind": "file", "path": str(events), "follow": True}],
+        "status_map": {"WAIT_SELLER_SEND_GOODS": "paid", "已付款": "paid"},
+        "rules": CONTRACT_RULES,
+    }
+
+
+def firing_rules(d: Any) -> set[tuple[str, str]]:
+    status, body = d.get("/v1/alerts")
+    assert status == 200
+    return {(a["labels"]["rule"], a["labels"]["order_id"]) for a in body["alerts"]}
+
+
+def test_daemon_serves_alerts_timelines_and_metrics(tmp_path: Path) -> None:
+    """Alerts, an order's timeline, JSON errors and parseable non-zero metrics over HTTP."""
+    events = tmp_path / "events.jsonl"
+    shutil.copy(SAMPLE, events)
+    with daemon(tmp_path, sample_config(events)) as d:
+        wait_for(lambda: ("paid_without_wms", "O1002") in firing_rules(d), 30, "漏发 alert")
+        got = firing_rules(d)
+        assert {("wms_without_payment", "O1004"), ("paid_not_shipped", "O1002")} <= got
+        assert ("paid_without_wms", "O1001") not in got  # the healthy order
+        _, body = d.get("/v1/alerts")
+        assert {"amount_mismatch", "illegal_transition"} <= {
+            a["labels"]["rule"] for a in body["anomalies"]
+        }
+
+        status, timeline = d.get("/v1/orders/O1002")
+        assert status == 200
+        assert timeline["status"] == "paid"
+        assert [e["type"] for e in timeline["events"]] == ["order", "payment", "order"]
+
+        status, err = d.get("/v1/orders/NOPE")
+        assert status == 404 and "NOPE" in err["error"]
+        status, err = d.get("/v1/orders/stuck?limit=0")
+        assert status == 400 and "limit" in err["error"]
+        status, stuck = d.get("/v1/orders/stuck?rule=paid_not_shipped")
+        assert status == 200
+        assert [o["order_id"] for o in stuck["orders"]] == ["O1002", "O1005", "O1008"]
+
+        status, text = d.get("/metrics")
+        assert status == 200
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
+        events_total = sum(v for (n, _), v in samples.items() if n == "orderwatch_events_total")
+        assert events_total == 68
+        assert (
+            samples[
+                (
+                    "orderwatch_events_rejected_total",
+                    (("reason", "naive_timestamp"), ("source", "file:events.jsonl")),
+                )
+            ]
+            == 1
+        )
+        assert samples[("orderwatch_orders", (("status", "paid"),))] >= 1
+        assert (
+            samples[
+                (
+                    "orderwatch_alerts_firing",
+                    (
+                        ("alertname", "OrderGap"),
+                        ("rule", "paid_without_wms"),
+                        ("severity", "critical"),
+                    ),
+                )
+            ]
+            == 1
+        )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _line(**kw: Any) -> str:
+    return json.dumps(kw) + "\n"
+
+
+def test_quiet_input_fires_deadlines_on_the_wall_clock(tmp_path: Path) -> None:
+    """No new events: after idle_after the watermark follows the wall clock and the alert fires."""
+    events = tmp_path / "live.jsonl"
+    events.write_text("")
+    cfg = {
+        "sources": [{"kind": "file", "path": str(events), "follow": True}],
+        "rules": {"stuck": [{"name": "paid_4s", "statuses": ["paid"], "max_dwell": "4s"}]},
+        "lateness": "1s",
+        "idle_after": "1s",
+    }
+    with daemon(tmp_path, cfg) as d:
+        entered = _now_ms()
+        with events.open("a") as f:
+            f.write(_line(type="order", ts=entered, order_id="L1", status="paid"))
+        wait_for(lambda: d.get("/v1/orders/L1")[0] == 200, 20, "order read")
+        assert firing_rules(d) == set()  # the deadline is still ahead
+        wait_for(lambda: firing_rules(d) == {("paid_4s", "L1")}, 30, "deadline on a quiet input")
+        alert = d.get("/v1/alerts")[1]["alerts"][0]
+        assert alert["startsAt"] == datetime.fromtimestamp((entered + 4000) / 1000, UTC).isoformat(
+            timespec="milliseconds"
+        ).replace("+00:00", "Z")
+        left = _now_ms()
+        with events.open("a") as f:
+            f.write(_line(type="order", ts=left, order_id="L1", status="allocated"))
+        wait_for(lambda: firing_rules(d) == set(), 30, "resolution")
+    assert "RESOLVED" in d.console()
+
+
+def test_sigterm_leaves_a_clean_state_and_a_restart_repeats_nothing(tmp_path: Path) -> None:
+    """SIGTERM exits 0, state is consistent; the same input after a restart re-announces nothing."""
+    events = tmp_path / "events.jsonl"
+    shutil.copy(SAMPLE, events)
+    cfg = sample_config(events)
+    with daemon(tmp_path, cfg, name="first") as d:
+        wait_for(lambda: len(firing_rules(d)) >= 10, 30, "alerts")
+        first = firing_rules(d)
+        assert d.stop() == 0
+    state = d.state
+    assert sorted(p.name for p in state.iterdir()) == ["alerts.db", "dead-letters.jsonl"]
+    with sqlite3.connect(state / "alerts.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    dead = [json.loads(line) for line in (state / "dead-letters.jsonl").read_text().splitlines()]
+    assert sorted(x["reason"] for x in dead) == [
+        "malformed_json",
+        "naive_timestamp",
+        "unknown_status",
+    ]
+    announced = d.console().count("FIRING")
+    assert announced >= 10
+    assert '"event": "stopped"' in d.logs()
+
+    with daemon(tmp_path, cfg, name="second", state=state) as d2:
+        wait_for(lambda: firing_rules(d2) == first, 30, "same alerts after restart")
+        time.sleep(1)
+    assert "FIRING" not in d2.console(), d2.console()
+
+
+@pytest.mark.integration
+def test_real_prometheus_scrapes_the_daemon(tmp_path: Path) -> None:
+    """A real Prometheus scrapes /metrics and can compute what the dashboards show."""
+    events = tmp_path / "events.jsonl"
+    shutil.copy(SAMPLE, events)
+    with (
+        daemon(tmp_path, sample_config(events)) as d,
+        prometheus(tmp_path, [f"127.0.0.1:{d.port}"]) as prom,
+    ):
+        wait_for(lambda: prom_query(prom, 'up{job="orderwatch"} == 1'), 60, "scrape up")
+        total = wait_for(lambda: prom_query(prom, "sum(orderwatch_events_total)"), 30, "events")
+        assert float(total[0]["value"][1]) == 68
+        gaps = wait_for(
+            lambda: prom_query(prom, 'orderwatch_gaps_open{rule="paid_without_wms"}'), 30, "gaps"
+        )
+        assert float(gaps[0]["value"][1]) == 1
+        by_status = prom_query(prom, "sum by (status) (orderwatch_orders)")
+        assert {r["metric"]["status"] for r in by_status} >= {"paid", "created", "completed"}
