@@ -23,7 +23,7 @@ _MAX_BATCH = 5000
 # Of the configured events per wall second, this share are access logs; the rest come
 # from order journeys of about this many events each (see simulate.generator).
 ACCESS_SHARE = 0.3
-EVENTS_PER_ORDER = 23
+EVENTS_PER_ORDER = 21
 
 
 def simulator_for(cfg: SimulatorCfg, start_ms: int) -> Simulator:

@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from orderwatch.domain.lifecycle import STATUSES
 from orderwatch.domain.order import OrderRec
 from orderwatch.durations import format_duration_ms
 from orderwatch.events import LogisticsEvent, OrderEvent, PaymentEvent, WmsEvent
@@ -123,11 +124,14 @@ def stuck(
     summary: str | None,
 ) -> dict[str, str]:
     dwell = format_duration_ms(at - clock)
-    what = "in " + "/".join(sorted(statuses)) if since_entered else "without any update"
-    text = (
-        summary
-        or f"Order {order_id} stuck {what} for {dwell} (limit {format_duration_ms(max_dwell_ms)})"
-    )
+    limit = format_duration_ms(max_dwell_ms)
+    if since_entered:
+        where = "/".join(sorted(statuses, key=STATUSES.index))
+        now = f", now {rec.status}" if len(statuses) > 1 else ""
+        text = f"Order {order_id} stuck in {where} for {dwell} (limit {limit}{now})"
+    else:
+        text = f"Order {order_id} without any update for {dwell} while {rec.status} (limit {limit})"
+    text = summary.format(order_id=order_id, dwell=dwell, status=rec.status) if summary else text
     clock_name = "entered_at" if since_entered else "last_update_at"
     return {
         "summary": text,

@@ -1,0 +1,74 @@
+"""Tests of `orderwatch simulate` (orderwatch.simulate.cli) through the real argument parser."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from orderwatch.cli import main
+from orderwatch.simulate import SCENARIOS, Simulator
+from orderwatch.simulate.cli import parse_scenarios, parse_start
+
+START = 1_794_326_400_000  # 2026-11-11T00:00:00+08:00
+
+
+def test_writes_the_simulator_stream_to_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`simulate --out FILE --events N` writes exactly the Simulator's first N events."""
+    out = tmp_path / "events.jsonl"
+    argv = ["simulate", "--out", str(out), "--events", "2000", "--seed", "3"]
+    assert main([*argv, "--scenario", "double_ship=0.1"]) == 0
+    lines = out.read_bytes().splitlines()
+    sim = Simulator(seed=3, start_ms=START, scenarios={"double_ship": 0.1})
+    assert [orjson.loads(line) for line in lines] == list(sim.events(max_events=2000))
+    assert "2000 events" in capsys.readouterr().err
+
+
+def test_lists_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    """`simulate --list-scenarios` prints one line per scenario with its description."""
+    assert main(["simulate", "--list-scenarios"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(SCENARIOS)
+
+
+def test_bad_scenario_or_start_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown scenario, a bad share or a naive --start exits with code 2 and a message."""
+    assert main(["simulate", "--scenario", "wms_lost"]) == 2
+    assert "unknown scenario 'wms_lost'" in capsys.readouterr().err
+    assert main(["simulate", "--scenario", "double_ship=lots"]) == 2
+    assert main(["simulate", "--scenario", "double_ship=2"]) == 2
+    assert main(["simulate", "--start", "2026-11-11T00:00:00"]) == 2
+
+
+def test_scenario_defaults_and_start_parsing() -> None:
+    """NAME without a share gets a small default; --start accepts any RFC 3339 offset."""
+    shares = parse_scenarios(["double_ship", "callback_storm", "wrong_offset", "status_jump=0.3"])
+    assert shares == {
+        "double_ship": 0.02,
+        "callback_storm": 0.1,
+        "wrong_offset": 0.001,
+        "status_jump": 0.3,
+    }
+    assert parse_start(None) == START == parse_start("2026-11-10T16:00:00Z")
+
+
+def test_rate_paces_the_output(tmp_path: Path) -> None:
+    """--rate limits events per wall second without changing the content."""
+    paced, fast = tmp_path / "paced.jsonl", tmp_path / "fast.jsonl"
+    began = time.monotonic()
+    assert main(["simulate", "--out", str(paced), "--events", "300", "--rate", "1000"]) == 0
+    assert time.monotonic() - began >= 0.25
+    assert main(["simulate", "--out", str(fast), "--events", "300"]) == 0
+    assert paced.read_bytes() == fast.read_bytes()
+
+
+def test_kafka_output_is_refused_as_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    """A kafka:// output is a usage error (exit 2) until the Kafka connector lands."""
+    from orderwatch.cli import main
+
+    assert main(["simulate", "--events", "5", "--out", "kafka://127.0.0.1:9092"]) == 2
+    assert "Kafka" in capsys.readouterr().err
