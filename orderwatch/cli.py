@@ -200,6 +200,8 @@ def _print_summary(summary: Any, alerts_out: Path, dead_letters: Path) -> None:
     t.add_row("late events", f"{summary.late:,}")
     for key, n in sorted(summary.alerts.items()):
         t.add_row(f"alerts: {key}", f"{n:,}")
+    for key, n in sorted(summary.http.items(), key=lambda kv: -kv[1])[:12]:
+        t.add_row(f"access log: {key}", f"{n:,}")
     t.add_row("orders still tracked", f"{summary.orders_open:,}")
     t.add_row("lines read", f"{summary.lines:,}")
     t.add_row("seconds", f"{summary.seconds:.2f}")

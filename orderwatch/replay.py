@@ -37,6 +37,7 @@ class Summary:
     events: Counter[str] = field(default_factory=Counter)  # by type
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
     alerts: Counter[str] = field(default_factory=Counter)  # "rule status" -> count
+    http: Counter[str] = field(default_factory=Counter)  # "route code-class" -> access logs
     duplicates: int = 0
     late: int = 0
     orders_open: int = 0
@@ -56,6 +57,7 @@ class Summary:
         self.events.update(other.events)
         self.rejected.update(other.rejected)
         self.alerts.update(other.alerts)
+        self.http.update(other.http)
         self.duplicates += other.duplicates
         self.late += other.late
         self.orders_open += other.orders_open
@@ -98,6 +100,8 @@ def collect(runtime: Runtime, sink: AlertFileSink) -> Summary:
             s.events[etype] += n
         for (_, reason), n in intake.rejected.items():
             s.rejected[reason] += n
+        for (route, _method, code), n in intake.requests.items():
+            s.http[f"{route} {code}"] += n
         s.lines += intake.lines_read
         s.bytes += intake.bytes_read
     for tracker in runtime.trackers.values():
@@ -171,6 +175,9 @@ def run_here(
     on_progress: Any = None,
 ) -> Summary:
     """Run the replay dataflow in this process (alone or as one process of a cluster)."""
+    for path in (alerts_out, dead_letters):  # an empty result is an empty file, not none
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
     runtime = Runtime(shards=cfg.engine.shards, process_id=process_id or 0)
     source = JsonlSource(events, name=f"file:{events.name}", batch_size=batch_size)
     sink = AlertFileSink(alerts_out)
