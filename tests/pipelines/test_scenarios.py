@@ -94,7 +94,7 @@ def test_duplicate_callbacks_are_dropped_without_alerts(tmp_path: Path) -> None:
 
 def test_naive_timestamps_are_dead_lettered(tmp_path: Path) -> None:
     """A system without offsets is rejected line by line; the rest still runs."""
-    by_rule, summary, injected = replay(tmp_path, "naive_timestamp", 0.05)
+    by_rule, summary, _ = replay(tmp_path, "naive_timestamp", 0.05)
     assert summary.rejected["naive_timestamp"] > 0
     assert set(by_rule) <= {"paid_without_wms", "paid_not_allocated", "paid_not_shipped"}
     dead = [orjson.loads(x) for x in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
