@@ -171,6 +171,9 @@ def run_daemon(
         alert_queue=queue.Queue(),
         route_cap=LabelCap(caps, cfg.metrics.routes),
     )
+    if addresses:  # each process serves HTTP on http.listen's port + its id
+        hosts = [a.rpartition(":")[0] for a in addresses.split(",")]
+        runtime.peers = [f"http://{h}:{cfg.http.port + i}" for i, h in enumerate(hosts) if i != pid]
     channels = LabelCap(caps, cfg.metrics.channels)
     store = (
         AlertStore.in_dir(state_dir, channels=channels)

@@ -53,6 +53,7 @@ class Runtime:
     dataflow_running: bool = False
     sources_connected: bool = False
     stopping: threading.Event = field(default_factory=threading.Event)  # cooperative shutdown
+    peers: list[str] = field(default_factory=list)  # HTTP base URLs of the other processes
     _intakes: list[IntakeStats] = field(default_factory=list)
     _local: threading.local = field(default_factory=threading.local)
     _lock: threading.Lock = field(default_factory=threading.Lock)

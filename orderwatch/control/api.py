@@ -12,7 +12,9 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -207,6 +209,8 @@ async def order_timeline(request: web.Request) -> web.Response:
         )
     ctx = _ctx(request)
     key, tracker, rec = find_order(ctx.runtime, order_id)
+    if tracker is None and ctx.runtime.peers and PROXIED not in request.headers:
+        return await _from_peers(ctx, order_id)
     if tracker is None or rec is None:
         where = "" if tracker is not None else f"; its shard {key} is not served by this process"
         raise ApiError(
@@ -218,6 +222,31 @@ async def order_timeline(request: web.Request) -> web.Response:
     except RuntimeError:  # the worker changed the record while we read it
         body = timeline(order_id, rec, tracker, ctx.store, ctx.timezone)
     return json_response(body)
+
+
+PROXIED = "X-Orderwatch-Proxied"
+
+
+async def _from_peers(ctx: Context, order_id: str) -> web.Response:
+    """In a cluster, the order's shard lives in another process: ask the others."""
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for peer in ctx.runtime.peers:
+            try:
+                async with session.get(
+                    f"{peer}/v1/orders/{quote(order_id, safe='')}", headers={PROXIED: "1"}
+                ) as r:
+                    if r.status != 200:
+                        continue
+                    body = await r.json()
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+            known = ctx.store.for_order(order_id)  # alerts live with process 0's store
+            body["alerts"] = [a.to_json() for a in known if a.status == "firing" and not a.one_shot]
+            body["anomalies"] = [a.to_json() for a in known if a.one_shot]
+            body["resolved_alerts"] = [a.to_json() for a in known if a.status == "resolved"]
+            return json_response(body)
+    raise ApiError(404, f"order {order_id} is not tracked by any process of this cluster")
 
 
 # --- the application -------------------------------------------------------------------------

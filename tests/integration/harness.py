@@ -81,7 +81,12 @@ class Daemon:
 
 @contextmanager
 def daemon(
-    tmp: Path, config: dict[str, Any], *, name: str = "d", state: Path | None = None
+    tmp: Path,
+    config: dict[str, Any],
+    *,
+    name: str = "d",
+    state: Path | None = None,
+    args: tuple[str, ...] = (),
 ) -> Iterator[Daemon]:
     """Run `orderwatch run --config` with `config` (http and state filled in) during the block."""
     port = free_port()

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.factories import CONTRACT_RULES
-from tests.integration.harness import daemon, prom_query, prometheus, wait_for
+from tests.integration.harness import daemon, http_get, prom_query, prometheus, wait_for
 
 SAMPLE = Path("examples/sample-events.jsonl")
 
@@ -177,3 +177,24 @@ def test_real_prometheus_scrapes_the_daemon(tmp_path: Path) -> None:
         assert float(gaps[0]["value"][1]) == 1
         by_status = prom_query(prom, "sum by (status) (orderwatch_orders)")
         assert {r["metric"]["status"] for r in by_status} >= {"paid", "created", "completed"}
+
+
+def test_two_process_daemon_answers_for_every_order(tmp_path: Path) -> None:
+    """`run --processes 2`: process 0 serves all alerts and every order's timeline."""
+    events = tmp_path / "events.jsonl"
+    shutil.copy(SAMPLE, events)
+    with daemon(tmp_path, sample_config(events), args=("--processes", "2")) as d:
+        wait_for(lambda: len(firing_rules(d)) == 12, 40, "all sample alerts")
+        for oid in [f"O10{i:02d}" for i in range(2, 11)]:  # O1001 completed: forgotten
+            status, body = d.get(f"/v1/orders/{oid}")
+            assert status == 200, (oid, body)
+            assert body["order_id"] == oid
+        _, o1002 = d.get("/v1/orders/O1002")
+        assert {a["labels"]["rule"] for a in o1002["alerts"]} == {
+            "paid_without_wms",
+            "paid_not_allocated",
+            "paid_not_shipped",
+        }
+        assert d.get("/v1/orders/NOPE")[0] == 404
+        other = wait_for(lambda: http_get(f"http://127.0.0.1:{d.port + 1}/metrics"), 30, "p1")
+        assert other[0] == 200 and "orderwatch_orders_tracked" in other[1]
