@@ -97,7 +97,7 @@ def daemon(
     out, err = tmp / f"{name}.out", tmp / f"{name}.err"
     with out.open("ab") as fo, err.open("ab") as fe:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orderwatch", "run", "--config", str(path)],
+            [sys.executable, "-m", "orderwatch", "run", "--config", str(path), *args],
             stdout=fo,
             stderr=fe,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
