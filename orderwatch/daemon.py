@@ -199,7 +199,7 @@ def run_daemon(
             QueueSink(runtime.alert_queue, local=primary),  # type: ignore[arg-type]
             DeadLetterSink(state_dir / "dead-letters.jsonl", local=primary),
         )
-        flow = build_flow(cfg, sources, outputs, runtime, live=True)
+        flow = build_flow(cfg, sources, outputs, runtime, live=True, recovery=cfg.state.recovery)
         _install_signals(runtime)
         runtime.sources_connected = True
         runtime.dataflow_running = True

@@ -148,20 +148,60 @@ class TimestampError(ValueError):
 
 
 class TimestampParser:
-    """RFC 3339 with offset or epoch ms -> epoch ms; naive only with `assume_timezone`."""
+    """RFC 3339 with offset or epoch ms -> epoch ms; naive only with `assume_timezone`.
 
-    __slots__ = ("_assume",)
+    Most timestamps look like `2026-11-11T08:00:00.123+08:00`: the instant of the minute
+    (`2026-11-11T08:00` with its offset) is cached, so a line costs two small int parses
+    instead of a datetime and its arithmetic (~1 µs). Anything else takes the full parser.
+    """
+
+    __slots__ = ("_assume", "_minutes")
 
     def __init__(self, assume: tzinfo | None = None) -> None:
         self._assume = assume
+        self._minutes: dict[str, int] = {}
 
     def __call__(self, ts: int | str) -> int:
         if type(ts) is int:
             if not _MIN_MS <= ts < _MAX_MS:
-                hint = " (looks like epoch seconds; ts must be milliseconds)" if ts > 0 else ""
+                small = 0 < ts < _MIN_MS
+                hint = " (looks like epoch seconds; ts must be milliseconds)" if small else ""
                 raise TimestampError("invalid_timestamp", f"ts {ts} out of range{hint}")
             return ts
-        assert isinstance(ts, str)
+        if not isinstance(ts, str):
+            raise TimestampError("invalid_timestamp", "ts must be a string or an integer")
+        fast = self._fast(ts)
+        return fast if fast is not None else self._full(ts)
+
+    def _fast(self, ts: str) -> int | None:
+        n = len(ts)
+        if n < 20 or ts[16] != ":" or ts[10] != "T":
+            return None
+        if ts[-1] == "Z":
+            end, off = n - 1, "Z"
+        elif ts[-3] == ":" and ts[-6] in "+-":
+            end, off = n - 6, ts[-6:]
+        else:
+            return None
+        sec = ts[17:19]
+        if not sec.isdigit():
+            return None
+        ms = 0
+        if end > 19:
+            frac = ts[20:end]
+            if ts[19] != "." or not frac.isdigit():
+                return None
+            ms = int(frac[:3].ljust(3, "0"))
+        key = ts[:16] + off
+        base = self._minutes.get(key)
+        if base is None:
+            base = self._full(ts[:16] + ":00" + off)
+            if len(self._minutes) > 200_000:
+                self._minutes.clear()
+            self._minutes[key] = base
+        return base + int(sec) * 1000 + ms
+
+    def _full(self, ts: str) -> int:
         try:
             dt = datetime.fromisoformat(ts)
         except ValueError:

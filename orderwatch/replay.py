@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,31 +65,16 @@ class Summary:
         self.bytes += other.bytes
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "events": dict(self.events),
-            "rejected": dict(self.rejected),
-            "alerts": dict(self.alerts),
-            "duplicates": self.duplicates,
-            "late": self.late,
-            "orders_open": self.orders_open,
-            "lines": self.lines,
-            "bytes": self.bytes,
-            "seconds": self.seconds,
-        }
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: dict(v) if isinstance(v, Counter) else v for k, v in values.items()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Summary:
-        return cls(
-            Counter(d["events"]),
-            Counter(d["rejected"]),
-            Counter(d["alerts"]),
-            d["duplicates"],
-            d["late"],
-            d["orders_open"],
-            d["lines"],
-            d["bytes"],
-            d["seconds"],
-        )
+        counters = {k: Counter(d[k]) for k in ("events", "rejected", "alerts", "http")}
+        scalars = {
+            k: d[k] for k in ("duplicates", "late", "orders_open", "lines", "bytes", "seconds")
+        }
+        return cls(**counters, **scalars)
 
 
 def collect(runtime: Runtime, sink: AlertFileSink) -> Summary:

@@ -45,8 +45,13 @@ RULES: dict[str, Any] = {
 }
 
 
+STATUS_MAP = {"WAIT_SELLER_SEND_GOODS": "paid", "已付款": "paid"}
+
+
 def rules_config() -> Any:
-    return config(RULES, lateness="60s", engine={"terminal_retention": "30m"})
+    return config(
+        RULES, lateness="60s", engine={"terminal_retention": "30m"}, status_map=STATUS_MAP
+    )
 
 
 # Waits that hit the rule boundaries exactly, just before and just after, or anywhere.

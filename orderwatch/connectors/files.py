@@ -25,11 +25,22 @@ class _FilePartition(StatefulSourcePartition[RawChunk, tuple[int, int]]):
         self._src = src
         self._f: BinaryIO = open(src.path, "rb")  # noqa: SIM115 - closed in close()
         self._f.seek(offset)
-        self._offset = offset
-        self._line = line  # number of the next line, 1-based
-        self._buf = b""
+        self._offset = offset  # byte offset of the next line not yet emitted
+        self._line = line  # its number, 1-based
+        self._ahead: list[bytes] = []  # complete lines read but not yet emitted
+        self._next = 0
+        self._rest = b""  # a trailing partial line
         self._awake: datetime | None = None
         self._eof = False
+
+    def _read_ahead(self) -> bool:
+        data = self._f.read(_READ_SIZE)
+        if not data:
+            return False
+        parts = (self._rest + data).split(b"\n")
+        self._rest = parts.pop()
+        self._ahead, self._next = parts, 0
+        return True
 
     def next_batch(self) -> list[RawChunk]:
         if self._src.stop is not None and self._src.stop.is_set():
@@ -37,26 +48,22 @@ class _FilePartition(StatefulSourcePartition[RawChunk, tuple[int, int]]):
         lines: list[bytes] = []
         want = self._src.batch_size
         while len(lines) < want:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                data = self._f.read(_READ_SIZE)
-                if data:
-                    self._buf += data
-                    continue
-                if self._src.follow:
-                    break
-                if self._buf:  # a last line without a newline
-                    lines.append(self._buf)
-                    self._offset += len(self._buf)
-                    self._buf = b""
+            if self._next < len(self._ahead):
+                take = self._ahead[self._next : self._next + want - len(lines)]
+                self._next += len(take)
+                self._offset += sum(map(len, take)) + len(take)
+                lines.extend(take)
+            elif self._read_ahead():
+                continue
+            elif self._src.follow:
+                break  # a half-written last line waits for its newline
+            else:
+                if self._rest:  # a last line without a newline
+                    lines.append(self._rest)
+                    self._offset += len(self._rest)
+                    self._rest = b""
                 self._eof = True
                 break
-            line = self._buf[:nl]
-            self._buf = self._buf[nl + 1 :]
-            self._offset += nl + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            lines.append(line)
         first = self._line
         self._line += len(lines)
         if not lines:
@@ -66,8 +73,8 @@ class _FilePartition(StatefulSourcePartition[RawChunk, tuple[int, int]]):
             return []
         self._awake = None
         self._src.progress(self._offset)
-        chunk = RawChunk(self._src.name, first, lines, self._src.bound_type, self._src.fmt)
-        return [chunk]
+        lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+        return [RawChunk(self._src.name, first, lines, self._src.bound_type, self._src.fmt)]
 
     def next_awake(self) -> datetime | None:
         return self._awake

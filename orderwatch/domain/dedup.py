@@ -1,5 +1,10 @@
 """Drop redelivered events by `event_id` within a horizon of event time.
 
+A duplicate is the same `event_id` for the same order: a redelivery always carries its
+order, and keying by order keeps the result independent of how orders fall on shards.
+Each (order, event_id) is kept as a stable 64-bit hash (xxh3): an int, not two strings,
+and the same in every process, so snapshots restore anywhere.
+
 Ids are kept in generations of one horizon each, by the event's own timestamp: a redelivery
 carries the same timestamp, so one or two set lookups answer, and whole generations are
 dropped once the watermark is a horizon past them. An id is remembered for at least the
@@ -8,30 +13,33 @@ horizon (at most twice it) after its event time.
 
 from __future__ import annotations
 
+from xxhash import xxh3_64_intdigest
+
 
 class Deduper:
     __slots__ = ("_gens", "_horizon")
 
     def __init__(self, horizon_ms: int) -> None:
         self._horizon = horizon_ms
-        self._gens: dict[int, set[str]] = {}
+        self._gens: dict[int, set[int]] = {}
 
-    def seen(self, event_id: str, ts: int) -> bool:
-        """True when `event_id` was already seen; otherwise remember it and return False."""
+    def seen(self, order_id: str, event_id: str, ts: int) -> bool:
+        """True when this order's `event_id` was already seen; otherwise remember it."""
+        key = xxh3_64_intdigest(f"{order_id}\x1f{event_id}".encode("utf-8", "surrogatepass"))
         g = ts // self._horizon
         gens = self._gens
         cur = gens.get(g)
-        if cur is not None and event_id in cur:
+        if cur is not None and key in cur:
             return True
         prev = gens.get(g - 1)
-        if prev is not None and event_id in prev:
+        if prev is not None and key in prev:
             return True
         nxt = gens.get(g + 1)
-        if nxt is not None and event_id in nxt:
+        if nxt is not None and key in nxt:
             return True
         if cur is None:
             cur = gens[g] = set()
-        cur.add(event_id)
+        cur.add(key)
         return False
 
     def expire(self, watermark: int) -> None:

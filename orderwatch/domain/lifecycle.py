@@ -69,12 +69,16 @@ def default_transitions() -> dict[str, set[str]]:
 class StateMachine:
     """Which status changes are legal; `refund_requested` may also return to its origin."""
 
-    __slots__ = ("_allowed",)
+    __slots__ = ("_allowed", "_no_return")
 
-    def __init__(self, transitions: Mapping[str, Iterable[str]]) -> None:
+    def __init__(
+        self, transitions: Mapping[str, Iterable[str]], no_return: Iterable[str] = ()
+    ) -> None:
         self._allowed: dict[str, frozenset[str]] = {
             frm: frozenset(tos) for frm, tos in transitions.items()
         }
+        # statuses a refund request may not return to (forbidden refund_requested -> X)
+        self._no_return = frozenset(no_return)
 
     @classmethod
     def build(
@@ -88,13 +92,13 @@ class StateMachine:
             allowed[frm].update(tos)
         for frm, tos in (remove or {}).items():
             allowed[frm].difference_update(tos)
-        return cls(allowed)
+        return cls(allowed, (remove or {}).get(REFUND_REQUESTED, ()))
 
     def allowed(self, frm: str, to: str, refund_origin: str | None = None) -> bool:
         """True when `frm -> to` is legal (`refund_origin`: status before refund_requested)."""
         if to in self._allowed.get(frm, ()):
             return True
-        return frm == REFUND_REQUESTED and to == refund_origin
+        return frm == REFUND_REQUESTED and to == refund_origin and to not in self._no_return
 
     def next_statuses(self, frm: str) -> frozenset[str]:
         """Statuses reachable from `frm` in one legal step (without the dynamic refund return)."""

@@ -44,6 +44,7 @@ class OrderRec:
         "payable",
         "payments",
         "refund_from",
+        "refunded",
         "seen",
         "since",
         "status",
@@ -66,6 +67,7 @@ class OrderRec:
         self.paid_at: int | None = None  # fully paid: first success, or balance of a presale
         self.pay_ts: int | None = None  # start of pay-to-collect: payment or `paid`, first
         self.payments: dict[str, Decimal | None] | None = None  # successful, not refunded
+        self.refunded: tuple[str, ...] | None = None  # refunded pay_nos: final, never count again
         self.wms_at: int | None = None  # first WMS event other than `cancelled`
         self.closed_at: int | None = None  # cancelled / refunded / closed
         self.flags: int = 0

@@ -97,7 +97,7 @@ class ShardTracker:
 
     def ingest(self, ts: int, ev: OrderEvent | PaymentEvent | WmsEvent | LogisticsEvent) -> bool:
         """Buffer one event until the watermark reaches it; False if it was a duplicate."""
-        if ev.event_id is not None and self._dedup.seen(ev.event_id, ts):
+        if ev.event_id is not None and self._dedup.seen(ev.order_id, ev.event_id, ts):
             self.stats.duplicates += 1
             return False
         if type(ev) is OrderEvent:  # re-share strings that crossed a process boundary
@@ -255,7 +255,10 @@ class ShardTracker:
         if name == WMS_WITHOUT_PAYMENT:
             return not rec.flags & PAID_ANY
         # payment_not_applied: fully paid, yet the order still waits for (the rest of) it
-        return rec.status == CREATED or (bool(rec.flags & PRESALE) and rec.status == DEPOSIT_PAID)
+        if rec.status == CREATED:
+            return True
+        presale_balance = rec.flags & PRESALE and len(rec.payments or ()) >= 2
+        return bool(presale_balance) and rec.status == DEPOSIT_PAID
 
     def _forget(self, oid: str, rec: OrderRec) -> None:
         del self.orders[oid]
@@ -402,11 +405,15 @@ class ShardTracker:
 
     @staticmethod
     def _presale(rec: OrderRec) -> None:
-        """A deposit order: two payments expected; a deposit alone is not full payment."""
+        """A deposit order: two payments expected; a deposit alone is not full payment.
+
+        A single payment seen before `deposit_paid` was the deposit: the 漏发 clock waits
+        for the balance (unless 漏发 already fired on it; then it runs to its resolution).
+        """
         rec.flags |= PRESALE
-        firing = _GAP_FIRING[PAID_WITHOUT_WMS] | _GAP_FIRING[PAYMENT_NOT_APPLIED]
-        if rec.paid_at is not None and len(rec.payments or ()) == 1 and not rec.flags & firing:
-            rec.paid_at = None  # that payment was the deposit: wait for the balance
+        leaking = rec.flags & _GAP_FIRING[PAID_WITHOUT_WMS]
+        if rec.paid_at is not None and len(rec.payments or ()) == 1 and not leaking:
+            rec.paid_at = None
             rec.flags &= ~(_GAP_DONE[PAID_WITHOUT_WMS] | _GAP_DONE[PAYMENT_NOT_APPLIED])
 
     def _touch(self, oid: str, rec: OrderRec, ts: int, out: list[AlertChange]) -> None:
@@ -428,6 +435,13 @@ class ShardTracker:
                 pays = rec.payments = {}
             elif ev.pay_no in pays:
                 return "repeated callback"
+            if rec.refunded and ev.pay_no in rec.refunded:
+                # the money did arrive once (no unpaid shipment), but it counts no more
+                rec.flags |= PAID_ANY
+                self._resolve(
+                    oid, rec, WMS_WITHOUT_PAYMENT, _GAP_FIRING[WMS_WITHOUT_PAYMENT], ts, out
+                )
+                return "callback for a refunded payment"
             pays[ev.pay_no] = ev.amount
             self.stats.payments[self.stats.channels(rec.channel)] += 1
             rec.flags |= PAID_ANY
@@ -445,6 +459,7 @@ class ShardTracker:
         elif ev.status == "refunded":
             if rec.payments:
                 rec.payments.pop(ev.pay_no, None)
+            rec.refunded = (*(rec.refunded or ()), ev.pay_no)
             if rec.closed_at is None:
                 rec.closed_at = ts
             self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)

@@ -45,7 +45,9 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes]):
         clock: WatermarkClock,
         runtime: Runtime,
         now_ms: Callable[[], int],
+        recovery: bool = False,
     ) -> None:
+        self.recovery = recovery
         self.tracker = tracker
         self.clock = clock
         self.now_ms = now_ms
@@ -78,7 +80,11 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes]):
         at = self.clock.wake_at(wall, self.tracker.next_due())
         return None if at is None else datetime.fromtimestamp(at / 1000, UTC)
 
-    def snapshot(self) -> bytes:
+    def snapshot(self) -> bytes | None:
+        # bytewax asks every epoch, recovery or not; pickling every order is only worth it
+        # when there is a recovery store to write it to.
+        if not self.recovery:
+            return None
         return pickle.dumps((self.tracker, self.clock), protocol=pickle.HIGHEST_PROTOCOL)
 
     def _advance(self, watermark: int | None) -> list[AlertChange]:
@@ -100,6 +106,7 @@ def build_flow(
     runtime: Runtime,
     *,
     live: bool,
+    recovery: bool = False,
     now_ms: Callable[[], int] = _wall_ms,
 ) -> Dataflow:
     """The whole order dataflow. `live=False` is a replay: event time only, no wall clock."""
@@ -117,7 +124,7 @@ def build_flow(
         else:
             tracker = ShardTracker(rules, ShardStats(channels, warehouses))
             clock = WatermarkClock(cfg.lateness, idle_after)
-        return ShardLogic(tracker, clock, runtime, now_ms)
+        return ShardLogic(tracker, clock, runtime, now_ms, recovery)
 
     flow = Dataflow("orderwatch")
     streams = [op.input(f"read_{i}", flow, src) for i, src in enumerate(inputs)]

@@ -18,6 +18,8 @@ from orderwatch.connectors.raw import RawChunk
 from orderwatch.domain.alert import AlertChange
 from orderwatch.pipelines.orders import Outputs, build_flow
 from orderwatch.runtime import Runtime
+from orderwatch.simulate import Simulator
+from tests.factories import BASE, HOUR
 from tests.strategies import rules_config, streams
 from tests.unit.test_properties import reference
 
@@ -50,7 +52,33 @@ def run_flow(
     return sorted((a for _, a in alerts), key=AlertChange.sort_key), [d for _, d in dead], runtime
 
 
-SAMPLE = streams(max_orders=40).example()
+FAULTS = {
+    "wms_push_lost": 0.05,
+    "callback_delay": 0.05,
+    "double_ship": 0.05,
+    "status_jump": 0.05,
+    "amount_mismatch": 0.05,
+    "duplicate_callback": 0.1,
+    "duplicate_payment": 0.05,
+    "unpaid_shipment": 0.05,
+    "logistics_stall": 0.05,
+}
+
+
+def simulated(orders_per_minute: float, hours: float, seed: int = 3) -> list[bytes]:
+    """A deterministic realistic stream with faults (the product's simulator)."""
+    sim = Simulator(
+        seed=seed,
+        start_ms=BASE,
+        orders_per_minute=orders_per_minute,
+        scenarios=FAULTS,
+        orders_until_ms=BASE + int(hours * HOUR),
+        access_logs_per_second=0.2,
+    )
+    return [orjson.dumps(e) for e in sim.events(until_ms=BASE + int((hours + 30) * HOUR))]
+
+
+SAMPLE = simulated(2, 1)
 
 
 def test_dataflow_matches_the_reference(workers: int) -> None:
@@ -130,22 +158,9 @@ def _replay(events: Path, out: Path, *args: str, config: Path) -> None:
 
 @pytest.fixture(scope="module")
 def big_stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few hundred generated orders as a file."""
+    """A few thousand simulated orders with faults, as a file."""
     path = tmp_path_factory.mktemp("stream") / "events.jsonl"
-    lines: list[bytes] = []
-    for i in range(12):
-        part = streams(max_orders=30).example()
-        lines += [
-            orjson.dumps(
-                {
-                    **orjson.loads(raw),
-                    "order_id": f"{orjson.loads(raw)['order_id']}-{i}",
-                    "event_id": f"{orjson.loads(raw)['event_id']}-{i}",
-                }
-            )
-            for raw in part
-        ]
-    path.write_bytes(b"\n".join(sorted(lines, key=lambda r: orjson.loads(r)["ts"])) + b"\n")
+    path.write_bytes(b"\n".join(simulated(6, 3, seed=5)) + b"\n")
     return path
 
 
@@ -153,11 +168,18 @@ def big_stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def rules_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import yaml
 
-    from tests.strategies import RULES
+    from tests.strategies import RULES, STATUS_MAP
 
     path = tmp_path_factory.mktemp("cfg") / "rules.yaml"
     path.write_text(
-        yaml.safe_dump({"rules": RULES, "lateness": "60s", "engine": {"terminal_retention": "30m"}})
+        yaml.safe_dump(
+            {
+                "rules": RULES,
+                "lateness": "60s",
+                "engine": {"terminal_retention": "30m"},
+                "status_map": STATUS_MAP,
+            }
+        )
     )
     return path
 

@@ -55,17 +55,18 @@ def test_wake_before_idle_is_the_idle_moment() -> None:
 def test_dedup_drops_the_second_copy_within_the_horizon() -> None:
     """The same event_id at the same time is a duplicate."""
     d = Deduper(horizon_ms=HOUR)
-    assert d.seen("e1", 10) is False
-    assert d.seen("e1", 10) is True
-    assert d.seen("e2", 10) is False
+    assert d.seen("A", "e1", 10) is False
+    assert d.seen("A", "e1", 10) is True
+    assert d.seen("A", "e2", 10) is False
+    assert d.seen("B", "e1", 10) is False  # another order reusing the id is not a redelivery
 
 
 def test_dedup_forgets_after_the_horizon() -> None:
     """An id is forgotten once the watermark is a horizon past its generation."""
     d = Deduper(horizon_ms=HOUR)
-    d.seen("e1", 10)
+    d.seen("A", "e1", 10)
     d.expire(HOUR + 20)
-    assert d.seen("e1", 10) is True  # still within at least one horizon
+    assert d.seen("A", "e1", 10) is True  # still within at least one horizon
     d.expire(3 * HOUR)
     assert len(d) == 0
 
@@ -73,8 +74,8 @@ def test_dedup_forgets_after_the_horizon() -> None:
 def test_dedup_catches_a_restamped_redelivery() -> None:
     """A redelivery stamped minutes later, across a generation boundary, is still caught."""
     d = Deduper(horizon_ms=HOUR)
-    d.seen("e1", HOUR - 1)
-    assert d.seen("e1", HOUR + 5 * MIN) is True
+    d.seen("A", "e1", HOUR - 1)
+    assert d.seen("A", "e1", HOUR + 5 * MIN) is True
 
 
 def test_redelivered_event_changes_nothing() -> None:
@@ -214,3 +215,24 @@ def test_bad_yaml_is_reported_with_a_position(tmp_path: pytest.TempPathFactory) 
     with pytest.raises(ConfigError) as err:
         load_config(p)
     assert "line" in err.value.errors[0]
+
+
+def test_replay_summary_round_trips_through_json() -> None:
+    """Cluster children hand their summaries to the parent as JSON without loss."""
+    from collections import Counter
+
+    from orderwatch.replay import Summary
+
+    s = Summary(
+        Counter({"order": 3}),
+        Counter({"oversized": 1}),
+        Counter({"r firing": 2}),
+        Counter({"/x 5xx": 4}),
+        duplicates=1,
+        late=2,
+        orders_open=3,
+        lines=9,
+        bytes=99,
+        seconds=1.5,
+    )
+    assert Summary.from_json(s.to_json()) == s

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orderwatch.events import (
     REASONS,
@@ -14,6 +16,7 @@ from orderwatch.events import (
     OrderEvent,
     PaymentEvent,
     Rejected,
+    TimestampParser,
     decode_nginx,
 )
 
@@ -188,3 +191,25 @@ def test_nginx_combined_line_with_request_time() -> None:
     assert d.ts_ms == INSTANT + 1000  # 00:00:01 +0800
     bad = decode_nginx(b"garbage", "nginx", "2")
     assert isinstance(bad, Rejected) and bad.reason in REASONS
+
+
+@given(
+    instant=st.datetimes(min_value=datetime(1974, 1, 1), max_value=datetime(2099, 1, 1)),
+    offset_min=st.integers(-14 * 60, 14 * 60),
+    digits=st.integers(0, 9),
+    zulu=st.booleans(),
+)
+def test_fast_timestamp_path_equals_the_full_parser(
+    instant: datetime, offset_min: int, digits: int, zulu: bool
+) -> None:
+    """The cached minute fast path gives exactly what fromisoformat gives."""
+    tz = UTC if zulu else timezone(timedelta(minutes=offset_min))
+    dt = instant.replace(tzinfo=tz)
+    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    if digits:
+        text += "." + f"{dt.microsecond:06d}{'123'}"[:digits]
+    text += "Z" if zulu else dt.strftime("%z")[:3] + ":" + dt.strftime("%z")[3:]
+    parser = TimestampParser()
+    expected = parser._full(text)
+    assert parser(text) == expected
+    assert parser(text) == expected  # from the cache too

@@ -28,7 +28,8 @@ def reference(lines: list[bytes]) -> list[AlertChange]:
     dec = Decoder(CFG.status_map)
     decoded = [dec.decode(raw, "t", "0") for raw in lines]
     for d in decoded:
-        tracker.ingest(d.ts_ms, d.event)  # type: ignore[union-attr]
+        if d.event.__struct_config__.tag != "access_log":  # type: ignore[union-attr]
+            tracker.ingest(d.ts_ms, d.event)  # type: ignore[union-attr]
     return sorted(
         tracker.advance(max(d.ts_ms for d in decoded)),  # type: ignore[union-attr]
         key=AlertChange.sort_key,
