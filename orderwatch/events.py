@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from orderwatch.domain.lifecycle import canonical
+from orderwatch.domain.lifecycle import STATUSES, canonical
 
 OrderId = Annotated[str, Meta(min_length=1, max_length=128)]
 Amount = Decimal | None
@@ -155,11 +155,12 @@ class TimestampParser:
     instead of a datetime and its arithmetic (~1 µs). Anything else takes the full parser.
     """
 
-    __slots__ = ("_assume", "_minutes")
+    __slots__ = ("_assume", "_minutes", "_seconds")
 
     def __init__(self, assume: tzinfo | None = None) -> None:
         self._assume = assume
         self._minutes: dict[str, int] = {}
+        self._seconds: dict[str, int] = {}  # "…HH:MM:SS" + offset -> epoch ms
 
     def __call__(self, ts: int | str) -> int:
         if type(ts) is int:
@@ -170,8 +171,23 @@ class TimestampParser:
             return ts
         if not isinstance(ts, str):
             raise TimestampError("invalid_timestamp", "ts must be a string or an integer")
+        # Fastest: millisecond precision as OMS (`…SS.mmm+08:00`) and gateways (`…SS.mmmZ`)
+        # send it, with this second already seen.
+        n = len(ts)
+        if (n == 29 or n == 24) and ts[19] == ".":
+            base = self._seconds.get(ts[:19] + ts[23:])
+            if base is not None:
+                frac = ts[20:23]
+                if frac.isdigit():
+                    return base + int(frac)
         fast = self._fast(ts)
-        return fast if fast is not None else self._full(ts)
+        if fast is None:
+            return self._full(ts)
+        if (n == 29 or n == 24) and ts[19] == "." and ts[20:23].isdigit():
+            if len(self._seconds) > 200_000:
+                self._seconds.clear()
+            self._seconds[ts[:19] + ts[23:]] = fast - int(ts[20:23])
+        return fast
 
     def _fast(self, ts: str) -> int | None:
         n = len(ts)
@@ -239,16 +255,16 @@ class Decoder:
         assume_timezone: tzinfo | None = None,
         max_bytes: int = 65_536,
     ) -> None:
-        self._status = {k: canonical(v) or v for k, v in (status_map or {}).items()}
-        self._ts = TimestampParser(assume_timezone)
+        # one lookup maps a channel's status name or a canonical one to the canonical string
+        self._status = {s: s for s in STATUSES}
+        self._status.update({k: canonical(v) or v for k, v in (status_map or {}).items()})
+        self._parse_ts = TimestampParser(assume_timezone).__call__
         self._max = max_bytes
         self._mixed = msgspec.json.Decoder(AnyEvent)
         self._bound = {t: msgspec.json.Decoder(cls) for t, cls in _BY_TYPE.items()}
         self._interned: dict[str, str] = {}
 
-    def _intern(self, s: str | None) -> str | None:
-        if s is None:
-            return None
+    def _intern(self, s: str) -> str:
         got = self._interned.get(s)
         if got is None:
             if len(self._interned) < 10_000:
@@ -285,8 +301,9 @@ class Decoder:
         except msgspec.ValidationError as exc:
             return Rejected(_reason_for(exc), str(exc), source, position, raw)
         except UnicodeDecodeError as exc:
-            return Rejected("encoding", f"not UTF-8: {exc.reason} at byte {exc.start}", source,
-                            position, raw)
+            return Rejected(
+                "encoding", f"not UTF-8: {exc.reason} at byte {exc.start}", source, position, raw
+            )
         except msgspec.DecodeError as exc:
             reason = "encoding" if "UTF-8" in str(exc) or "utf-8" in str(exc) else "malformed_json"
             return Rejected(reason, str(exc), source, position, raw)
@@ -295,44 +312,35 @@ class Decoder:
     def finish(self, ev: AnyEvent, raw: bytes, source: str, position: str) -> Decoded | Rejected:
         """Checks msgspec cannot express: timestamps, status map, finite amounts."""
         try:
-            ts_ms = self._ts(ev.ts)
+            ts_ms = self._parse_ts(ev.ts)
         except TimestampError as exc:
             return Rejected(exc.reason, str(exc), source, position, raw)
-        if type(ev) is OrderEvent:
-            status = self._status.get(ev.status) or canonical(ev.status)
+        t = type(ev)
+        interned = self._interned
+        if t is OrderEvent:
+            status = self._status.get(ev.status)
             if status is None:
-                return Rejected(
-                    "unknown_status",
-                    f"order status {ev.status[:64]!r} is neither canonical nor in status_map",
-                    source,
-                    position,
-                    raw,
-                )
+                detail = f"order status {ev.status[:64]!r} is neither canonical nor in status_map"
+                return Rejected("unknown_status", detail, source, position, raw)
             ev.status = status
-            ev.channel = self._intern(ev.channel)
-            ev.warehouse = self._intern(ev.warehouse)
+            if ev.channel is not None:
+                ev.channel = interned.get(ev.channel) or self._intern(ev.channel)
+            if ev.warehouse is not None:
+                ev.warehouse = interned.get(ev.warehouse) or self._intern(ev.warehouse)
             if ev.amount is not None and not ev.amount.is_finite():
-                return Rejected(
-                    "invalid_field",
-                    "amount is not a finite decimal - at `$.amount`",
-                    source,
-                    position,
-                    raw,
-                )
-        elif type(ev) is PaymentEvent:
+                return Rejected("invalid_field", _NOT_FINITE, source, position, raw)
+        elif t is PaymentEvent:
             if ev.amount is not None and not ev.amount.is_finite():
-                return Rejected(
-                    "invalid_field",
-                    "amount is not a finite decimal - at `$.amount`",
-                    source,
-                    position,
-                    raw,
-                )
-        elif type(ev) is WmsEvent:
-            ev.warehouse = self._intern(ev.warehouse)
-        elif type(ev) is AccessLogEvent:
-            ev.route = self._intern(ev.route)  # type: ignore[assignment]
+                return Rejected("invalid_field", _NOT_FINITE, source, position, raw)
+        elif t is WmsEvent:
+            if ev.warehouse is not None:
+                ev.warehouse = interned.get(ev.warehouse) or self._intern(ev.warehouse)
+        elif t is AccessLogEvent:
+            ev.route = interned.get(ev.route) or self._intern(ev.route)  # type: ignore[assignment]
         return Decoded(ts_ms, ev)
+
+
+_NOT_FINITE = "amount is not a finite decimal - at `$.amount`"
 
 
 # --- nginx "combined" access logs with $request_time appended ---------------------------------

@@ -15,7 +15,7 @@ import msgspec
 
 from orderwatch.alerts.store import AlertStore
 from orderwatch.domain.alert import rfc3339_ms
-from orderwatch.domain.order import OrderRec
+from orderwatch.domain.order import OrderRec, timeline_entries
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.wording import describe_event
 from orderwatch.pipelines.route import shard_keys, shard_of
@@ -70,7 +70,7 @@ def timeline(
     order_id: str, rec: OrderRec, tracker: ShardTracker, store: AlertStore, zone: str
 ) -> dict[str, Any]:
     """Everything orderwatch knows about one order, oldest event first."""
-    log = list(rec.log)
+    log = timeline_entries(rec)
     out: dict[str, Any] = {
         "order_id": order_id,
         "status": rec.status or "unknown",

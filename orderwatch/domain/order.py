@@ -15,6 +15,7 @@ ANOMALY_BIT = 0  # bits 0-4: anomaly kinds fired (in rules.ANOMALIES order)
 PRESALE = 1 << 5  # passed through deposit_paid: two payments expected
 COLLECTED = 1 << 6  # pay-to-collect measured
 PAID_ANY = 1 << 7  # at least one successful payment (a deposit counts)
+AMOUNT_OK = 1 << 11  # amounts checked and equal; cleared when payable or payments change
 GAP_DONE_BIT = 8  # bits 8-10: gap rule evaluated (in rules.GAP_RULES order)
 GAP_FIRING_BIT = 12  # bits 12-14: gap rule firing
 STUCK_BIT = 16  # rule i: done = 16 + 2i, firing = 17 + 2i
@@ -29,7 +30,12 @@ def stuck_firing(i: int) -> int:
 
 
 class OrderRec:
-    """One tracked order. `log` is its recent timeline: (event, status after, note)."""
+    """One tracked order.
+
+    `log` is its recent timeline: each entry an event, or `(event, note)` when something is
+    worth saying about it (late, repeated, illegal ...). `log_status` is the status before
+    the oldest kept entry; `timeline_entries` derives the status after each event.
+    """
 
     __slots__ = (
         "channel",
@@ -39,6 +45,7 @@ class OrderRec:
         "flags",
         "last_update",
         "log",
+        "log_status",
         "paid_at",
         "pay_ts",
         "payable",
@@ -72,7 +79,8 @@ class OrderRec:
         self.closed_at: int | None = None  # cancelled / refunded / closed
         self.flags: int = 0
         self.due: int | None = None  # due time of this order's live deadline-heap entry
-        self.log: list[tuple[Any, str | None, str | None]] = []
+        self.log: list[Any] = []
+        self.log_status: str | None = None
 
     def __getstate__(self) -> tuple[Any, ...]:
         return tuple(getattr(self, s) for s in OrderRec.__slots__)
@@ -80,3 +88,24 @@ class OrderRec:
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         for name, value in zip(OrderRec.__slots__, state, strict=True):
             setattr(self, name, value)
+
+
+def drop_log_head(rec: OrderRec) -> None:
+    """Forget the oldest timeline entry, keeping the status it left behind."""
+    head = rec.log.pop(0)
+    ev = head[0] if type(head) is tuple else head
+    status = getattr(ev, "status", None)
+    if status is not None and type(ev).__struct_config__.tag == "order":
+        rec.log_status = status
+
+
+def timeline_entries(rec: OrderRec) -> list[tuple[Any, str | None, str | None]]:
+    """(event, order status after it, note) for every kept event, oldest first."""
+    out = []
+    status = rec.log_status
+    for entry in list(rec.log):
+        ev, note = entry if type(entry) is tuple else (entry, None)
+        if type(ev).__struct_config__.tag == "order":
+            status = ev.status
+        out.append((ev, status, note))
+    return out

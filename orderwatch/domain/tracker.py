@@ -13,7 +13,7 @@ watermarks fed in, which is what makes replays exact and worker counts irrelevan
 from __future__ import annotations
 
 import heapq
-import sys
+from bisect import bisect_right
 from decimal import Decimal
 from typing import Any
 
@@ -28,9 +28,9 @@ from orderwatch.domain.lifecycle import (
     REFUND_REQUESTED,
     SHIPPED,
     TERMINAL,
-    canonical,
 )
 from orderwatch.domain.order import (
+    AMOUNT_OK,
     ANOMALY_BIT,
     COLLECTED,
     GAP_DONE_BIT,
@@ -38,6 +38,7 @@ from orderwatch.domain.order import (
     PAID_ANY,
     PRESALE,
     OrderRec,
+    drop_log_head,
     stuck_done,
     stuck_firing,
 )
@@ -59,17 +60,16 @@ from orderwatch.domain.rules import (
     StuckSpec,
 )
 from orderwatch.domain.stats import ShardStats
-from orderwatch.events import LogisticsEvent, OrderEvent, PaymentEvent, WmsEvent, rank
+from orderwatch.events import LogisticsEvent, OrderEvent, PaymentEvent, WmsEvent
 
 _ANOMALY_FLAG = {kind: 1 << (ANOMALY_BIT + i) for i, kind in enumerate(ANOMALIES)}
 _GAP_DONE = {name: 1 << (GAP_DONE_BIT + i) for i, name in enumerate(GAP_RULES)}
 _GAP_FIRING = {name: 1 << (GAP_FIRING_BIT + i) for i, name in enumerate(GAP_RULES)}
 
 
-def _intern(s: str | None) -> str | None:
-    return None if s is None else sys.intern(s)
-
-
+_RANK = {OrderEvent: 0, PaymentEvent: 1, WmsEvent: 2, LogisticsEvent: 3}
+_AFTER_ANY_RANK = 9  # (watermark, 9) sorts after every (watermark, rank, seq, event)
+_AMOUNT_SETTLED = AMOUNT_OK | _ANOMALY_FLAG[AMOUNT_MISMATCH]
 _COLLECT_STATUSES = frozenset({"shipped", "in_transit", "delivered", "completed"})
 
 
@@ -87,8 +87,32 @@ class ShardTracker:
         self._seq = 0
         self._dedup = Deduper(rules.dedup_horizon_ms)
         self._zone = rules.timezone
+        self._log_size = rules.timeline_events
         self._entered_rules = tuple(s for s in rules.stuck if s.since_entered)
         self._update_rules = tuple(s for s in rules.stuck if not s.since_entered)
+        # Hot-path plans: plain tuples and precomputed bit masks instead of attribute lookups.
+        self._stuck_plan = tuple(
+            (
+                s.index,
+                s.statuses,
+                s.max_dwell_ms,
+                s.since_entered,
+                stuck_done(s.index) | stuck_firing(s.index),
+            )
+            for s in rules.stuck
+        )
+        self._gap_plan = tuple(
+            (g.within_ms, _GAP_DONE[name], name == WMS_WITHOUT_PAYMENT)
+            for name, g in rules.gaps.items()
+        )
+        self._update_firing = sum(stuck_firing(s.index) for s in self._update_rules)
+        self._update_done = sum(stuck_done(s.index) for s in self._update_rules)
+        self._handlers = {
+            OrderEvent: self._on_order,
+            PaymentEvent: self._on_payment,
+            WmsEvent: self._on_wms,
+            LogisticsEvent: self._on_logistics,
+        }
         self._firing_mask = sum(_GAP_FIRING.values()) | sum(
             stuck_firing(s.index) for s in rules.stuck
         )
@@ -100,16 +124,10 @@ class ShardTracker:
         if ev.event_id is not None and self._dedup.seen(ev.order_id, ev.event_id, ts):
             self.stats.duplicates += 1
             return False
-        if type(ev) is OrderEvent:  # re-share strings that crossed a process boundary
-            ev.status = canonical(ev.status) or ev.status
-            ev.channel = _intern(ev.channel)
-            ev.warehouse = _intern(ev.warehouse)
-        elif type(ev) is WmsEvent:
-            ev.warehouse = _intern(ev.warehouse)
         if self.watermark is not None and ts <= self.watermark:
             self.stats.late += 1
         self._seq += 1
-        heapq.heappush(self._pending, (ts, rank(ev), self._seq, ev))
+        self._pending.append((ts, _RANK[type(ev)], self._seq, ev))
         return True
 
     def advance(self, watermark: int) -> list[AlertChange]:
@@ -118,10 +136,17 @@ class ShardTracker:
         if self.watermark is not None and watermark < self.watermark:
             watermark = self.watermark
         pending = self._pending
-        while pending and pending[0][0] <= watermark:
-            ts, _, _, ev = heapq.heappop(pending)
-            self._fire_due(ts - 1, out)
-            self._apply(ts, ev, out)
+        if pending:
+            # Input is nearly in time order, so this sort is close to linear (timsort runs).
+            pending.sort()
+            cut = bisect_right(pending, (watermark, _AFTER_ANY_RANK))
+            deadlines = self._deadlines
+            apply = self._apply
+            for ts, _, _, ev in pending[:cut]:
+                if deadlines and deadlines[0][0] < ts:
+                    self._fire_due(ts - 1, out)
+                apply(ts, ev, out)
+            del pending[:cut]
         self._fire_due(watermark, out)
         self.watermark = watermark
         self._dedup.expire(watermark)
@@ -133,7 +158,9 @@ class ShardTracker:
 
     def next_due(self) -> int | None:
         """The earliest event time at which something may happen (a buffered event or deadline)."""
-        times = [h[0][0] for h in (self._pending, self._deadlines) if h]
+        times = [min(p[0] for p in self._pending)] if self._pending else []
+        if self._deadlines:
+            times.append(self._deadlines[0][0])
         return min(times) if times else None
 
     # --- deadlines ---------------------------------------------------------------------------
@@ -151,8 +178,19 @@ class ShardTracker:
                 self._schedule(oid, rec)
 
     def _schedule(self, oid: str, rec: OrderRec) -> None:
+        """Make the order's heap entry cover its earliest deadline (full recomputation)."""
         due = self._next_due(rec)
         if due is not None and (rec.due is None or due < rec.due):
+            rec.due = due
+            heapq.heappush(self._deadlines, (due, oid))
+
+    def _offer(self, oid: str, rec: OrderRec, due: int) -> None:
+        """A new deadline appeared: make sure the heap entry is no later than it.
+
+        Deadlines that move later need no offer: the entry then pops early, finds nothing due
+        and is rescheduled from scratch. So each event only pays for what it created.
+        """
+        if rec.due is None or due < rec.due:
             rec.due = due
             heapq.heappush(self._deadlines, (due, oid))
 
@@ -160,27 +198,19 @@ class ShardTracker:
         best: int | None = None
         flags = rec.flags
         status = rec.status
-        for spec in self.rules.stuck:
-            if status not in spec.statuses or flags & (
-                stuck_done(spec.index) | stuck_firing(spec.index)
-            ):
+        entered = rec.entered
+        for index, statuses, dwell, since_entered, busy in self._stuck_plan:
+            if flags & busy or status not in statuses:
                 continue
-            if spec.since_entered:
-                clock = rec.entered[spec.index] if rec.entered else None
-            else:
-                clock = rec.last_update
-            if clock is not None:
-                due = clock + spec.max_dwell_ms
-                if best is None or due < best:
-                    best = due
-        for name, gap in self.rules.gaps.items():
-            if flags & _GAP_DONE[name]:
+            clock = (entered[index] if entered else None) if since_entered else rec.last_update
+            if clock is not None and (best is None or clock + dwell < best):
+                best = clock + dwell
+        for within, done, wms_clock in self._gap_plan:
+            if flags & done:
                 continue
-            clock = rec.wms_at if name == WMS_WITHOUT_PAYMENT else rec.paid_at
-            if clock is not None:
-                due = clock + gap.within_ms
-                if best is None or due < best:
-                    best = due
+            clock = rec.wms_at if wms_clock else rec.paid_at
+            if clock is not None and (best is None or clock + within < best):
+                best = clock + within
         expiry = self._expiry(rec)
         if expiry is not None and (best is None or expiry < best):
             best = expiry
@@ -312,27 +342,20 @@ class ShardTracker:
         if rec is None:
             rec = self.orders[oid] = OrderRec(ts)
             self.stats.status_counts["unknown"] += 1
-        late = self.watermark is not None and ts <= self.watermark
         if ts > rec.seen:
             rec.seen = ts
         ev.ts = ts  # the timeline keeps the instant, not the original string
         log = rec.log
-        log.append((ev, rec.status, None))  # alerts fired by this event already list it
-        if len(log) > self.rules.timeline_events:
-            del log[0]
-        t = type(ev)
-        if t is OrderEvent:
-            note = self._on_order(oid, rec, ev, ts, out)
-        elif t is PaymentEvent:
-            note = self._on_payment(oid, rec, ev, ts, out)
-        elif t is WmsEvent:
-            note = self._on_wms(oid, rec, ev, ts, out)
-        else:
-            note = self._on_logistics(oid, rec, ev, ts, out)
-        if late:
+        log.append(ev)  # alerts fired by this very event already list it
+        if len(log) > self._log_size:
+            drop_log_head(rec)
+        note = self._handlers[type(ev)](oid, rec, ev, ts, out)
+        if self.watermark is not None and ts <= self.watermark:
             note = f"{note}; late" if note else "late"
-        log[-1] = (ev, rec.status, note)
-        self._schedule(oid, rec)
+        if note is not None:
+            log[-1] = (ev, note)
+        if rec.due is None:
+            self._schedule(oid, rec)  # e.g. a last alert resolved: the expiry is back
 
     def _on_order(
         self, oid: str, rec: OrderRec, ev: OrderEvent, ts: int, out: list[AlertChange]
@@ -342,8 +365,9 @@ class ShardTracker:
             rec.channel = ev.channel
         if ev.warehouse:
             rec.warehouse = ev.warehouse
-        if ev.amount is not None:
+        if ev.amount is not None and ev.amount != rec.payable:
             rec.payable = ev.amount
+            rec.flags &= ~AMOUNT_OK
         note = None
         if new == SHIPPED:
             if ev.tracking_no and rec.tracking and ev.tracking_no != rec.tracking:
@@ -393,10 +417,13 @@ class ShardTracker:
                     rec.entered = [None] * len(self.rules.stuck)
                 rec.entered[spec.index] = ts
                 rec.flags &= ~stuck_done(spec.index)
+                self._offer(oid, rec, ts + spec.max_dwell_ms)
             elif was and not now:
                 self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
                 if rec.entered is not None:
                     rec.entered[spec.index] = None
+        if new in TERMINAL:
+            self._offer(oid, rec, ts + self.rules.terminal_retention_ms)
         if new in CLOSING and rec.closed_at is None:
             rec.closed_at = ts
             self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)
@@ -420,9 +447,13 @@ class ShardTracker:
         """An order, WMS or logistics event: `since: last_update` clocks restart."""
         if rec.last_update is None or ts > rec.last_update:
             rec.last_update = ts
+        if rec.flags & self._update_firing:
+            for spec in self._update_rules:
+                self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
+        rec.flags &= ~self._update_done
         for spec in self._update_rules:
-            self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
-            rec.flags &= ~stuck_done(spec.index)
+            if rec.status in spec.statuses:
+                self._offer(oid, rec, rec.last_update + spec.max_dwell_ms)  # type: ignore[operator]
 
     def _on_payment(
         self, oid: str, rec: OrderRec, ev: PaymentEvent, ts: int, out: list[AlertChange]
@@ -443,6 +474,7 @@ class ShardTracker:
                 )
                 return "callback for a refunded payment"
             pays[ev.pay_no] = ev.amount
+            rec.flags &= ~AMOUNT_OK
             self.stats.payments[self.stats.channels(rec.channel)] += 1
             rec.flags |= PAID_ANY
             self._resolve(oid, rec, WMS_WITHOUT_PAYMENT, _GAP_FIRING[WMS_WITHOUT_PAYMENT], ts, out)
@@ -453,6 +485,9 @@ class ShardTracker:
                     rec.pay_ts = ts
                 if rec.wms_at is not None or rec.closed_at is not None:
                     rec.flags |= _GAP_DONE[PAID_WITHOUT_WMS]
+                for within, _, wms_clock in self._gap_plan:
+                    if not wms_clock:
+                        self._offer(oid, rec, ts + within)
             if len(pays) > expected:
                 self._anomaly(oid, rec, DUPLICATE_PAYMENT, ", ".join(pays), ts, out)
             self._check_amount(oid, rec, ts, out)
@@ -476,6 +511,9 @@ class ShardTracker:
                 self.stats.wms_outbounds[self.stats.channels(rec.channel)] += 1
                 if rec.flags & PAID_ANY:
                     rec.flags |= _GAP_DONE[WMS_WITHOUT_PAYMENT]
+                for within, _, wms_clock in self._gap_plan:
+                    if wms_clock:
+                        self._offer(oid, rec, ts + within)
             if rec.paid_at is not None:
                 rec.flags |= _GAP_DONE[PAID_WITHOUT_WMS]
             self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)
@@ -492,15 +530,17 @@ class ShardTracker:
 
     def _check_amount(self, oid: str, rec: OrderRec, ts: int, out: list[AlertChange]) -> None:
         """Compare payments with the payable once the order shows it is (fully) paid."""
-        if rec.payable is None or not rec.payments or rec.flags & _ANOMALY_FLAG[AMOUNT_MISMATCH]:
+        if rec.flags & _AMOUNT_SETTLED or rec.payable is None or not rec.payments:
             return
         if rec.status is None or rec.status == CREATED or rec.status == DEPOSIT_PAID:
             return
         amounts = [a for a in rec.payments.values() if a is not None]
         if not amounts:
             return
+        rec.flags |= AMOUNT_OK  # until the payable or the payments change
         if rec.flags & PRESALE:
             if len(amounts) < 2:
+                rec.flags &= ~AMOUNT_OK
                 return
             total: Decimal = sum(amounts, Decimal(0))
             if total != rec.payable:

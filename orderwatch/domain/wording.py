@@ -13,7 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from orderwatch.domain.lifecycle import STATUSES
-from orderwatch.domain.order import OrderRec
+from orderwatch.domain.order import OrderRec, timeline_entries
 from orderwatch.durations import format_duration_ms
 from orderwatch.events import LogisticsEvent, OrderEvent, PaymentEvent, WmsEvent
 
@@ -77,7 +77,7 @@ def describe_event(ev: Any) -> str:
 
 def last_events(rec: OrderRec, zone: str) -> str:
     lines = []
-    for ev, _status, note in rec.log[-LAST_EVENTS:]:
+    for ev, _status, note in timeline_entries(rec)[-LAST_EVENTS:]:
         when = datetime.fromtimestamp(ev.ts / 1000, _zone(zone)).strftime("%m-%d %H:%M:%S")
         lines.append(f"{when} {describe_event(ev)}" + (f" [{note}]" if note else ""))
     return "\n".join(lines)

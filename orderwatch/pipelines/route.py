@@ -8,14 +8,24 @@ before it has received the events that came earlier in its input.
 
 from __future__ import annotations
 
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from orderwatch.connectors.raw import RawChunk
+from orderwatch.domain.lifecycle import canonical
 from orderwatch.domain.stats import Histogram
-from orderwatch.events import AccessLogEvent, Decoded, Decoder, Rejected, decode_nginx
+from orderwatch.events import (
+    AccessLogEvent,
+    Decoded,
+    Decoder,
+    OrderEvent,
+    Rejected,
+    WmsEvent,
+    decode_nginx,
+)
 from orderwatch.runtime import Runtime
 
 DEAD_LETTER_KEY = "dead-letters"
@@ -46,6 +56,17 @@ class ShardBatch:
 
     def __setstate__(self, state: tuple[str, list[tuple[int, Any]], int]) -> None:
         self.key, self.events, self.max_ts = state
+        for _, ev in self.events:  # unpickled in another process: share strings again
+            if type(ev) is OrderEvent:
+                ev.status = canonical(ev.status) or ev.status
+                ev.channel = _intern(ev.channel)
+                ev.warehouse = _intern(ev.warehouse)
+            elif type(ev) is WmsEvent:
+                ev.warehouse = _intern(ev.warehouse)
+
+
+def _intern(s: str | None) -> str | None:
+    return None if s is None else sys.intern(s)
 
 
 class Router:
@@ -76,51 +97,54 @@ class Router:
 
     def route(self, chunk: RawChunk) -> list[tuple[str, Any]]:
         stats = self._runtime.intake()
-        decode = self._decoder.decode
-        per_shard: list[list[tuple[int, Any]]] = [[] for _ in range(self._count)]
-        rejects: list[tuple[str, Rejected]] = []
-        max_ts = -1
         nginx = chunk.fmt == "nginx"
-        source, bound = chunk.source, chunk.bound_type
-        now = self._now() if self._live else 0
-        horizon = now + self._max_future
-        count, crc = self._count, zlib.crc32
-        events = stats.events
+        decode: Any = decode_nginx if nginx else self._decoder.decode
+        bound = None if nginx else chunk.bound_type
+        count = self._count
+        per_shard: list[list[tuple[int, Any]]] = [[] for _ in range(count)]
+        rejects: list[tuple[str, Rejected]] = []
+        by_type: dict[type, int] = {}
+        max_ts = -1
+        source = chunk.source
+        live, now = self._live, self._now() if self._live else 0
+        horizon = now + self._max_future if live and self._max_future > 0 else None
+        crc = zlib.crc32
         for i, raw in enumerate(chunk.lines):
-            if not raw.strip():
-                continue
-            pos = chunk.position(i)
-            d = decode_nginx(raw, source, pos) if nginx else decode(raw, source, pos, bound)
+            if len(raw) < 2 and not raw.strip():
+                continue  # blank line
+            d = decode(raw, source, "", bound) if bound else decode(raw, source, "")
             if type(d) is not Decoded:
                 assert isinstance(d, Rejected)
+                d.position = chunk.position(i)  # built only for the few that need it
                 rejects.append((DEAD_LETTER_KEY, d))
-                stats.rejected[(source, d.reason)] += 1
                 continue
             ts, ev = d.ts_ms, d.event
-            if self._live and self._max_future > 0 and ts > horizon:
-                rej = Rejected(
-                    "future_timestamp",
-                    f"ts is {(ts - now) // 1000}s ahead of the clock",
-                    source,
-                    pos,
-                    raw,
+            if horizon is not None and ts > horizon:
+                ahead = f"ts is {(ts - now) // 1000}s ahead of the clock"
+                rejects.append(
+                    (
+                        DEAD_LETTER_KEY,
+                        Rejected("future_timestamp", ahead, source, chunk.position(i), raw),
+                    )
                 )
-                rejects.append((DEAD_LETTER_KEY, rej))
-                stats.rejected[(source, rej.reason)] += 1
                 continue
             if ts > max_ts:
                 max_ts = ts
-            if type(ev) is AccessLogEvent:
+            t = type(ev)
+            by_type[t] = by_type.get(t, 0) + 1
+            if t is AccessLogEvent:
                 self._traffic(stats, ev)
-                events[(source, "access_log")] += 1
                 continue
-            events[(source, ev.__struct_config__.tag)] += 1  # type: ignore[attr-defined]
             oid = ev.order_id
             per_shard[crc(oid.encode("utf-8", "surrogatepass")) % count].append((ts, ev))
-            if self._live:
+            if live:
                 stats.observe_lag(source, max(0.0, (now - ts) / 1000))
+        for t, n in by_type.items():
+            stats.events[(source, t.__struct_config__.tag)] += n
+        for _, rej in rejects:
+            stats.rejected[(source, rej.reason)] += 1
         stats.lines_read += len(chunk.lines)
-        stats.bytes_read += sum(len(x) for x in chunk.lines)
+        stats.bytes_read += sum(map(len, chunk.lines))
         out: list[tuple[str, Any]] = rejects
         if max_ts >= 0:
             out.extend(
