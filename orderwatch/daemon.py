@@ -38,7 +38,7 @@ from orderwatch.domain.stats import LabelCap
 from orderwatch.logs import configure_logging
 from orderwatch.metrics import build_registry
 from orderwatch.pipelines.orders import Outputs, build_flow
-from orderwatch.runtime import Runtime
+from orderwatch.runtime import Runtime, tune_gc
 
 log = structlog.get_logger("orderwatch")
 
@@ -201,6 +201,7 @@ def run_daemon(
         )
         flow = build_flow(cfg, sources, outputs, runtime, live=True, recovery=cfg.state.recovery)
         _install_signals(runtime)
+        tune_gc()
         runtime.sources_connected = True
         runtime.dataflow_running = True
         cli_main(

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -258,7 +258,9 @@ class Decoder:
         # one lookup maps a channel's status name or a canonical one to the canonical string
         self._status = {s: s for s in STATUSES}
         self._status.update({k: canonical(v) or v for k, v in (status_map or {}).items()})
-        self._parse_ts = TimestampParser(assume_timezone).__call__
+        parser = TimestampParser(assume_timezone)
+        self._parse_ts = parser.__call__
+        self._seconds = parser._seconds  # the parser's cache, read inline by decode_lines
         self._max = max_bytes
         self._mixed = msgspec.json.Decoder(AnyEvent)
         self._bound = {t: msgspec.json.Decoder(cls) for t, cls in _BY_TYPE.items()}
@@ -308,6 +310,83 @@ class Decoder:
             reason = "encoding" if "UTF-8" in str(exc) or "utf-8" in str(exc) else "malformed_json"
             return Rejected(reason, str(exc), source, position, raw)
         return self.finish(ev, raw, source, position)
+
+    def decode_lines(
+        self,
+        lines: list[bytes],
+        source: str,
+        bound_type: str | None = None,
+        not_after: int | None = None,
+    ) -> tuple[list[tuple[int, Any]], list[tuple[int, Rejected]]]:
+        """A chunk at once: `(ts, event)` for the good lines, `(index, Rejected)` for the bad.
+
+        `not_after` (live only) rejects events stamped later than it (`future_timestamp`).
+
+        The common case (a mixed-stream line whose timestamp second was seen before) runs
+        inline here; anything else takes `decode`, which has every check and message.
+        """
+        good: list[tuple[int, Any]] = []
+        bad: list[tuple[int, Rejected]] = []
+        mixed = self._mixed.decode
+        seconds = self._seconds
+        status_map, interned = self._status, self._interned
+        limit = self._max
+        for i, raw in enumerate(lines):
+            if len(raw) < 2 and not raw.strip():
+                continue  # a blank line
+            ev = None
+            if bound_type is None and len(raw) <= limit:
+                try:
+                    ev = mixed(raw)
+                except (msgspec.DecodeError, UnicodeDecodeError):
+                    ev = None
+            if ev is not None:
+                ts = ev.ts
+                if type(ts) is int:
+                    ms = ts if _MIN_MS <= ts < _MAX_MS else None
+                elif len(ts) in (24, 29) and ts[19] == "." and ts[20:23].isdigit():
+                    base = seconds.get(ts[:19] + ts[23:])
+                    ms = None if base is None else base + int(ts[20:23])
+                else:
+                    ms = None
+                if ms is not None and not_after is not None and ms > not_after:
+                    ms = None  # the careful path words the rejection
+                t = type(ev)
+                if ms is not None:
+                    if t is OrderEvent:
+                        status = status_map.get(ev.status)
+                        if status is not None and (ev.amount is None or ev.amount.is_finite()):
+                            ev.status = status
+                            if ev.channel is not None:
+                                ev.channel = interned.get(ev.channel) or self._intern(ev.channel)
+                            if ev.warehouse is not None:
+                                ev.warehouse = interned.get(ev.warehouse) or self._intern(
+                                    ev.warehouse
+                                )
+                            good.append((ms, ev))
+                            continue
+                    elif t is PaymentEvent:
+                        if ev.amount is None or ev.amount.is_finite():
+                            good.append((ms, ev))
+                            continue
+                    elif t is AccessLogEvent:
+                        ev.route = interned.get(ev.route) or self._intern(ev.route)
+                        good.append((ms, ev))
+                        continue
+                    else:
+                        if t is WmsEvent and ev.warehouse is not None:
+                            ev.warehouse = interned.get(ev.warehouse) or self._intern(ev.warehouse)
+                        good.append((ms, ev))
+                        continue
+            d = self.decode(raw, source, "", bound_type)  # the careful path
+            if type(d) is not Decoded:
+                bad.append((i, d))  # type: ignore[arg-type]
+            elif not_after is not None and d.ts_ms > not_after:
+                ahead = f"ts is {(d.ts_ms - not_after) // 1000}s past the allowed clock skew"
+                bad.append((i, Rejected("future_timestamp", ahead, source, "", raw)))
+            else:
+                good.append((d.ts_ms, d.event))
+        return good, bad
 
     def finish(self, ev: AnyEvent, raw: bytes, source: str, position: str) -> Decoded | Rejected:
         """Checks msgspec cannot express: timestamps, status map, finite amounts."""

@@ -29,7 +29,7 @@ from orderwatch.config import Config
 from orderwatch.connectors.files import JsonlSource
 from orderwatch.connectors.sinks import AlertFileSink, DeadLetterSink
 from orderwatch.pipelines.orders import Outputs, build_flow
-from orderwatch.runtime import Runtime
+from orderwatch.runtime import Runtime, tune_gc
 
 
 @dataclass
@@ -164,6 +164,7 @@ def run_here(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
     runtime = Runtime(shards=cfg.engine.shards, process_id=process_id or 0)
+    tune_gc()
     source = JsonlSource(events, name=f"file:{events.name}", batch_size=batch_size)
     sink = AlertFileSink(alerts_out)
     flow = build_flow(

@@ -13,7 +13,17 @@ horizon (at most twice it) after its event time.
 
 from __future__ import annotations
 
+from typing import Any
+
 from xxhash import xxh3_64_intdigest
+
+
+def _key(order_id: str, event_id: str) -> int:
+    text = f"{order_id}\x1f{event_id}"
+    try:  # plain encode() is CPython's fast path; lone surrogates need the slow one
+        return xxh3_64_intdigest(text.encode())
+    except UnicodeEncodeError:
+        return xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
 
 
 class Deduper:
@@ -25,7 +35,7 @@ class Deduper:
 
     def seen(self, order_id: str, event_id: str, ts: int) -> bool:
         """True when this order's `event_id` was already seen; otherwise remember it."""
-        key = xxh3_64_intdigest(f"{order_id}\x1f{event_id}".encode("utf-8", "surrogatepass"))
+        key = _key(order_id, event_id)
         g = ts // self._horizon
         gens = self._gens
         cur = gens.get(g)
@@ -41,6 +51,31 @@ class Deduper:
             cur = gens[g] = set()
         cur.add(key)
         return False
+
+    def fresh(self, events: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        """The `(ts, event)` pairs not seen before (events without an id always pass)."""
+        out = []
+        gens, horizon = self._gens, self._horizon
+        for pair in events:
+            ts, ev = pair
+            eid = ev.event_id
+            if eid is not None:
+                key = _key(ev.order_id, eid)
+                g = ts // horizon
+                cur = gens.get(g)
+                if cur is not None and key in cur:
+                    continue
+                prev = gens.get(g - 1)
+                if prev is not None and key in prev:
+                    continue
+                nxt = gens.get(g + 1)
+                if nxt is not None and key in nxt:
+                    continue
+                if cur is None:
+                    cur = gens[g] = set()
+                cur.add(key)
+            out.append(pair)
+        return out
 
     def expire(self, watermark: int) -> None:
         """Forget generations that ended more than a horizon before `watermark`."""

@@ -76,6 +76,7 @@ class ShardStats:
     """What one shard measured; every field is only written by that shard's worker."""
 
     __slots__ = (
+        "_dwell_raw",
         "anomalies",
         "channels",
         "duplicates",
@@ -97,7 +98,8 @@ class ShardStats:
         self.channels = channels or LabelCap(50)
         self.warehouses = warehouses or LabelCap(50)
         self.status_counts: Counter[str] = Counter()
-        self.dwell: dict[tuple[str, str], Histogram] = {}
+        self.dwell: dict[tuple[str, str], Histogram] = {}  # by (status, capped channel)
+        self._dwell_raw: dict[tuple[str, str | None], Histogram] = {}  # by the raw channel
         self.pay_to_collect = Histogram(DWELL_BUCKETS)
         self.pay_to_collect_within = 0
         self.anomalies: Counter[str] = Counter()
@@ -109,10 +111,13 @@ class ShardStats:
         self.forgotten = 0
 
     def observe_dwell(self, status: str, channel: str | None, ms: int) -> None:
-        key = (status, self.channels(channel))
-        h = self.dwell.get(key)
-        if h is None:
-            h = self.dwell[key] = Histogram(DWELL_BUCKETS)
+        h = self._dwell_raw.get((status, channel))
+        if h is None:  # first time for this pair: apply the label cap once
+            key = (status, self.channels(channel))
+            h = self.dwell.get(key)
+            if h is None:
+                h = self.dwell[key] = Histogram(DWELL_BUCKETS)
+            self._dwell_raw[(status, channel)] = h
         h.observe(ms / 1000)
 
     def observe_pay_to_collect(self, ms: int, within_sla: bool) -> None:

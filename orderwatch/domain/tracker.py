@@ -105,6 +105,18 @@ class ShardTracker:
             (g.within_ms, _GAP_DONE[name], name == WMS_WITHOUT_PAYMENT)
             for name, g in rules.gaps.items()
         )
+        self._entered_plan = tuple(
+            (
+                s.index,
+                s.statuses,
+                s.max_dwell_ms,
+                stuck_done(s.index),
+                stuck_firing(s.index),
+                s.name,
+            )
+            for s in self._entered_rules
+        )
+        self._update_plan = tuple((s.statuses, s.max_dwell_ms) for s in self._update_rules)
         self._update_firing = sum(stuck_firing(s.index) for s in self._update_rules)
         self._update_done = sum(stuck_done(s.index) for s in self._update_rules)
         self._handlers = {
@@ -121,14 +133,22 @@ class ShardTracker:
 
     def ingest(self, ts: int, ev: OrderEvent | PaymentEvent | WmsEvent | LogisticsEvent) -> bool:
         """Buffer one event until the watermark reaches it; False if it was a duplicate."""
-        if ev.event_id is not None and self._dedup.seen(ev.order_id, ev.event_id, ts):
-            self.stats.duplicates += 1
-            return False
-        if self.watermark is not None and ts <= self.watermark:
-            self.stats.late += 1
-        self._seq += 1
-        self._pending.append((ts, _RANK[type(ev)], self._seq, ev))
-        return True
+        return self.ingest_many([(ts, ev)]) == 1
+
+    def ingest_many(self, events: list[tuple[int, Any]]) -> int:
+        """Buffer `(ts, event)` pairs, dropping redeliveries; returns how many were kept."""
+        fresh = self._dedup.fresh(events)
+        self.stats.duplicates += len(events) - len(fresh)
+        w = self.watermark
+        if w is not None:
+            self.stats.late += sum(1 for ts, _ in fresh if ts <= w)
+        seq = self._seq
+        append = self._pending.append
+        for ts, ev in fresh:
+            seq += 1
+            append((ts, _RANK[type(ev)], seq, ev))
+        self._seq = seq
+        return len(fresh)
 
     def advance(self, watermark: int) -> list[AlertChange]:
         """Apply buffered events up to `watermark` and fire deadlines at or before it."""
@@ -380,15 +400,16 @@ class ShardTracker:
                 note = "no tracking number"
         if ev.tracking_no and not rec.tracking:
             rec.tracking = ev.tracking_no
-        if new == old:
+        if new != old:
+            if old is not None and not self.rules.machine.allowed(old, new, rec.refund_from):
+                self._anomaly(oid, rec, ILLEGAL_TRANSITION, f"{old} → {new}", ts, out)
+                note = f"illegal {old} → {new}"
+            self._change_status(oid, rec, old, new, ts, out)
+            self._touch(oid, rec, ts, out)
+        elif note is None:
+            note = "repeated status"  # changes no clock (CONTRACT §2)
+        if not rec.flags & _AMOUNT_SETTLED and rec.payments and rec.payable is not None:
             self._check_amount(oid, rec, ts, out)
-            return note or "repeated status"  # changes no clock (CONTRACT §2)
-        if old is not None and not self.rules.machine.allowed(old, new, rec.refund_from):
-            self._anomaly(oid, rec, ILLEGAL_TRANSITION, f"{old} → {new}", ts, out)
-            note = f"illegal {old} → {new}"
-        self._change_status(oid, rec, old, new, ts, out)
-        self._touch(oid, rec, ts, out)
-        self._check_amount(oid, rec, ts, out)
         return note
 
     def _change_status(
@@ -410,25 +431,29 @@ class ShardTracker:
             rec.flags |= COLLECTED
             took = ts - rec.pay_ts
             stats.observe_pay_to_collect(took, took <= self.rules.fulfilment_sla_ms)
-        for spec in self._entered_rules:
-            was, now = old in spec.statuses, new in spec.statuses
-            if now and not was:
+        for index, statuses, dwell, done, firing, name in self._entered_plan:
+            now = new in statuses
+            if now == (old in statuses):
+                continue  # moved inside or outside the set: its clock is unchanged
+            if now:
                 if rec.entered is None:
                     rec.entered = [None] * len(self.rules.stuck)
-                rec.entered[spec.index] = ts
-                rec.flags &= ~stuck_done(spec.index)
-                self._offer(oid, rec, ts + spec.max_dwell_ms)
-            elif was and not now:
-                self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
+                rec.entered[index] = ts
+                rec.flags &= ~done
+                self._offer(oid, rec, ts + dwell)
+            else:
+                if rec.flags & firing:
+                    self._resolve(oid, rec, name, firing, ts, out)
                 if rec.entered is not None:
-                    rec.entered[spec.index] = None
+                    rec.entered[index] = None
         if new in TERMINAL:
             self._offer(oid, rec, ts + self.rules.terminal_retention_ms)
         if new in CLOSING and rec.closed_at is None:
             rec.closed_at = ts
             self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)
-        if not self._gap_open(PAYMENT_NOT_APPLIED, rec):
-            self._resolve(oid, rec, PAYMENT_NOT_APPLIED, _GAP_FIRING[PAYMENT_NOT_APPLIED], ts, out)
+        pna = _GAP_FIRING[PAYMENT_NOT_APPLIED]
+        if rec.flags & pna and not self._gap_open(PAYMENT_NOT_APPLIED, rec):
+            self._resolve(oid, rec, PAYMENT_NOT_APPLIED, pna, ts, out)
 
     @staticmethod
     def _presale(rec: OrderRec) -> None:
@@ -451,9 +476,10 @@ class ShardTracker:
             for spec in self._update_rules:
                 self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
         rec.flags &= ~self._update_done
-        for spec in self._update_rules:
-            if rec.status in spec.statuses:
-                self._offer(oid, rec, rec.last_update + spec.max_dwell_ms)  # type: ignore[operator]
+        status = rec.status
+        for statuses, dwell in self._update_plan:
+            if status in statuses:
+                self._offer(oid, rec, rec.last_update + dwell)
 
     def _on_payment(
         self, oid: str, rec: OrderRec, ev: PaymentEvent, ts: int, out: list[AlertChange]
@@ -490,7 +516,8 @@ class ShardTracker:
                         self._offer(oid, rec, ts + within)
             if len(pays) > expected:
                 self._anomaly(oid, rec, DUPLICATE_PAYMENT, ", ".join(pays), ts, out)
-            self._check_amount(oid, rec, ts, out)
+            if rec.payable is not None and not rec.flags & _AMOUNT_SETTLED:
+                self._check_amount(oid, rec, ts, out)
         elif ev.status == "refunded":
             if rec.payments:
                 rec.payments.pop(ev.pay_no, None)

@@ -19,6 +19,11 @@ class WatermarkClock:
         self.max_ts: int | None = None
         self.value: int | None = None
 
+    @property
+    def live(self) -> bool:
+        """False in a replay: event time only, never the wall clock."""
+        return self._idle_after is not None
+
     def observe(self, max_ts: int | None, wall_ms: int) -> None:
         """Input arrived at `wall_ms`; `max_ts` is the largest event time in it (if any)."""
         if max_ts is not None and (self.max_ts is None or max_ts > self.max_ts):

@@ -59,11 +59,11 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes]):
         if self.runtime is not None:
             self.runtime.trackers[values[0].key] = self.tracker
             self.runtime = None
-        ingest = self.tracker.ingest
+        ingest = self.tracker.ingest_many
         wall = self.now_ms()
         for batch in values:
-            for ts, ev in batch.events:
-                ingest(ts, ev)
+            if batch.events:
+                ingest(batch.events)
             self.clock.observe(batch.max_ts, wall)
         return self._advance(self.clock.current(wall)), StatefulBatchLogic.RETAIN
 
@@ -76,6 +76,8 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes]):
         return self._advance(self.clock.final()), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
+        if not self.clock.live:
+            return None  # a replay is driven by event time alone
         wall = self.now_ms()
         at = self.clock.wake_at(wall, self.tracker.next_due())
         return None if at is None else datetime.fromtimestamp(at / 1000, UTC)

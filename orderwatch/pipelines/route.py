@@ -14,6 +14,8 @@ import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
+
 from orderwatch.connectors.raw import RawChunk
 from orderwatch.domain.lifecycle import canonical
 from orderwatch.domain.stats import Histogram
@@ -97,34 +99,32 @@ class Router:
 
     def route(self, chunk: RawChunk) -> list[tuple[str, Any]]:
         stats = self._runtime.intake()
-        nginx = chunk.fmt == "nginx"
-        decode: Any = decode_nginx if nginx else self._decoder.decode
-        bound = None if nginx else chunk.bound_type
-        count = self._count
-        per_shard: list[list[tuple[int, Any]]] = [[] for _ in range(count)]
-        rejects: list[tuple[str, Rejected]] = []
-        by_type: dict[type, int] = {}
-        max_ts = -1
         source = chunk.source
         live, now = self._live, self._now() if self._live else 0
         horizon = now + self._max_future if live and self._max_future > 0 else None
+        if chunk.fmt == "nginx":
+            good, bad = _decode_nginx_lines(chunk.lines, source)
+        else:
+            good, bad = self._decoder.decode_lines(chunk.lines, source, chunk.bound_type, horizon)
+        rejects: list[tuple[str, Rejected]] = []
+        for i, rej in bad:
+            rej.position = chunk.position(i)  # built only for the few that need it
+            rejects.append((DEAD_LETTER_KEY, rej))
+        count = self._count
+        per_shard: list[list[tuple[int, Any]]] = [[] for _ in range(count)]
+        by_type: dict[type, int] = {}
+        access: list[AccessLogEvent] = []
+        max_ts = -1
+        live, now = self._live, self._now() if self._live else 0
+        horizon = now + self._max_future if live and self._max_future > 0 else None
         crc = zlib.crc32
-        for i, raw in enumerate(chunk.lines):
-            if len(raw) < 2 and not raw.strip():
-                continue  # blank line
-            d = decode(raw, source, "", bound) if bound else decode(raw, source, "")
-            if type(d) is not Decoded:
-                assert isinstance(d, Rejected)
-                d.position = chunk.position(i)  # built only for the few that need it
-                rejects.append((DEAD_LETTER_KEY, d))
-                continue
-            ts, ev = d.ts_ms, d.event
+        for ts, ev in good:
             if horizon is not None and ts > horizon:
                 ahead = f"ts is {(ts - now) // 1000}s ahead of the clock"
                 rejects.append(
                     (
                         DEAD_LETTER_KEY,
-                        Rejected("future_timestamp", ahead, source, chunk.position(i), raw),
+                        Rejected("future_timestamp", ahead, source, "?", msgspec.json.encode(ev)),
                     )
                 )
                 continue
@@ -133,12 +133,17 @@ class Router:
             t = type(ev)
             by_type[t] = by_type.get(t, 0) + 1
             if t is AccessLogEvent:
-                self._traffic(stats, ev)
+                access.append(ev)
                 continue
-            oid = ev.order_id
-            per_shard[crc(oid.encode("utf-8", "surrogatepass")) % count].append((ts, ev))
+            try:  # plain encode() is CPython's fast path; lone surrogates need the slow one
+                h = crc(ev.order_id.encode())
+            except UnicodeEncodeError:
+                h = crc(ev.order_id.encode("utf-8", "surrogatepass"))
+            per_shard[h % count].append((ts, ev))
             if live:
                 stats.observe_lag(source, max(0.0, (now - ts) / 1000))
+        if access:
+            self._traffic(stats, access)
         for t, n in by_type.items():
             stats.events[(source, t.__struct_config__.tag)] += n
         for _, rej in rejects:
@@ -154,13 +159,42 @@ class Router:
         return out
 
     @staticmethod
-    def _traffic(stats: Any, ev: AccessLogEvent) -> None:
-        route = stats.routes(ev.route)
-        stats.requests[(route, ev.method or "", _CLASSES.get(ev.status // 100, "other"))] += 1
-        h = stats.latency.get(route)
-        if h is None:
-            h = stats.latency[route] = Histogram(_LATENCY_BUCKETS)
-        h.observe(ev.latency_ms / 1000)
+    def _traffic(stats: Any, events: list[AccessLogEvent]) -> None:
+        """Access logs of one chunk, counted per (route, method, code class)."""
+        counts: dict[tuple[str, str | None, int], int] = {}
+        latencies: dict[str, list[float]] = {}
+        for ev in events:
+            key = (ev.route, ev.method, ev.status // 100)
+            counts[key] = counts.get(key, 0) + 1
+            lat = latencies.get(ev.route)
+            if lat is None:
+                lat = latencies[ev.route] = []
+            lat.append(ev.latency_ms)
+        for (route, method, cls), n in counts.items():
+            stats.requests[(stats.routes(route), method or "", _CLASSES.get(cls, "other"))] += n
+        for route, values in latencies.items():
+            label = stats.routes(route)
+            h = stats.latency.get(label)
+            if h is None:
+                h = stats.latency[label] = Histogram(_LATENCY_BUCKETS)
+            for v in values:
+                h.observe(v / 1000)
+
+
+def _decode_nginx_lines(
+    lines: list[bytes], source: str
+) -> tuple[list[tuple[int, Any]], list[tuple[int, Rejected]]]:
+    good: list[tuple[int, Any]] = []
+    bad: list[tuple[int, Rejected]] = []
+    for i, raw in enumerate(lines):
+        if len(raw) < 2 and not raw.strip():
+            continue
+        d = decode_nginx(raw, source, "")
+        if type(d) is Decoded:
+            good.append((d.ts_ms, d.event))
+        else:
+            bad.append((i, d))  # type: ignore[arg-type]
+    return good, bad
 
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
