@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
         help="switch a failure scenario on (repeatable)",
     )
     sim.add_argument("--list-scenarios", action="store_true")
+
+    bn = sub.add_parser("bench", help="throughput, memory and latency beside yardsticks")
+    bn.add_argument("--events", type=int, help="events in the mixed stream (default 1100000)")
+    bn.add_argument("--quick", action="store_true", help="smoke run: 120k events, short runs")
+    bn.add_argument("--out", type=Path, help="results directory (default bench/results/)")
+    bn.add_argument("--work", type=Path, help="cache of generated inputs (default bench/work/)")
+    bn.add_argument("--skip-latency", action="store_true", help="no live daemon run")
+    bn.add_argument("--repeat", type=int, default=1, help="throughput rounds (best and median)")
     return parser
 
 
@@ -85,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": _cmd_check_config,
         "run": _cmd_run,
         "simulate": _cmd_simulate,
+        "bench": _cmd_bench,
     }[args.command]
     return int(handler(args) or 0)
 
@@ -227,6 +236,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from orderwatch.simulate.cli import simulate_command
 
     return simulate_command(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from orderwatch.bench.cli import bench_command
+
+    return bench_command(args)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,12 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import msgspec
-
 from orderwatch.alerts.store import AlertStore
 from orderwatch.domain.alert import rfc3339_ms
-from orderwatch.domain.order import OrderRec, timeline_entries
+from orderwatch.domain.money import show
+from orderwatch.domain.order import OrderRec, payment_list
+from orderwatch.domain.timeline import Entry, entries
 from orderwatch.domain.tracker import ShardTracker
-from orderwatch.domain.wording import describe_event
 from orderwatch.pipelines.route import shard_keys, shard_of
 from orderwatch.runtime import Runtime
 
@@ -51,18 +50,20 @@ def find_order(runtime: Runtime, order_id: str) -> tuple[str, ShardTracker | Non
     return key, tracker, rec
 
 
-def _event(entry: tuple[Any, str | None, str | None], zone: str) -> dict[str, Any]:
-    ev, status_after, note = entry
+def _event(e: Entry, zone: str) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "type": type(ev).__struct_config__.tag,
-        "source": getattr(ev, "source", None),
-        "event_id": getattr(ev, "event_id", None),
-        "description": describe_event(ev),
-        "status_after": status_after,
-        "note": note,
+        "type": e.kind,
+        "what": e.what,
+        "source": e.source,
+        "event_id": e.event_id,
+        "description": e.describe(),
+        "status_after": e.status,
+        "note": e.note,
+        "ident": e.ident,
+        "amount": e.amount,
+        "place": e.place,
     }
-    _times(out, "ts", ev.ts, zone)
-    out["fields"] = msgspec.to_builtins(ev)
+    _times(out, "ts", e.ts, zone)
     return out
 
 
@@ -70,15 +71,15 @@ def timeline(
     order_id: str, rec: OrderRec, tracker: ShardTracker, store: AlertStore, zone: str
 ) -> dict[str, Any]:
     """Everything orderwatch knows about one order, oldest event first."""
-    log = timeline_entries(rec)
+    log = entries(rec.log, rec.log_status)
     out: dict[str, Any] = {
         "order_id": order_id,
         "status": rec.status or "unknown",
         "channel": rec.channel,
         "warehouse": rec.warehouse,
-        "payable": None if rec.payable is None else str(rec.payable),
+        "payable": None if rec.payable is None else show(rec.payable),
         "tracking": rec.tracking,
-        "payments": {k: None if v is None else str(v) for k, v in dict(rec.payments or {}).items()},
+        "payments": {k: None if v is None else show(v) for k, v in payment_list(rec)},
         "timezone": zone,
     }
     _times(out, "since", rec.since if rec.status else None, zone)

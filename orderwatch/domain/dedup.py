@@ -2,8 +2,10 @@
 
 A duplicate is the same `event_id` for the same order: a redelivery always carries its
 order, and keying by order keeps the result independent of how orders fall on shards.
-Each (order, event_id) is kept as a stable 64-bit hash (xxh3): an int, not two strings,
-and the same in every process, so snapshots restore anywhere.
+Each (order, event_id) is a stable 64-bit hash (xxh3), the same in every process, so
+snapshots restore anywhere. A tracked order keeps its hashes itself, 8 bytes each
+(`event_key`, `seen_in`); this store only holds those of forgotten orders (tombstones), so
+a late redelivery cannot resurrect a finished order.
 
 Ids are kept in generations of one horizon each, by the event's own timestamp: a redelivery
 carries the same timestamp, so one or two set lookups answer, and whole generations are
@@ -13,9 +15,20 @@ horizon (at most twice it) after its event time.
 
 from __future__ import annotations
 
-from typing import Any
-
 from xxhash import xxh3_64_intdigest
+
+
+def event_key(order_id: str, event_id: str) -> bytes:
+    """The 8-byte key of one order's event id."""
+    return _key(order_id, event_id).to_bytes(8, "little")
+
+
+def seen_in(keys: bytes, key: bytes) -> bool:
+    """Is `key` one of the 8-byte keys packed in `keys`?"""
+    i = keys.find(key)
+    while i >= 0 and i % 8:  # a match straddling two keys is not a match
+        i = keys.find(key, i + 1)
+    return i >= 0
 
 
 def _key(order_id: str, event_id: str) -> int:
@@ -52,30 +65,16 @@ class Deduper:
         cur.add(key)
         return False
 
-    def fresh(self, events: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
-        """The `(ts, event)` pairs not seen before (events without an id always pass)."""
-        out = []
-        gens, horizon = self._gens, self._horizon
-        for pair in events:
-            ts, ev = pair
-            eid = ev.event_id
-            if eid is not None:
-                key = _key(ev.order_id, eid)
-                g = ts // horizon
-                cur = gens.get(g)
-                if cur is not None and key in cur:
-                    continue
-                prev = gens.get(g - 1)
-                if prev is not None and key in prev:
-                    continue
-                nxt = gens.get(g + 1)
-                if nxt is not None and key in nxt:
-                    continue
-                if cur is None:
-                    cur = gens[g] = set()
-                cur.add(key)
-            out.append(pair)
-        return out
+    def seen_key(self, key: bytes, ts: int) -> bool:
+        """Was this 8-byte key left behind by a forgotten order around `ts`?"""
+        k = int.from_bytes(key, "little")
+        g = ts // self._horizon
+        return any(k in self._gens.get(x, ()) for x in (g, g - 1, g + 1))
+
+    def remember(self, keys: bytes, ts: int) -> None:
+        """Keep a forgotten order's packed keys for at least a horizon after `ts`."""
+        gen = self._gens.setdefault(ts // self._horizon, set())
+        gen.update(int.from_bytes(keys[i : i + 8], "little") for i in range(0, len(keys), 8))
 
     def expire(self, watermark: int) -> None:
         """Forget generations that ended more than a horizon before `watermark`."""

@@ -7,8 +7,9 @@ evaluated or firing) into one int.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
+
+from orderwatch.domain.money import Money
 
 # flags layout
 ANOMALY_BIT = 0  # bits 0-4: anomaly kinds fired (in rules.ANOMALIES order)
@@ -32,19 +33,20 @@ def stuck_firing(i: int) -> int:
 class OrderRec:
     """One tracked order.
 
-    `log` is its recent timeline: each entry an event, or `(event, note)` when something is
-    worth saying about it (late, repeated, illegal ...). `log_status` is the status before
-    the oldest kept entry; `timeline_entries` derives the status after each event.
+    `log` is its recent timeline packed by `domain.timeline` (`log_n` records); `log_status`
+    is the order status before the oldest kept record.
     """
 
     __slots__ = (
         "channel",
         "closed_at",
         "due",
+        "eids",
         "entered",
         "flags",
         "last_update",
         "log",
+        "log_n",
         "log_status",
         "paid_at",
         "pay_ts",
@@ -69,17 +71,20 @@ class OrderRec:
         self.seen: int = ts  # last event of any kind
         self.channel: str | None = None
         self.warehouse: str | None = None
-        self.payable: Decimal | None = None
+        self.payable: Money | None = None  # in cents
         self.tracking: str | None = None
         self.paid_at: int | None = None  # fully paid: first success, or balance of a presale
         self.pay_ts: int | None = None  # start of pay-to-collect: payment or `paid`, first
-        self.payments: dict[str, Decimal | None] | None = None  # successful, not refunded
+        # successful payments not refunded, flat: (pay_no, cents, pay_no, cents, ...)
+        self.payments: tuple[Any, ...] = ()
         self.refunded: tuple[str, ...] | None = None  # refunded pay_nos: final, never count again
         self.wms_at: int | None = None  # first WMS event other than `cancelled`
         self.closed_at: int | None = None  # cancelled / refunded / closed
         self.flags: int = 0
+        self.eids: bytes = b""  # 8-byte hashes of the event_ids seen (redeliveries are dropped)
         self.due: int | None = None  # due time of this order's live deadline-heap entry
-        self.log: list[Any] = []
+        self.log: bytes = b""
+        self.log_n: int = 0
         self.log_status: str | None = None
 
     def __getstate__(self) -> tuple[Any, ...]:
@@ -90,22 +95,19 @@ class OrderRec:
             setattr(self, name, value)
 
 
-def drop_log_head(rec: OrderRec) -> None:
-    """Forget the oldest timeline entry, keeping the status it left behind."""
-    head = rec.log.pop(0)
-    ev = head[0] if type(head) is tuple else head
-    status = getattr(ev, "status", None)
-    if status is not None and type(ev).__struct_config__.tag == "order":
-        rec.log_status = status
+def payment_list(rec: OrderRec) -> list[tuple[str, Money | None]]:
+    """The order's live successful payments: (pay_no, cents)."""
+    p = rec.payments
+    return list(zip(p[0::2], p[1::2], strict=True))
 
 
-def timeline_entries(rec: OrderRec) -> list[tuple[Any, str | None, str | None]]:
-    """(event, order status after it, note) for every kept event, oldest first."""
-    out = []
-    status = rec.log_status
-    for entry in list(rec.log):
-        ev, note = entry if type(entry) is tuple else (entry, None)
-        if type(ev).__struct_config__.tag == "order":
-            status = ev.status
-        out.append((ev, status, note))
-    return out
+def has_payment(rec: OrderRec, pay_no: str) -> bool:
+    return pay_no in rec.payments[0::2]
+
+
+def add_payment(rec: OrderRec, pay_no: str, cents: Money | None) -> None:
+    rec.payments = (*rec.payments, pay_no, cents)
+
+
+def remove_payment(rec: OrderRec, pay_no: str) -> None:
+    rec.payments = tuple(x for pair in payment_list(rec) if pair[0] != pay_no for x in pair)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from decimal import Decimal
 from typing import Any
 
-from orderwatch.domain import wording
+from orderwatch.domain import timeline, wording
 from orderwatch.domain.alert import FIRING, AlertChange
-from orderwatch.domain.dedup import Deduper
+from orderwatch.domain.dedup import Deduper, event_key, seen_in
 from orderwatch.domain.lifecycle import (
     CLOSING,
     CREATED,
@@ -29,6 +28,7 @@ from orderwatch.domain.lifecycle import (
     SHIPPED,
     TERMINAL,
 )
+from orderwatch.domain.money import show, to_cents
 from orderwatch.domain.order import (
     AMOUNT_OK,
     ANOMALY_BIT,
@@ -38,7 +38,10 @@ from orderwatch.domain.order import (
     PAID_ANY,
     PRESALE,
     OrderRec,
-    drop_log_head,
+    add_payment,
+    has_payment,
+    payment_list,
+    remove_payment,
     stuck_done,
     stuck_firing,
 )
@@ -132,23 +135,21 @@ class ShardTracker:
     # --- intake ------------------------------------------------------------------------------
 
     def ingest(self, ts: int, ev: OrderEvent | PaymentEvent | WmsEvent | LogisticsEvent) -> bool:
-        """Buffer one event until the watermark reaches it; False if it was a duplicate."""
+        """Buffer one event until the watermark reaches it."""
         return self.ingest_many([(ts, ev)]) == 1
 
     def ingest_many(self, events: list[tuple[int, Any]]) -> int:
-        """Buffer `(ts, event)` pairs, dropping redeliveries; returns how many were kept."""
-        fresh = self._dedup.fresh(events)
-        self.stats.duplicates += len(events) - len(fresh)
+        """Buffer `(ts, event)` pairs until the watermark reaches them; returns the count."""
         w = self.watermark
         if w is not None:
-            self.stats.late += sum(1 for ts, _ in fresh if ts <= w)
+            self.stats.late += sum(1 for ts, _ in events if ts <= w)
         seq = self._seq
         append = self._pending.append
-        for ts, ev in fresh:
+        for ts, ev in events:
             seq += 1
             append((ts, _RANK[type(ev)], seq, ev))
         self._seq = seq
-        return len(fresh)
+        return len(events)
 
     def advance(self, watermark: int) -> list[AlertChange]:
         """Apply buffered events up to `watermark` and fire deadlines at or before it."""
@@ -307,11 +308,13 @@ class ShardTracker:
         # payment_not_applied: fully paid, yet the order still waits for (the rest of) it
         if rec.status == CREATED:
             return True
-        presale_balance = rec.flags & PRESALE and len(rec.payments or ()) >= 2
+        presale_balance = rec.flags & PRESALE and len(rec.payments) >= 4  # two (pay_no, cents)
         return bool(presale_balance) and rec.status == DEPOSIT_PAID
 
     def _forget(self, oid: str, rec: OrderRec) -> None:
         del self.orders[oid]
+        if rec.eids:
+            self._dedup.remember(rec.eids, rec.seen)
         self.stats.status_counts[rec.status or "unknown"] -= 1
         self.stats.forgotten += 1
 
@@ -359,21 +362,28 @@ class ShardTracker:
     def _apply(self, ts: int, ev: Any, out: list[AlertChange]) -> None:
         oid = ev.order_id
         rec = self.orders.get(oid)
+        key = None if ev.event_id is None else event_key(oid, ev.event_id)
+        if key is not None and (
+            seen_in(rec.eids, key) if rec is not None else self._dedup.seen_key(key, ts)
+        ):
+            self.stats.duplicates += 1  # a redelivery: no other effect (CONTRACT §1)
+            return
         if rec is None:
             rec = self.orders[oid] = OrderRec(ts)
             self.stats.status_counts["unknown"] += 1
+        if key is not None:
+            rec.eids += key
         if ts > rec.seen:
             rec.seen = ts
-        ev.ts = ts  # the timeline keeps the instant, not the original string
-        log = rec.log
-        log.append(ev)  # alerts fired by this very event already list it
-        if len(log) > self._log_size:
-            drop_log_head(rec)
+        record = timeline.pack(ts, ev)  # before the handler: its alerts list this event
+        rec.log, rec.log_n, dropped = timeline.append(rec.log, rec.log_n, record, self._log_size)
+        if dropped is not None:
+            rec.log_status = dropped
         note = self._handlers[type(ev)](oid, rec, ev, ts, out)
         if self.watermark is not None and ts <= self.watermark:
             note = f"{note}; late" if note else "late"
         if note is not None:
-            log[-1] = (ev, note)
+            rec.log = timeline.renote(rec.log, record, ts, ev, note)
         if rec.due is None:
             self._schedule(oid, rec)  # e.g. a last alert resolved: the expiry is back
 
@@ -385,9 +395,11 @@ class ShardTracker:
             rec.channel = ev.channel
         if ev.warehouse:
             rec.warehouse = ev.warehouse
-        if ev.amount is not None and ev.amount != rec.payable:
-            rec.payable = ev.amount
-            rec.flags &= ~AMOUNT_OK
+        if ev.amount is not None:
+            cents = to_cents(ev.amount)
+            if cents != rec.payable:
+                rec.payable = cents
+                rec.flags &= ~AMOUNT_OK
         note = None
         if new == SHIPPED:
             if ev.tracking_no and rec.tracking and ev.tracking_no != rec.tracking:
@@ -464,7 +476,7 @@ class ShardTracker:
         """
         rec.flags |= PRESALE
         leaking = rec.flags & _GAP_FIRING[PAID_WITHOUT_WMS]
-        if rec.paid_at is not None and len(rec.payments or ()) == 1 and not leaking:
+        if rec.paid_at is not None and len(rec.payments) == 2 and not leaking:  # one payment
             rec.paid_at = None
             rec.flags &= ~(_GAP_DONE[PAID_WITHOUT_WMS] | _GAP_DONE[PAYMENT_NOT_APPLIED])
 
@@ -487,10 +499,7 @@ class ShardTracker:
         if ev.channel and not rec.channel:
             rec.channel = ev.channel
         if ev.status == "success":
-            pays = rec.payments
-            if pays is None:
-                pays = rec.payments = {}
-            elif ev.pay_no in pays:
+            if has_payment(rec, ev.pay_no):
                 return "repeated callback"
             if rec.refunded and ev.pay_no in rec.refunded:
                 # the money did arrive once (no unpaid shipment), but it counts no more
@@ -499,13 +508,14 @@ class ShardTracker:
                     oid, rec, WMS_WITHOUT_PAYMENT, _GAP_FIRING[WMS_WITHOUT_PAYMENT], ts, out
                 )
                 return "callback for a refunded payment"
-            pays[ev.pay_no] = ev.amount
+            add_payment(rec, ev.pay_no, None if ev.amount is None else to_cents(ev.amount))
+            paid = len(rec.payments) // 2
             rec.flags &= ~AMOUNT_OK
             self.stats.payments[self.stats.channels(rec.channel)] += 1
             rec.flags |= PAID_ANY
             self._resolve(oid, rec, WMS_WITHOUT_PAYMENT, _GAP_FIRING[WMS_WITHOUT_PAYMENT], ts, out)
             expected = 2 if rec.flags & PRESALE else 1
-            if rec.paid_at is None and len(pays) >= expected:
+            if rec.paid_at is None and paid >= expected:
                 rec.paid_at = ts
                 if rec.pay_ts is None:
                     rec.pay_ts = ts
@@ -514,13 +524,13 @@ class ShardTracker:
                 for within, _, wms_clock in self._gap_plan:
                     if not wms_clock:
                         self._offer(oid, rec, ts + within)
-            if len(pays) > expected:
-                self._anomaly(oid, rec, DUPLICATE_PAYMENT, ", ".join(pays), ts, out)
+            if paid > expected:
+                pay_nos = ", ".join(rec.payments[0::2])
+                self._anomaly(oid, rec, DUPLICATE_PAYMENT, pay_nos, ts, out)
             if rec.payable is not None and not rec.flags & _AMOUNT_SETTLED:
                 self._check_amount(oid, rec, ts, out)
         elif ev.status == "refunded":
-            if rec.payments:
-                rec.payments.pop(ev.pay_no, None)
+            remove_payment(rec, ev.pay_no)
             rec.refunded = (*(rec.refunded or ()), ev.pay_no)
             if rec.closed_at is None:
                 rec.closed_at = ts
@@ -561,34 +571,27 @@ class ShardTracker:
             return
         if rec.status is None or rec.status == CREATED or rec.status == DEPOSIT_PAID:
             return
-        amounts = [a for a in rec.payments.values() if a is not None]
+        amounts = [a for a in rec.payments[1::2] if a is not None]
         if not amounts:
             return
+        payable = rec.payable
         rec.flags |= AMOUNT_OK  # until the payable or the payments change
         if rec.flags & PRESALE:
             if len(amounts) < 2:
                 rec.flags &= ~AMOUNT_OK
                 return
-            total: Decimal = sum(amounts, Decimal(0))
-            if total != rec.payable:
-                self._anomaly(
-                    oid,
-                    rec,
-                    AMOUNT_MISMATCH,
-                    f"paid {total} in {len(amounts)} payments, payable {rec.payable}",
-                    ts,
-                    out,
-                )
+            total = sum(amounts)
+            if total != payable:
+                detail = f"paid {show(total)} in {len(amounts)} payments, payable {show(payable)}"
+                self._anomaly(oid, rec, AMOUNT_MISMATCH, detail, ts, out)
             return
-        for pay_no, amount in rec.payments.items():
-            if amount is not None and amount != rec.payable:
-                diff = amount - rec.payable
-                self._anomaly(
-                    oid,
-                    rec,
-                    AMOUNT_MISMATCH,
-                    f"{pay_no} paid {amount}, payable {rec.payable} (diff {diff:+})",
-                    ts,
-                    out,
+        for pay_no, amount in payment_list(rec):
+            if amount is not None and amount != payable:
+                diff = amount - payable
+                sign = "+" if diff >= 0 else ""
+                detail = (
+                    f"{pay_no} paid {show(amount)}, payable {show(payable)} "
+                    f"(diff {sign}{show(diff)})"
                 )
+                self._anomaly(oid, rec, AMOUNT_MISMATCH, detail, ts, out)
                 return

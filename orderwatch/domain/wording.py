@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
 from zoneinfo import ZoneInfo
 
+from orderwatch.domain import timeline
 from orderwatch.domain.lifecycle import STATUSES
-from orderwatch.domain.order import OrderRec, timeline_entries
+from orderwatch.domain.money import show
+from orderwatch.domain.order import OrderRec
 from orderwatch.durations import format_duration_ms
-from orderwatch.events import LogisticsEvent, OrderEvent, PaymentEvent, WmsEvent
 
 LAST_EVENTS = 5
 
@@ -57,29 +57,11 @@ def local_time(ms: int, zone: str) -> str:
     return f"{dt:%Y-%m-%d %H:%M:%S} {off[:3]}:{off[3:]} ({zone})"
 
 
-def describe_event(ev: Any) -> str:
-    """One line per event, for timelines and the `last_events` annotation."""
-    t = type(ev)
-    if t is OrderEvent:
-        extra = f" tracking={ev.tracking_no}" if ev.tracking_no else ""
-        amount = f" amount={ev.amount}" if ev.amount is not None else ""
-        return f"order {ev.status}{amount}{extra} ({ev.source or 'oms'})"
-    if t is PaymentEvent:
-        amount = f" {ev.amount}" if ev.amount is not None else ""
-        return f"payment {ev.status} {ev.pay_no}{amount}"
-    if t is WmsEvent:
-        where = f" @{ev.warehouse}" if ev.warehouse else ""
-        return f"wms {ev.action} {ev.wms_order_no or ''}{where}".replace("  ", " ")
-    if t is LogisticsEvent:
-        return f"logistics {ev.node} {ev.tracking_no or ''} {ev.carrier or ''}".rstrip()
-    return repr(ev)
-
-
 def last_events(rec: OrderRec, zone: str) -> str:
     lines = []
-    for ev, _status, note in timeline_entries(rec)[-LAST_EVENTS:]:
-        when = datetime.fromtimestamp(ev.ts / 1000, _zone(zone)).strftime("%m-%d %H:%M:%S")
-        lines.append(f"{when} {describe_event(ev)}" + (f" [{note}]" if note else ""))
+    for e in timeline.entries(rec.log, rec.log_status)[-LAST_EVENTS:]:
+        when = datetime.fromtimestamp(e.ts / 1000, _zone(zone)).strftime("%m-%d %H:%M:%S")
+        lines.append(f"{when} {e.describe()}" + (f" [{e.note}]" if e.note else ""))
     return "\n".join(lines)
 
 
@@ -107,7 +89,7 @@ def _common(order_id: str, rec: OrderRec, zone: str) -> dict[str, str]:
     if rec.warehouse:
         out["warehouse"] = rec.warehouse
     if rec.payable is not None:
-        out["amount"] = str(rec.payable)
+        out["amount"] = show(rec.payable)
     return out
 
 
@@ -157,8 +139,8 @@ def gap(
     if rec.paid_at is not None:
         out["paid_at"] = local_time(rec.paid_at, zone)
     if rec.payments:
-        out["pay_no"] = ",".join(rec.payments)
-        paid = [str(a) for a in rec.payments.values() if a is not None]
+        out["pay_no"] = ",".join(rec.payments[0::2])
+        paid = [show(a) for a in rec.payments[1::2] if a is not None]
         if paid:
             out["paid_amount"] = ",".join(paid)
     if rec.wms_at is not None:

@@ -186,7 +186,7 @@ def test_order_timeline_shows_state_events_and_alerts() -> None:
         r = await client.get("/v1/orders/A")
         assert r.status == 200
         body = await r.json()
-        assert (body["status"], body["channel"], body["payable"]) == ("paid", "tmall", "10")
+        assert (body["status"], body["channel"], body["payable"]) == ("paid", "tmall", "10.00")
         assert body["since"] == "2026-11-10T16:01:00.000Z"
         assert body["since_local"] == "2026-11-11T00:01:00.000+08:00"
         assert body["paid_at_local"] == "2026-11-11T00:01:00.000+08:00"

@@ -1,0 +1,255 @@
+"""Live alert latency: a real `orderwatch run` tailing a file the bench appends to.
+
+Every order enters `paid` at `ts` = now and a 2 s stuck rule watches it, so its deadline is
+`ts + 2 s`; with `lateness: 500ms` the watermark (largest event time − lateness) passes that
+deadline when an event stamped `ts + 2.5 s` arrives, i.e. at wall time `ts + 2.5 s` because the
+stream is stamped with the wall clock. The delay of an alert is measured from that *due* moment
+to its first sight (a) in `GET /v1/alerts`, polled over one persistent connection, and (b) as a
+line on the daemon's stdout, read by a thread that timestamps each line as it arrives.
+
+Orders move on to `allocated` 6 s after `paid`, so the set of firing alerts (and so the size of
+each polled response) stays small and constant instead of growing with the run.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import yaml
+
+from orderwatch.bench.measure import percentile
+
+LATENESS_MS = 500
+DWELL_MS = 2_000
+RESOLVE_AFTER_S = 6.0
+POLL_S = 0.02
+NOTIFIERS = "not measured: notifiers not built yet"
+_FIRING = re.compile(r"FIRING\s+\S+\s+lat\s+(\S+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def daemon_config(events: Path, state: Path, port: int) -> dict[str, Any]:
+    """The daemon's config: one tailed file, one 2 s stuck rule, fast watermark settings."""
+    return {
+        "lateness": f"{LATENESS_MS}ms",
+        "idle_after": "1s",
+        "sources": [{"kind": "file", "path": str(events), "follow": True}],
+        "rules": {
+            "stuck": [{"name": "lat", "statuses": ["paid"], "max_dwell": f"{DWELL_MS // 1000}s"}]
+        },
+        "http": {"listen": f"127.0.0.1:{port}"},
+        "state": {"dir": str(state)},
+        "engine": {"max_future": "10m"},
+        "notifiers": [{"kind": "console"}],
+    }
+
+
+def due_s(ts_ms: int) -> float:
+    """Wall time (epoch s) at which the watermark passes the deadline of an order paid at ts."""
+    return (ts_ms + DWELL_MS + LATENESS_MS) / 1000
+
+
+def delays_ms(due: Mapping[str, float], seen: Mapping[str, float]) -> list[float]:
+    """Per order seen, milliseconds from its due moment to its first sighting."""
+    return [(seen[k] - due[k]) * 1000 for k in due if k in seen]
+
+
+def summarize(due: Mapping[str, float], seen: Mapping[str, float]) -> dict[str, Any]:
+    """`count`, `missing`, `p50_ms`, `p99_ms`, `max_ms` of the delays of `seen` against `due`."""
+    d = delays_ms(due, seen)
+    return {
+        "count": len(d),
+        "missing": sum(1 for k in due if k not in seen),
+        "p50_ms": percentile(d, 50) if d else None,
+        "p99_ms": percentile(d, 99) if d else None,
+        "max_ms": max(d) if d else None,
+    }
+
+
+class _Console(threading.Thread):
+    """Reads the daemon's stdout; the first time each order's FIRING line arrives."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.seen: dict[str, float] = {}
+        self.lines = 0
+
+    def run(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            now = time.time()  # stamp first: the decode and regex are not part of the delay
+            self.lines += 1
+            m = _FIRING.search(raw.decode(errors="replace"))
+            if m:
+                self.seen.setdefault(m.group(1), now)
+
+
+class _Poller(threading.Thread):
+    """Polls `GET /v1/alerts?rule=lat` every POLL_S on one keep-alive connection."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.seen: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.polls = 0
+        self.errors = 0
+        self.round_trip_s = 0.0
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        while not self.stop.is_set():
+            sent = time.time()
+            try:
+                conn.request("GET", "/v1/alerts?rule=lat")
+                body = conn.getresponse().read()
+                now = time.time()  # when the answer is in hand, so the delay is an upper bound
+                for a in orjson.loads(body).get("alerts", []):
+                    self.seen.setdefault(a["labels"]["order_id"], now)
+                self.polls += 1
+                self.round_trip_s += now - sent
+            except (OSError, http.client.HTTPException, ValueError):
+                self.errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            self.stop.wait(max(0.0, POLL_S - (time.time() - sent)))
+        conn.close()
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited early with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("daemon not ready in time")
+
+
+def _order(ts: int, oid: str, status: str) -> bytes:
+    ev = {"type": "order", "ts": ts, "order_id": oid, "status": status, "channel": "tmall"}
+    return orjson.dumps(ev) + b"\n"
+
+
+_FILLER = {"type": "access_log", "route": "/api/ping", "method": "GET", "status": 200}
+
+
+def _feed(
+    path: Path, seconds: float, rate: float, orders_per_s: float
+) -> tuple[dict[str, float], int]:
+    """Append a steady stream for `seconds`, then filler only until the last deadline passed.
+
+    One tick every 1/`rate` s; every `rate/orders_per_s`-th tick a new order enters `paid`
+    (`created` and `paid` at the same ts), any other tick writes an access log, which moves
+    event time on and touches no order. Allocations due are written on top, whatever the tick.
+    Returns each order's due moment and the number of lines written.
+    """
+    due: dict[str, float] = {}
+    pending: list[tuple[float, str]] = []  # (wall time to allocate, order id), in order
+    new_order_every = max(1, round(rate / orders_per_s))
+    started = time.monotonic()
+    tick = lines = 0
+    drain_until = seconds + DWELL_MS / 1000 + RESOLVE_AFTER_S + 2
+    with path.open("ab", buffering=0) as f:
+        while (elapsed := time.monotonic() - started) < drain_until:
+            now = time.time()
+            ts = int(now * 1000)
+            out: list[bytes] = []
+            while pending and pending[0][0] <= now:
+                out.append(_order(ts, pending.pop(0)[1], "allocated"))
+            if tick % new_order_every == 0 and elapsed < seconds:
+                oid = f"L{len(due):06d}"
+                out += [_order(ts, oid, "created"), _order(ts, oid, "paid")]
+                due[oid] = due_s(ts)
+                pending.append((now + RESOLVE_AFTER_S, oid))
+            else:
+                out.append(orjson.dumps({**_FILLER, "ts": ts, "latency_ms": 1}) + b"\n")
+            f.write(b"".join(out))  # one write: the tailer never sees half a batch
+            lines += len(out)
+            tick += 1
+            time.sleep(max(0.0, started + tick / rate - time.monotonic()))
+    return due, lines
+
+
+def run_latency(seconds: float = 30, rate: float = 100, orders_per_s: float = 10) -> dict[str, Any]:
+    """Start the daemon, feed it, poll it, stop it; the figures and how they were made."""
+    with tempfile.TemporaryDirectory(prefix="orderwatch-bench-live-") as tmp:
+        events, state, port = Path(tmp) / "events.jsonl", Path(tmp) / "state", free_port()
+        events.touch()
+        cfg = daemon_config(events, state, port)
+        cfg_path = Path(tmp) / "live.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        argv = [sys.executable, "-m", "orderwatch", "run", "--config", str(cfg_path)]
+        with (Path(tmp) / "daemon.err").open("wb") as err:
+            proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        assert proc.stdout is not None
+        console = _Console(proc.stdout)
+        console.start()
+        poller = _Poller(port)
+        try:
+            _wait_ready(port, proc)
+            poller.start()
+            due, lines_written = _feed(events, seconds, rate, orders_per_s)
+        finally:
+            poller.stop.set()
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            console.join(timeout=10)
+            if poller.is_alive():
+                poller.join(timeout=10)
+        stderr_tail = (Path(tmp) / "daemon.err").read_text(errors="replace")[-1500:]
+    return {
+        "api": summarize(due, poller.seen),
+        "console": summarize(due, console.seen),
+        "notifier": NOTIFIERS,
+        "orders": len(due),
+        "exit_code": code,
+        "polls": poller.polls,
+        "poll_errors": poller.errors,
+        "poll_round_trip_ms": 1000 * poller.round_trip_s / poller.polls if poller.polls else None,
+        "parameters": {
+            "seconds": seconds,
+            "events_per_s": rate,
+            "orders_per_s": orders_per_s,
+            "lines": lines_written,
+            "poll_interval_ms": POLL_S * 1000,
+            "resolve_after_s": RESOLVE_AFTER_S,
+            "command": argv[1:],
+            "config": {k: v for k, v in cfg.items() if k not in ("state", "http", "sources")},
+        },
+        "daemon_stderr_tail": stderr_tail if code != 0 else "",
+    }

@@ -1,0 +1,307 @@
+"""`orderwatch bench`: every figure of issue 5 measured in one invocation, side by side.
+
+Order of work: generate (or reuse) the mixed stream; K rounds of [parse-only loop, plain script,
+replay on 1 worker, 2 workers, 2 processes] — interleaved so that a noisy neighbour slows all
+of them rather than one; compare the alert outputs; two open-orders replays (and two plain runs)
+for bytes per open order; the live latency run; then the table, the JSON and `latest.md`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from orderwatch.bench import inputs
+from orderwatch.bench.measure import (
+    Measured,
+    alerts_without_annotations,
+    best_and_median,
+    count_lines,
+    parse_only,
+    run_measured,
+)
+from orderwatch.bench.report import (
+    add_ratios,
+    bytes_per_order,
+    git_commit,
+    goals,
+    machine_info,
+    result_name,
+)
+from orderwatch.bench.tables import markdown, print_tables
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = Path("examples/orderwatch.yaml")
+PLAIN = Path("bench/plain_rules.py")
+MODES: dict[str, list[str]] = {
+    "1_worker": [],
+    "2_workers": ["--workers", "2"],
+    "2_processes": ["--processes", "2"],
+}
+RSS_NOTE = (
+    "peak_rss_mib is ru_maxrss from os.wait4 on the replay process, spawned from a ~10 MiB "
+    "launcher; for --processes 2 that value is the largest of the parent and its reaped "
+    "children (Linux reports a maximum, not a sum), so parent_hwm_mib and children_hwm_mib "
+    "give each process's VmHWM sampled from /proc every 20 ms (may miss the last 20 ms)."
+)
+
+
+@dataclass
+class Options:
+    events: int
+    quick: bool
+    out: Path
+    work: Path
+    skip_latency: bool
+    repeat: int
+    command: str
+
+
+def _log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def _check(m: Measured, what: str) -> Measured:
+    if m.exit_code != 0:
+        raise RuntimeError(f"{what} exited {m.exit_code}: {m.stderr[-2000:] or m.stdout[-2000:]}")
+    return m
+
+
+def replay_argv(events: Path, out: Path, tag: str, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "orderwatch",
+        "replay",
+        str(events),
+        "--config",
+        str(CONFIG),
+        "--alerts-out",
+        str(out / f"{tag}.alerts.jsonl"),
+        "--dead-letters",
+        str(out / f"{tag}.dead.jsonl"),
+        "--quiet",
+        "--summary-json",
+        str(out / f"{tag}.summary.json"),
+        *extra,
+    ]
+
+
+def plain_argv(events: Path, alerts: Path) -> list[str]:
+    return [
+        sys.executable,
+        str(PLAIN),
+        str(events),
+        "--config",
+        str(CONFIG),
+        "--alerts-out",
+        str(alerts),
+    ]
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _self_reported(stdout: str) -> float | None:
+    m = re.search(r"([\d,]+) events/s", stdout)
+    return float(m.group(1).replace(",", "")) if m else None
+
+
+def throughput(events: Path, lines: int, out: Path, repeat: int) -> dict[str, Any]:
+    """K interleaved rounds of the yardsticks and the three replays; outputs compared."""
+    parse_s: list[float] = []
+    plain_runs: list[Measured] = []
+    runs: dict[str, list[Measured]] = {k: [] for k in MODES}
+    summaries: dict[str, list[dict[str, Any]]] = {k: [] for k in MODES}
+    hashes: list[tuple[str, str]] = []
+    for r in range(repeat):
+        n, secs = parse_only(events)
+        parse_s.append(secs)
+        _log(f"round {r + 1}/{repeat}: parse-only {n / secs:,.0f} lines/s")
+        m = _check(run_measured(plain_argv(events, out / "plain.alerts.jsonl"), cwd=ROOT), "plain")
+        plain_runs.append(m)
+        _log(f"round {r + 1}/{repeat}: plain script {lines / m.wall_s:,.0f} events/s")
+        for key, extra in MODES.items():
+            m = _check(run_measured(replay_argv(events, out, key, extra), cwd=ROOT), key)
+            runs[key].append(m)
+            summaries[key].append(json.loads((out / f"{key}.summary.json").read_text()))
+            hashes.append((f"{key}#{r + 1}", _sha(out / f"{key}.alerts.jsonl")))
+            _log(
+                f"round {r + 1}/{repeat}: replay {key} {lines / m.wall_s:,.0f} events/s, "
+                f"peak RSS {m.maxrss_mib:.0f} MiB"
+            )
+    replay: dict[str, Any] = {}
+    for key, ms in runs.items():
+        kids = [p for m in ms[:1] for p in m.descendants()]
+        replay[key] = {
+            "command": ms[0].argv[1:],
+            "events_per_s": best_and_median([lines / m.wall_s for m in ms]),
+            "wall_s": [m.wall_s for m in ms],
+            "summary_seconds": [s["seconds"] for s in summaries[key]],
+            "in_process_events_per_s": best_and_median(
+                [s["lines"] / s["seconds"] for s in summaries[key]]
+            ),
+            "peak_rss_mib": max(m.maxrss_mib for m in ms),
+            "peak_rss_mib_all": [m.maxrss_mib for m in ms],
+            "parent_hwm_mib": ms[0].root_hwm_mib() if kids else None,
+            "children_hwm_mib": [p.hwm_mib for p in kids],
+            "cpu_s": [m.user_s + m.sys_s for m in ms],
+            "summary": summaries[key][0],
+        }
+    return {
+        "parse_only": {
+            "lines_per_s": best_and_median([lines / s for s in parse_s]),
+            "seconds": parse_s,
+            "how": "in the bench process: open(FILE, 'rb'), orjson.loads(line) for each line",
+        },
+        "plain_rules": {
+            "command": plain_runs[0].argv[1:],
+            "events_per_s": best_and_median([lines / m.wall_s for m in plain_runs]),
+            "wall_s": [m.wall_s for m in plain_runs],
+            "self_reported_events_per_s": _self_reported(plain_runs[0].stdout),
+            "peak_rss_mib": max(m.maxrss_mib for m in plain_runs),
+            "stdout": plain_runs[0].stdout.strip(),
+        },
+        "replay": replay,
+        "outputs": compare_outputs(
+            hashes, out / "1_worker.alerts.jsonl", out / "plain.alerts.jsonl"
+        ),
+    }
+
+
+def compare_outputs(hashes: list[tuple[str, str]], replay: Path, plain: Path) -> dict[str, Any]:
+    """Replays byte-identical to each other, and equal to the plain script's minus annotations."""
+    same_replays = len({h for _, h in hashes}) == 1
+    ours, theirs = alerts_without_annotations(replay), alerts_without_annotations(plain)
+    same_plain = ours == theirs
+    if same_replays and same_plain:
+        detail = (
+            f"{len(hashes)} replay outputs byte-identical, and equal to the plain "
+            f"script's without annotations; {len(ours):,} alert changes"
+        )
+    else:
+        first = next(
+            (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+            min(len(ours), len(theirs)),
+        )
+        detail = (
+            f"replays byte-identical: {'yes' if same_replays else 'no'}; equal to plain: "
+            f"{'yes' if same_plain else 'no'} (replay {len(ours):,} vs plain "
+            f"{len(theirs):,} alert changes, first difference at change #{first})"
+        )
+    return {
+        "identical": same_replays and same_plain,
+        "replays_identical": same_replays,
+        "equal_to_plain": same_plain,
+        "alert_changes": len(ours),
+        "sha256": dict(hashes),
+        "detail": detail,
+    }
+
+
+def open_orders(work: Path, out: Path, sizes: tuple[int, int]) -> dict[str, Any]:
+    """Peak RSS of replay and plain script on N1 and N2 open orders; bytes per open order."""
+    ours: list[Measured] = []
+    theirs: list[Measured] = []
+    summaries: list[dict[str, Any]] = []
+    inputs_info = []
+    for n in sizes:
+        path, info = inputs.ensure_open_orders(work, n)
+        inputs_info.append(info)
+        m = _check(run_measured(replay_argv(path, out, f"open-{n}", []), cwd=ROOT), "open replay")
+        ours.append(m)
+        summaries.append(json.loads((out / f"open-{n}.summary.json").read_text()))
+        theirs.append(
+            _check(
+                run_measured(plain_argv(path, out / f"open-{n}.plain.jsonl"), cwd=ROOT),
+                "open plain",
+            )
+        )
+        _log(
+            f"open orders {n:,}: replay {ours[-1].maxrss_mib:.0f} MiB, "
+            f"plain {theirs[-1].maxrss_mib:.0f} MiB"
+        )
+    n1, n2 = sizes
+    return {
+        "orders": list(sizes),
+        "inputs": inputs_info,
+        "orderwatch": {
+            "peak_rss_mib": [m.maxrss_mib for m in ours],
+            "bytes_per_order": bytes_per_order(ours[0].maxrss_mib, ours[1].maxrss_mib, n1, n2),
+            "orders_still_tracked": [s["orders_open"] for s in summaries],
+            "alert_changes": [sum(s["alerts"].values()) for s in summaries],
+            "command": ours[0].argv[1:],
+        },
+        "plain": {
+            "peak_rss_mib": [m.maxrss_mib for m in theirs],
+            "bytes_per_order": bytes_per_order(theirs[0].maxrss_mib, theirs[1].maxrss_mib, n1, n2),
+            "command": theirs[0].argv[1:],
+            "note": "the plain script keeps every decoded event until it has sorted them, so "
+            "its figure includes the input as well as the per-order state",
+        },
+    }
+
+
+def run_bench(opts: Options) -> int:
+    started = time.time()
+    when = datetime.now().astimezone()
+    out_runs = opts.work / "out"
+    out_runs.mkdir(parents=True, exist_ok=True)
+    _log(f"input: {opts.events:,} events in {opts.work}")
+    events, info = inputs.ensure_mixed(opts.work, opts.events)
+    info["lines"] = count_lines(events)
+    _log(f"input {'reused' if info['reused'] else 'generated'}: {info['lines']:,} lines")
+    result: dict[str, Any] = {
+        "schema": 1,
+        "date": when.date().isoformat(),
+        "started_at": when.isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "git_commit": git_commit(ROOT),
+        "parameters": {
+            "command": opts.command,
+            "events": opts.events,
+            "quick": opts.quick,
+            "repeat": opts.repeat,
+            "config": str(CONFIG),
+            "work": str(opts.work),
+            "ratios": "best / best and median / median of the same run",
+        },
+        "input": info,
+    }
+    t = throughput(events, info["lines"], out_runs, opts.repeat)
+    result["yardsticks"] = {"parse_only": t["parse_only"], "plain_rules": t["plain_rules"]}
+    result["replay"] = t["replay"]
+    result["rss_note"] = RSS_NOTE
+    result["outputs"] = t["outputs"]
+    _log(f"outputs identical: {'yes' if t['outputs']['identical'] else 'no'}")
+    sizes = (20_000, 60_000) if opts.quick else (100_000, 300_000)
+    result["open_orders"] = open_orders(opts.work, out_runs, sizes)
+    if opts.skip_latency:
+        result["latency"] = {"skipped": True}
+    else:
+        from orderwatch.bench.latency import run_latency
+
+        _log("live latency run")
+        result["latency"] = run_latency(seconds=10 if opts.quick else 30)
+    add_ratios(result)
+    result["goals"] = goals(result)
+    result["duration_s"] = round(time.time() - started, 1)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    path = opts.out / result_name(when, result["machine"]["hostname"])
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    (opts.out / "latest.md").write_text(markdown(result))
+    print_tables(result)
+    print(f"results: {path} and {opts.out / 'latest.md'}")
+    return 0

@@ -1,0 +1,184 @@
+"""The bench result as tables: rich on the terminal, Markdown for `bench/results/latest.md`.
+
+Both are built from the same rows, taken from the result dictionary alone (so a result JSON
+can be re-rendered later).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Rows = list[list[str]]
+LABELS = {
+    "1_worker": "replay, 1 worker",
+    "2_workers": "replay, 2 workers",
+    "2_processes": "replay, 2 processes",
+}
+
+
+LEGEND = """\
+events/s = input lines ÷ wall seconds of the whole process (start-up, sorting the alert file
+included); *in-process /s* = the replay's own summary (`lines ÷ seconds`) or the plain script's
+own figure; × = ratio to the yardstick of the same run, best (median) when repeated; peak RSS =
+`ru_maxrss` of the process (`os.wait4`), for 2 processes the largest one, then the parent's and
+each worker's VmHWM sampled from /proc; bytes / order = (peak RSS₂ − peak RSS₁) ÷ (N₂ − N₁) on
+two inputs whose orders all stay open; latency = from the moment the watermark passes an
+alert's deadline to its first sighting.
+"""
+
+
+def _num(v: float | None, fmt: str = ",.0f") -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def _ratio(r: dict[str, Any]) -> str:
+    best, median = r.get("best"), r.get("median")
+    if best is None:
+        return "—"
+    return f"{best:.2f}" if median is None or median == best else f"{best:.2f} ({median:.2f})"
+
+
+def throughput_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
+    head = [
+        "run",
+        "events/s (best)",
+        "median",
+        "in-process /s",
+        "× parse-only",
+        "× plain",
+        "peak RSS MiB",
+    ]
+    ys = result["yardsticks"]
+    parse, plain = ys["parse_only"], ys["plain_rules"]
+    rows: Rows = [
+        [
+            "orjson parse-only loop",
+            _num(parse["lines_per_s"]["best"]),
+            _num(parse["lines_per_s"]["median"]),
+            "—",
+            "1.00",
+            "—",
+            "—",
+        ],
+        [
+            "bench/plain_rules.py",
+            _num(plain["events_per_s"]["best"]),
+            _num(plain["events_per_s"]["median"]),
+            _num(plain.get("self_reported_events_per_s")),
+            _ratio(plain["ratios"]["x_parse_only"]),
+            "1.00",
+            _num(plain["peak_rss_mib"], ".0f"),
+        ],
+    ]
+    for key, entry in result["replay"].items():
+        rss = _num(entry["peak_rss_mib"], ".0f")
+        kids = entry.get("children_hwm_mib") or []
+        if kids:
+            parts = " + ".join(f"{k:.0f}" for k in kids)
+            rss = f"{rss} (parent {_num(entry.get('parent_hwm_mib'), '.0f')}; {parts})"
+        rows.append(
+            [
+                LABELS.get(key, key),
+                _num(entry["events_per_s"]["best"]),
+                _num(entry["events_per_s"]["median"]),
+                _num(entry["in_process_events_per_s"]["best"]),
+                _ratio(entry["ratios"]["x_parse_only"]),
+                _ratio(entry["ratios"]["x_plain"]),
+                rss,
+            ]
+        )
+    return head, rows
+
+
+def memory_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
+    oo = result.get("open_orders")
+    if not oo:
+        return [], []
+    n1, n2 = oo["orders"]
+    head = ["open orders", f"peak RSS, {n1:,} (MiB)", f"peak RSS, {n2:,} (MiB)", "bytes / order"]
+    rows: Rows = []
+    for key, label in (("orderwatch", "orderwatch replay, 1 worker"), ("plain", "plain_rules.py")):
+        e = oo[key]
+        rows.append(
+            [
+                label,
+                _num(e["peak_rss_mib"][0], ".1f"),
+                _num(e["peak_rss_mib"][1], ".1f"),
+                _num(e["bytes_per_order"]),
+            ]
+        )
+    return head, rows
+
+
+def latency_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
+    lat = result.get("latency") or {}
+    head = ["alert latency after the watermark", "alerts", "p50 ms", "p99 ms", "max ms"]
+    if not lat or lat.get("skipped"):
+        return head, [["(skipped)", "", "", "", ""]]
+    rows: Rows = []
+    for key, label in (("api", "GET /v1/alerts"), ("console", "console (stdout)")):
+        s = lat[key]
+        count = f"{s['count']}" + (f" ({s['missing']} missing)" if s["missing"] else "")
+        rows.append([label, count, _num(s["p50_ms"]), _num(s["p99_ms"]), _num(s["max_ms"])])
+    rows.append(["notifier HTTP request", lat["notifier"], "", "", ""])
+    return head, rows
+
+
+def footer(result: dict[str, Any]) -> list[str]:
+    m, out = result["machine"], result["outputs"]
+    lines = [
+        f"outputs identical: {'yes' if out['identical'] else 'no'} ({out['detail']})",
+        f"input: {result['input']['lines']:,} lines, {result['input']['bytes'] / 2**20:.0f} MiB "
+        f"(simulator, all fault scenarios); repeats: {result['parameters']['repeat']}",
+        f"machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_mib']:,} MiB, {m['os']}, "
+        f"Python {m['python']}, bytewax {m['bytewax']}; commit {result['git_commit']}",
+    ]
+    lat = result.get("latency") or {}
+    if lat and not lat.get("skipped"):
+        lines.append(f"daemon exit code after SIGTERM: {lat['exit_code']}")
+    return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+    def table(head: list[str], rows: Rows) -> str:
+        if not head:
+            return ""
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        return "\n".join(out) + "\n"
+
+    parts = [
+        f"# orderwatch bench, {result['date']} on {result['machine']['hostname']}\n",
+        f"`{result['parameters']['command']}`\n",
+    ]
+    for head, rows in (throughput_rows(result), memory_rows(result), latency_rows(result)):
+        if head:
+            parts.append(table(head, rows))
+    parts.append("\n".join(f"- {line}" for line in footer(result)) + "\n")
+    parts.append(LEGEND)
+    return "\n".join(parts)
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    # Piped output would be cut to 80 columns; the table needs about 120.
+    console = Console(width=None if sys.stdout.isatty() else 130)
+    for title, (head, rows) in (
+        ("throughput (events/s = lines ÷ wall seconds of the process)", throughput_rows(result)),
+        ("memory per open order", memory_rows(result)),
+        ("live alert latency", latency_rows(result)),
+    ):
+        if not head:
+            continue
+        t = Table(title=title, title_justify="left")
+        for i, h in enumerate(head):
+            t.add_column(h, justify="left" if i == 0 else "right")
+        for r in rows:
+            t.add_row(*r)
+        console.print(t)
+    for line in footer(result):
+        console.print(line, highlight=False)

@@ -1,0 +1,26 @@
+"""Amounts as exact integer cents (a Decimal only when finer than a cent).
+
+An int of cents is a quarter of a Decimal's memory, compares exactly, and "299.0", "299.00"
+and 299 all become 29900.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+Money = int | Decimal
+
+
+def to_cents(amount: Decimal) -> Money:
+    cents = amount * 100
+    whole = cents.to_integral_value()
+    return int(whole) if cents == whole else cents
+
+
+def show(cents: Money) -> str:
+    """`29900` -> `299.00`; `-3780` -> `-37.80`."""
+    if type(cents) is int:
+        sign = "-" if cents < 0 else ""
+        whole, part = divmod(abs(cents), 100)
+        return f"{sign}{whole}.{part:02d}"
+    return str(cents / 100)

@@ -1,0 +1,255 @@
+"""`orderwatch bench` bookkeeping: fast, deterministic parts only (no timings asserted)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from bench.plain_rules import run as plain_run
+from orderwatch.bench.inputs import ensure_open_orders, open_order_events, simulate_argv
+from orderwatch.bench.latency import _FIRING, daemon_config, delays_ms, due_s, summarize
+from orderwatch.bench.measure import best_and_median, count_lines, percentile, run_measured
+from orderwatch.bench.report import (
+    add_ratios,
+    bytes_per_order,
+    goals,
+    machine_info,
+    ratios,
+    result_name,
+)
+from orderwatch.bench.run import compare_outputs
+from orderwatch.bench.tables import markdown
+
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = {"completed", "cancelled", "refunded", "closed"}
+
+
+# ---- percentiles and repeats -------------------------------------------------------------------
+def test_percentile_interpolates_between_closest_ranks() -> None:
+    values = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 50) == 3.0
+    assert percentile(values, 100) == 5.0
+    assert percentile(values, 25) == 2.0
+    assert percentile(list(range(1, 101)), 99) == pytest.approx(99.01)
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile(values, 101)
+
+
+def test_best_and_median() -> None:
+    assert best_and_median([3.0, 1.0, 2.0]) == {"best": 3.0, "median": 2.0, "all": [3.0, 1.0, 2.0]}
+    assert best_and_median([3.0, 1.0], higher_is_better=False)["best"] == 1.0
+    assert best_and_median([])["best"] is None
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+def test_open_orders_are_exactly_n_orders_none_terminal_in_time_order() -> None:
+    events = list(open_order_events(300))
+    assert len(events) == 5 * 300
+    by_order: dict[str, list[dict[str, Any]]] = {}
+    for ev in events:
+        by_order.setdefault(ev["order_id"], []).append(ev)
+    assert len(by_order) == 300
+    for evs in by_order.values():
+        kinds = [(e["type"], e.get("status") or e.get("action")) for e in evs]
+        assert kinds == [
+            ("order", "created"),
+            ("payment", "success"),
+            ("order", "paid"),
+            ("wms", "outbound_created"),
+            ("order", "allocated"),
+        ]
+    statuses = {e["status"] for e in events if e["type"] == "order"}
+    assert not statuses & TERMINAL
+    assert len({e["event_id"] for e in events}) == len(events)
+
+
+def test_open_orders_fire_nothing_and_stay_open_in_the_plain_script() -> None:
+    cfg = yaml.safe_load((ROOT / "examples" / "orderwatch.yaml").read_text())
+    lines = [orjson.dumps(e) for e in open_order_events(200)]
+    rejected: Counter[str] = Counter()
+    assert plain_run(lines, cfg, rejected) == []
+    assert not rejected
+
+
+def test_open_orders_file_is_cached_by_parameters(tmp_path: Path) -> None:
+    path, info = ensure_open_orders(tmp_path, 50)
+    assert not info["reused"] and count_lines(path) == 250
+    assert ensure_open_orders(tmp_path, 50)[1]["reused"]
+    path.write_bytes(b"truncated\n")  # a changed file is not trusted
+    assert not ensure_open_orders(tmp_path, 50)[1]["reused"]
+    assert count_lines(path) == 250
+
+
+def test_simulate_command_has_every_scenario_of_the_mix() -> None:
+    argv = simulate_argv(1000, Path("x.jsonl"))
+    assert argv[1:6] == ["-m", "orderwatch", "simulate", "--events", "1000"]
+    assert "callback_storm=0.05" in argv and "naive_timestamp=0.002" in argv
+    assert argv[-2:] == ["--out", "x.jsonl"]
+
+
+def test_count_lines_counts_a_last_line_without_newline(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"1\n2\n3")
+    (tmp_path / "b").write_bytes(b"")
+    assert count_lines(tmp_path / "a") == 3
+    assert count_lines(tmp_path / "b") == 0
+
+
+# ---- result and ratios -------------------------------------------------------------------------
+CPUINFO = (
+    "processor\t: 0\nmodel name\t: Test CPU 9000\n\nprocessor\t: 1\nmodel name\t: Test CPU 9000\n"
+)
+MEMINFO = "MemTotal:       2097152 kB\nMemFree:         1000 kB\n"
+
+
+def test_machine_info_has_the_fields_the_readme_promises() -> None:
+    m = machine_info(CPUINFO, MEMINFO)
+    assert m["cpu_model"] == "Test CPU 9000"
+    assert m["memory_mib"] == 2048
+    for key in ("hostname", "cores", "os", "kernel", "python", "bytewax", "orjson"):
+        assert m[key], key
+
+
+def fake_result() -> dict[str, Any]:
+    """A result as `run_bench` assembles it, with round numbers instead of measurements."""
+    replay = {
+        key: {
+            "events_per_s": {"best": rate, "median": rate / 2},
+            "in_process_events_per_s": {"best": rate * 1.2, "median": rate},
+            "peak_rss_mib": 100.0,
+            "parent_hwm_mib": 40.0 if kids else None,
+            "children_hwm_mib": kids,
+        }
+        for key, rate, kids in (
+            ("1_worker", 250_000.0, []),
+            ("2_workers", 300_000.0, []),
+            ("2_processes", 500_000.0, [90.0, 80.0]),
+        )
+    }
+    return {
+        "date": "2026-11-23",
+        "machine": machine_info(CPUINFO, MEMINFO),
+        "git_commit": "abc1234-dirty",
+        "parameters": {"command": "orderwatch bench", "repeat": 2},
+        "input": {"lines": 1_100_000, "bytes": 200 * 2**20},
+        "yardsticks": {
+            "parse_only": {"lines_per_s": {"best": 1_000_000.0, "median": 500_000.0}},
+            "plain_rules": {
+                "events_per_s": {"best": 125_000.0, "median": 100_000.0},
+                "self_reported_events_per_s": 130_000.0,
+                "peak_rss_mib": 900.0,
+            },
+        },
+        "replay": replay,
+        "outputs": {"identical": False, "detail": "equal to plain: no"},
+        "open_orders": {
+            "orders": [100_000, 300_000],
+            "orderwatch": {"peak_rss_mib": [100.0, 160.0], "bytes_per_order": 314.5728},
+            "plain": {"peak_rss_mib": [300.0, 700.0], "bytes_per_order": 2097.152},
+        },
+        "latency": {
+            "api": {"count": 10, "missing": 0, "p50_ms": 120.0, "p99_ms": 1200.0, "max_ms": 1300},
+            "console": {"count": 9, "missing": 1, "p50_ms": 100.0, "p99_ms": 200.0, "max_ms": 210},
+            "notifier": "not measured: notifiers not built yet",
+            "exit_code": 0,
+        },
+    }
+
+
+def test_ratios_are_computed_from_the_given_numbers() -> None:
+    r = add_ratios(fake_result())
+    one = r["replay"]["1_worker"]["ratios"]
+    assert one["x_parse_only"] == {"best": 0.25, "median": 0.25}
+    assert one["x_plain"] == {"best": 2.0, "median": 1.25}
+    assert r["yardsticks"]["plain_rules"]["ratios"]["x_parse_only"]["best"] == 0.125
+    assert r["replay"]["2_processes"]["ratios"]["x_parse_only"]["best"] == 0.5
+    assert ratios({"best": 1.0}, {"best": 0.0}, {})["x_parse_only"]["best"] is None
+
+
+def test_goals_compare_each_figure_with_the_issue() -> None:
+    g = goals(add_ratios(fake_result()))
+    assert g["replay_1_worker_x_parse_only"] == {"goal": 0.25, "value": 0.25, "met": True}
+    assert g["replay_2_processes_x_parse_only"]["met"] is True
+    assert g["bytes_per_open_order"]["met"] is True
+    assert g["latency_p99_ms"] == {"goal": 1000, "value": 1200.0, "met": False}
+
+
+def test_bytes_per_order_is_the_slope_of_two_runs() -> None:
+    assert bytes_per_order(100.0, 160.0, 100_000, 300_000) == pytest.approx(314.5728)
+    with pytest.raises(ValueError):
+        bytes_per_order(1.0, 2.0, 5, 5)
+
+
+def test_result_name_and_markdown() -> None:
+    from datetime import datetime
+
+    assert result_name(datetime(2026, 11, 23, 9), "vm.example.com") == "2026-11-23-vm.json"
+    md = markdown(add_ratios(fake_result()))
+    assert "| replay, 1 worker | 250,000 | 125,000 | 300,000 | 0.25 | 2.00 (1.25) |" in md
+    assert "100 (parent 40; 90 + 80)" in md
+    assert "outputs identical: no" in md
+    assert "9 (1 missing)" in md
+    assert "not measured: notifiers not built yet" in md
+    assert "Test CPU 9000" in md and "abc1234-dirty" in md
+
+
+def test_outputs_compared_byte_for_byte_and_without_annotations(tmp_path: Path) -> None:
+    a = {"status": "firing", "labels": {"rule": "r"}, "annotations": {"summary": "ours"}}
+    b = {**a, "annotations": {"summary": "theirs"}}
+    (tmp_path / "r.jsonl").write_bytes(orjson.dumps(a) + b"\n")
+    (tmp_path / "p.jsonl").write_bytes(orjson.dumps(b) + b"\n")
+    same = compare_outputs([("1", "h"), ("2", "h")], tmp_path / "r.jsonl", tmp_path / "p.jsonl")
+    assert same["identical"] and same["alert_changes"] == 1
+    diff = compare_outputs([("1", "h"), ("2", "x")], tmp_path / "r.jsonl", tmp_path / "p.jsonl")
+    assert not diff["identical"] and not diff["replays_identical"] and diff["equal_to_plain"]
+    (tmp_path / "p.jsonl").write_bytes(b"")
+    assert not compare_outputs([("1", "h")], tmp_path / "r.jsonl", tmp_path / "p.jsonl")[
+        "identical"
+    ]
+
+
+# ---- latency arithmetic ------------------------------------------------------------------------
+def test_latency_from_recorded_timestamps() -> None:
+    ts = 1_800_000_000_000
+    assert due_s(ts) == 1_800_000_002.5  # ts + 2 s dwell + 500 ms lateness
+    due = {"a": 100.0, "b": 200.0, "c": 300.0}
+    seen = {"a": 100.1, "b": 200.3, "x": 5.0}
+    assert delays_ms(due, seen) == pytest.approx([100.0, 300.0])
+    s = summarize(due, seen)
+    assert s["count"] == 2 and s["missing"] == 1
+    assert s["p50_ms"] == pytest.approx(200.0)
+    assert s["p99_ms"] == pytest.approx(298.0)
+    assert s["max_ms"] == pytest.approx(300.0)
+    assert summarize(due, {})["p99_ms"] is None
+
+
+def test_console_lines_are_recognised() -> None:
+    line = "🟠 FIRING   warning  lat L000042 at 2026-11-23 09:00:00 +08:00: stuck in paid for 2s"
+    m = _FIRING.search(line)
+    assert m and m.group(1) == "L000042"
+    assert not _FIRING.search("✅ RESOLVED warning  lat L000042 at …")
+
+
+def test_daemon_config_validates() -> None:
+    from orderwatch.config import validate_config
+
+    cfg = daemon_config(Path("/tmp/e.jsonl"), Path("/tmp/state"), 18080)
+    validated = validate_config(cfg)
+    assert validated.http.port == 18080
+
+
+# ---- the launcher ------------------------------------------------------------------------------
+def test_launcher_reports_exit_code_and_peak_rss_of_the_child() -> None:
+    m = run_measured([sys.executable, "-c", "import sys; print('hi'); sys.exit(3)"])
+    assert m.exit_code == 3
+    assert m.stdout.strip() == "hi"
+    assert m.maxrss_mib > 1 and m.wall_s > 0
