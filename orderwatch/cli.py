@@ -55,13 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     cc.add_argument("file")
 
     sim = sub.add_parser("simulate", help="realistic order traffic with failure scenarios")
-    sim.add_argument("--out", default="-", help="file path, '-' for stdout, or kafka://host:port")
-    sim.add_argument("--events", type=int, default=10_000, help="number of events to write")
+    sim.add_argument("--out", default="-", help="file path or '-' for stdout")
+    sim.add_argument(
+        "--events", type=int, default=10_000, help="number of events to write (0: endless)"
+    )
     sim.add_argument(
         "--rate", type=float, help="events per wall second (default: as fast as possible)"
     )
     sim.add_argument(
         "--orders-per-minute", type=float, default=600.0, help="new orders per simulated minute"
+    )
+    sim.add_argument(
+        "--speed", type=float, help="simulated seconds per wall second (default: no waiting)"
     )
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument(

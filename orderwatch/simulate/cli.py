@@ -78,6 +78,18 @@ def paced(events: Iterable[dict[str, Any]], rate: float | None) -> Iterator[dict
             time.sleep(ahead)
 
 
+def on_sim_clock(
+    timed: Iterable[tuple[int, dict[str, Any]]], start_ms: int, speed: float
+) -> Iterator[dict[str, Any]]:
+    """The events when their arrival comes on a clock running `speed` times the wall clock."""
+    began = time.monotonic()
+    for arrival, event in timed:
+        ahead = (arrival - start_ms) / 1000 / speed - (time.monotonic() - began)
+        if ahead > 0.005:
+            time.sleep(ahead)
+        yield event
+
+
 def simulate_command(args: argparse.Namespace) -> int:
     """Run ``orderwatch simulate``; the summary goes to stderr."""
     if args.list_scenarios:
@@ -95,12 +107,18 @@ def simulate_command(args: argparse.Namespace) -> int:
         )
         if args.events is not None and args.events < 0:
             raise UsageError("--events must be >= 0")
+        if args.speed is not None and args.speed <= 0:
+            raise UsageError("--speed must be > 0")
         if args.out.startswith("kafka://"):
             raise UsageError("Kafka output is not available in this build; write a file")
     except (UsageError, ValueError) as exc:
         print(f"orderwatch simulate: {exc}", file=sys.stderr)
         return 2
-    events = paced(sim.events(max_events=args.events or None), args.rate)
+    if args.speed:  # simulated time runs `speed` x the wall clock (from --start)
+        timed = sim.timed_events(max_events=args.events or None)
+        events = paced(on_sim_clock(timed, parse_start(args.start), args.speed), args.rate)
+    else:
+        events = paced(sim.events(max_events=args.events or None), args.rate)
     try:
         if args.out == "-":
             count = write_jsonl(events, sys.stdout.buffer)

@@ -72,3 +72,21 @@ def test_kafka_output_is_refused_as_usage(capsys: pytest.CaptureFixture[str]) ->
 
     assert main(["simulate", "--events", "5", "--out", "kafka://127.0.0.1:9092"]) == 2
     assert "Kafka" in capsys.readouterr().err
+
+
+def test_speed_paces_events_on_the_simulated_clock(tmp_path: Path) -> None:
+    """--speed 600 spreads ~10 simulated minutes of events over about a wall second."""
+    from orderwatch.simulate.cli import on_sim_clock
+
+    start = 1_000_000
+    timed = [(start + i * 60_000, {"n": i}) for i in range(11)]  # one a simulated minute
+    begun = time.monotonic()
+    got = list(on_sim_clock(timed, start, speed=600.0))
+    assert [e["n"] for e in got] == list(range(11))
+    assert time.monotonic() - begun >= 0.95  # it waited for the simulated clock
+
+
+def test_bad_speed_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """A non-positive --speed is refused with exit code 2."""
+    assert main(["simulate", "--events", "5", "--speed", "0"]) == 2
+    assert "--speed" in capsys.readouterr().err
