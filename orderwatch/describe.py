@@ -87,10 +87,10 @@ def describe(cfg: Config) -> str:
         match = " when " + ",".join(f"{k}={v}" for k, v in n.match.items()) if n.match else ""
         signed = " (signed)" if n.secret else ""
         lines.append(f"  {n.kind} {_redact(n.url)}{signed}{match}")
-    r = cfg.routing
+    rt = cfg.routing
     lines.append(
-        f"routing: group by {','.join(r.group_by)}, wait {fmt(r.group_wait)}, "
-        f"interval {fmt(r.group_interval)}, repeat {fmt(r.repeat_interval)}"
+        f"routing: group by {','.join(rt.group_by)}, wait {fmt(rt.group_wait)}, "
+        f"interval {fmt(rt.group_interval)}, repeat {fmt(rt.repeat_interval)}"
     )
     lines.append(
         f"http: {cfg.http.listen}, token from "

@@ -334,7 +334,7 @@ class Decoder:
         for i, raw in enumerate(lines):
             if len(raw) < 2 and not raw.strip():
                 continue  # a blank line
-            ev = None
+            ev: Any = None
             if bound_type is None and len(raw) <= limit:
                 try:
                     ev = mixed(raw)
@@ -388,7 +388,7 @@ class Decoder:
                 good.append((d.ts_ms, d.event))
         return good, bad
 
-    def finish(self, ev: AnyEvent, raw: bytes, source: str, position: str) -> Decoded | Rejected:
+    def finish(self, ev: Any, raw: bytes, source: str, position: str) -> Decoded | Rejected:
         """Checks msgspec cannot express: timestamps, status map, finite amounts."""
         try:
             ts_ms = self._parse_ts(ev.ts)
@@ -415,7 +415,7 @@ class Decoder:
             if ev.warehouse is not None:
                 ev.warehouse = interned.get(ev.warehouse) or self._intern(ev.warehouse)
         elif t is AccessLogEvent:
-            ev.route = interned.get(ev.route) or self._intern(ev.route)  # type: ignore[assignment]
+            ev.route = interned.get(ev.route) or self._intern(ev.route)
         return Decoded(ts_ms, ev)
 
 

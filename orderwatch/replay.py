@@ -70,11 +70,18 @@ class Summary:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Summary:
-        counters = {k: Counter(d[k]) for k in ("events", "rejected", "alerts", "http")}
-        scalars = {
-            k: d[k] for k in ("duplicates", "late", "orders_open", "lines", "bytes", "seconds")
-        }
-        return cls(**counters, **scalars)
+        return cls(
+            events=Counter(d["events"]),
+            rejected=Counter(d["rejected"]),
+            alerts=Counter(d["alerts"]),
+            http=Counter(d["http"]),
+            duplicates=d["duplicates"],
+            late=d["late"],
+            orders_open=d["orders_open"],
+            lines=d["lines"],
+            bytes=d["bytes"],
+            seconds=d["seconds"],
+        )
 
 
 def collect(runtime: Runtime, sink: AlertFileSink) -> Summary:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
+from collections.abc import Callable
 from typing import Any
 
 from orderwatch.domain import timeline, wording
@@ -70,7 +71,7 @@ _GAP_DONE = {name: 1 << (GAP_DONE_BIT + i) for i, name in enumerate(GAP_RULES)}
 _GAP_FIRING = {name: 1 << (GAP_FIRING_BIT + i) for i, name in enumerate(GAP_RULES)}
 
 
-_RANK = {OrderEvent: 0, PaymentEvent: 1, WmsEvent: 2, LogisticsEvent: 3}
+_RANK: dict[type, int] = {OrderEvent: 0, PaymentEvent: 1, WmsEvent: 2, LogisticsEvent: 3}
 _AFTER_ANY_RANK = 9  # (watermark, 9) sorts after every (watermark, rank, seq, event)
 _AMOUNT_SETTLED = AMOUNT_OK | _ANOMALY_FLAG[AMOUNT_MISMATCH]
 _COLLECT_STATUSES = frozenset({"shipped", "in_transit", "delivered", "completed"})
@@ -122,7 +123,7 @@ class ShardTracker:
         self._update_plan = tuple((s.statuses, s.max_dwell_ms) for s in self._update_rules)
         self._update_firing = sum(stuck_firing(s.index) for s in self._update_rules)
         self._update_done = sum(stuck_done(s.index) for s in self._update_rules)
-        self._handlers = {
+        self._handlers: dict[type, Callable[..., str | None]] = {
             OrderEvent: self._on_order,
             PaymentEvent: self._on_payment,
             WmsEvent: self._on_wms,

@@ -36,7 +36,7 @@ def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes]):
+class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
     """One shard: feeds batches into its tracker and advances the shared-rule watermark."""
 
     def __init__(
