@@ -35,14 +35,17 @@ def parse_duration_ms(text: str | int | float) -> int:
 
 
 def format_duration_ms(ms: int) -> str:
-    """Render milliseconds the way people read them: `2h5m`, `45s`, `3d4h`."""
+    """Render milliseconds the way people read them: `2h5m`, `45s`, `48h`, `3d4h`."""
     if ms < 0:
         return "-" + format_duration_ms(-ms)
     if ms < 1000:
         return f"{ms}ms"
     secs = ms // 1000
     parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    if secs < 3 * 86400:  # ops people say "48h", not "2d"
+        units = units[1:]
+    for unit, size in units:
         if secs >= size:
             parts.append(f"{secs // size}{unit}")
             secs %= size
