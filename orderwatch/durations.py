@@ -42,7 +42,7 @@ def format_duration_ms(ms: int) -> str:
         return f"{ms}ms"
     secs = ms // 1000
     parts = []
-    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    units: tuple[tuple[str, int], ...] = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
     if secs < 3 * 86400:  # ops people say "48h", not "2d"
         units = units[1:]
     for unit, size in units:

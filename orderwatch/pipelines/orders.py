@@ -28,7 +28,7 @@ from orderwatch.domain.stats import LabelCap, ShardStats
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.events import Decoder
-from orderwatch.pipelines.route import DEAD_LETTER_KEY, Router, ShardBatch
+from orderwatch.pipelines.route import DEAD_LETTER_KEY, ChunkOrder, Router, ShardBatch
 from orderwatch.runtime import Runtime
 
 
@@ -46,8 +46,10 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
         runtime: Runtime,
         now_ms: Callable[[], int],
         recovery: bool = False,
+        order: ChunkOrder | None = None,
     ) -> None:
         self.recovery = recovery
+        self.order = order or ChunkOrder()
         self.tracker = tracker
         self.clock = clock
         self.now_ms = now_ms
@@ -59,13 +61,16 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
         if self.runtime is not None:
             self.runtime.trackers[values[0].key] = self.tracker
             self.runtime = None
-        ingest = self.tracker.ingest_many
         wall = self.now_ms()
         for batch in values:
-            if batch.events:
-                ingest(batch.events)
-            self.clock.observe(batch.max_ts, wall)
+            self._take(self.order.ready(batch), wall)
         return self._advance(self.clock.current(wall)), StatefulBatchLogic.RETAIN
+
+    def _take(self, batches: list[ShardBatch], wall: int) -> None:
+        for batch in batches:
+            if batch.events:
+                self.tracker.ingest_many(batch.events)
+            self.clock.observe(batch.max_ts if batch.max_ts >= 0 else None, wall)
 
     def on_notify(self) -> tuple[list[AlertChange], bool]:
         return self._advance(self.clock.current(self.now_ms())), StatefulBatchLogic.RETAIN
@@ -73,6 +78,7 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
     def on_eof(self) -> tuple[list[AlertChange], bool]:
         if self.stopping is not None and self.stopping.is_set():
             return [], StatefulBatchLogic.RETAIN  # a shutdown is not the end of the input
+        self._take(self.order.leftovers(), self.now_ms())
         return self._advance(self.clock.final()), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -87,7 +93,8 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
         # when there is a recovery store to write it to.
         if not self.recovery:
             return None
-        return pickle.dumps((self.tracker, self.clock), protocol=pickle.HIGHEST_PROTOCOL)
+        state = (self.tracker, self.clock, self.order)
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _advance(self, watermark: int | None) -> list[AlertChange]:
         if watermark is None:
@@ -121,17 +128,21 @@ def build_flow(
     idle_after = cfg.idle_after if live else None
 
     def build_shard(resume: bytes | None) -> ShardLogic:
+        order = None
         if resume is not None:
-            tracker, clock = pickle.loads(resume)
+            tracker, clock, order = pickle.loads(resume)
         else:
             tracker = ShardTracker(rules, ShardStats(channels, warehouses))
             clock = WatermarkClock(cfg.lateness, idle_after)
-        return ShardLogic(tracker, clock, runtime, now_ms, recovery)
+        return ShardLogic(tracker, clock, runtime, now_ms, recovery, order)
 
     flow = Dataflow("orderwatch")
     streams = [op.input(f"read_{i}", flow, src) for i, src in enumerate(inputs)]
     raw = streams[0] if len(streams) == 1 else op.merge("merge_sources", *streams)
-    routed = op.flat_map_batch("decode_and_route", raw, router)
+    # Decode wherever there is a free worker (the reader only reads); shards restore the
+    # source order of the chunks, so results do not depend on who decoded what.
+    spread = op.redistribute("spread_decoding", raw)
+    routed = op.flat_map_batch("decode_and_route", spread, router)
     split = op.branch("split_dead_letters", routed, lambda kv: kv[0] != DEAD_LETTER_KEY)
     alerts = op.stateful_batch("track_orders", split.trues, build_shard)
     op.output(

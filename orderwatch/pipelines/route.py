@@ -45,22 +45,37 @@ def shard_of(order_id: str, count: int) -> int:
 
 
 class ShardBatch:
-    """One shard's share of a chunk: (ts, event) pairs and the chunk's largest event time."""
+    """One shard's share of a chunk: (ts, event) pairs and the chunk's largest event time.
 
-    __slots__ = ("events", "key", "max_ts")
+    `part`, `first` and `next` place the chunk in its source: chunks are decoded on any
+    worker, and a shard applies them in source order again (`ChunkOrder`).
+    """
 
-    def __init__(self, key: str, events: list[tuple[int, Any]], max_ts: int) -> None:
+    __slots__ = ("events", "first", "key", "max_ts", "next", "part")
+
+    def __init__(
+        self,
+        key: str,
+        events: list[tuple[int, Any]],
+        max_ts: int,
+        part: str = "",
+        first: int = 1,
+        next_first: int = 1,
+    ) -> None:
         self.key = key
         self.events = events
         self.max_ts = max_ts
+        self.part = part
+        self.first = first
+        self.next = next_first
 
     # Only crossing a process boundary pickles a batch: one msgpack blob (msgspec, C speed)
     # instead of a pickle per event struct, which cost more than the work it moved.
-    def __getstate__(self) -> tuple[str, bytes, int]:
-        return (self.key, _PACK(self.events), self.max_ts)
+    def __getstate__(self) -> tuple[str, bytes, int, str, int, int]:
+        return (self.key, _PACK(self.events), self.max_ts, self.part, self.first, self.next)
 
-    def __setstate__(self, state: tuple[str, bytes, int]) -> None:
-        self.key, blob, self.max_ts = state
+    def __setstate__(self, state: tuple[str, bytes, int, str, int, int]) -> None:
+        self.key, blob, self.max_ts, self.part, self.first, self.next = state
         self.events = _UNPACK(blob)
         for _, ev in self.events:  # share the few distinct strings again
             if type(ev) is OrderEvent:
@@ -69,6 +84,44 @@ class ShardBatch:
                 ev.warehouse = _intern(ev.warehouse)
             elif type(ev) is WmsEvent:
                 ev.warehouse = _intern(ev.warehouse)
+
+
+class ChunkOrder:
+    """Puts a shard's batches back in source order (decoding may finish out of order).
+
+    Every chunk sends one batch to every shard, so a shard sees each chunk of each source;
+    it holds early ones until the gap before them is filled. Sources number their lines
+    from 1, so the first chunk of every source starts there.
+    """
+
+    __slots__ = ("_expected", "_waiting")
+
+    def __init__(self) -> None:
+        self._expected: dict[str, int] = {}
+        self._waiting: dict[str, dict[int, ShardBatch]] = {}
+
+    def ready(self, batch: ShardBatch) -> list[ShardBatch]:
+        """The batches that can be applied now, in order (possibly none)."""
+        part = batch.part
+        expected = self._expected.get(part, 1)
+        if batch.first != expected:
+            self._waiting.setdefault(part, {})[batch.first] = batch
+            return []
+        out = [batch]
+        expected = batch.next
+        waiting = self._waiting.get(part)
+        while waiting and expected in waiting:
+            nxt = waiting.pop(expected)
+            out.append(nxt)
+            expected = nxt.next
+        self._expected[part] = expected
+        return out
+
+    def leftovers(self) -> list[ShardBatch]:
+        """At the end of the input: whatever still waits, in order (a gap means a lost chunk)."""
+        out = [b for w in self._waiting.values() for _, b in sorted(w.items())]
+        self._waiting.clear()
+        return out
 
 
 _PACK = msgspec.msgpack.Encoder().encode
@@ -159,11 +212,13 @@ class Router:
         stats.lines_read += len(chunk.lines)
         stats.bytes_read += sum(map(len, chunk.lines))
         out: list[tuple[str, Any]] = rejects
-        if max_ts >= 0:
-            out.extend(
-                (key, ShardBatch(key, evs, max_ts))
-                for key, evs in zip(self._keys, per_shard, strict=True)
-            )
+        # Every shard hears of every chunk, even one without a valid event (max_ts -1):
+        # that is how a shard knows no earlier chunk is still on its way.
+        next_first = chunk.first + len(chunk.lines)
+        out.extend(
+            (key, ShardBatch(key, evs, max_ts, source, chunk.first, next_first))
+            for key, evs in zip(self._keys, per_shard, strict=True)
+        )
         return out
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 
 from hypothesis import given, settings
@@ -36,15 +37,23 @@ def reference(lines: list[bytes]) -> list[AlertChange]:
     )
 
 
-def through_router(lines: list[bytes], shards: int, batch: int) -> list[AlertChange]:
-    """The real router and shard logic, without bytewax, with any shard count and batch size."""
+def through_router(
+    lines: list[bytes], shards: int, batch: int, shuffle: random.Random | None = None
+) -> list[AlertChange]:
+    """The real router and shard logic, without bytewax, with any shard count and batch size.
+
+    `shuffle` decodes the chunks in a random order, as workers racing each other would.
+    """
     runtime = Runtime(shards=shards)
     router = Router(Decoder(CFG.status_map), runtime)
     rules = RuleSet.from_config(CFG)
     logics: dict[str, ShardLogic] = {}
     out: list[AlertChange] = []
-    for i in range(0, len(lines), batch):
-        for key, item in router.route(RawChunk("t", i + 1, lines[i : i + batch])):
+    chunks = [RawChunk("t", i + 1, lines[i : i + batch]) for i in range(0, len(lines), batch)]
+    if shuffle is not None:
+        shuffle.shuffle(chunks)
+    for chunk in chunks:
+        for key, item in router.route(chunk):
             logic = logics.get(key)
             if logic is None:
                 logic = logics[key] = ShardLogic(
@@ -63,6 +72,15 @@ def test_alerts_do_not_depend_on_shards_or_batch_size(
 ) -> None:
     """Same stream, any shard count and batch size: exactly the same alert changes."""
     assert through_router(lines, shards, batch) == reference(lines)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lines=streams(), batch=st.integers(1, 25), seed=st.integers(0, 2**32))
+def test_alerts_do_not_depend_on_which_chunk_is_decoded_first(
+    lines: list[bytes], batch: int, seed: int
+) -> None:
+    """Chunks decoded out of order (by racing workers) give exactly the same alert changes."""
+    assert through_router(lines, 3, batch, random.Random(seed)) == reference(lines)
 
 
 @settings(max_examples=150, deadline=None)

@@ -81,3 +81,21 @@ def test_bound_source_lines_without_type() -> None:
     _, out = route([raw], bound="payment")
     events = [ev for k, v in out if isinstance(v, ShardBatch) for _, ev in v.events]
     assert [type(e).__name__ for e in events] == ["PaymentEvent"]
+
+
+def _batch(first: int, n: int, part: str = "src") -> ShardBatch:
+    return ShardBatch("s000", [], -1, part, first, first + n)
+
+
+def test_chunk_order_holds_early_batches_until_the_gap_fills() -> None:
+    """Batches are released in source order, per source, whatever order they arrive in."""
+    from orderwatch.pipelines.route import ChunkOrder
+
+    order = ChunkOrder()
+    assert order.ready(_batch(11, 5)) == []
+    assert order.ready(_batch(6, 5)) == []
+    got = order.ready(_batch(1, 5))
+    assert [b.first for b in got] == [1, 6, 11]
+    assert [b.first for b in order.ready(_batch(1, 3, part="other"))] == [1]
+    assert order.ready(_batch(21, 1)) == []
+    assert [b.first for b in order.leftovers()] == [21]
