@@ -112,6 +112,7 @@ class _Poller(threading.Thread):
         self.stop = threading.Event()
         self.polls = 0
         self.errors = 0
+        self.error_samples: list[str] = []
         self.round_trip_s = 0.0
 
     def run(self) -> None:
@@ -126,8 +127,10 @@ class _Poller(threading.Thread):
                     self.seen.setdefault(a["labels"]["order_id"], now)
                 self.polls += 1
                 self.round_trip_s += now - sent
-            except (OSError, http.client.HTTPException, ValueError):
+            except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
                 self.errors += 1
+                if len(self.error_samples) < 3 and repr(exc) not in self.error_samples:
+                    self.error_samples.append(repr(exc))
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
             self.stop.wait(max(0.0, POLL_S - (time.time() - sent)))
@@ -231,7 +234,8 @@ def run_latency(seconds: float = 30, rate: float = 100, orders_per_s: float = 10
             console.join(timeout=10)
             if poller.is_alive():
                 poller.join(timeout=10)
-        stderr_tail = (Path(tmp) / "daemon.err").read_text(errors="replace")[-1500:]
+        stderr_tail = (Path(tmp) / "daemon.err").read_text(errors="replace")[-3000:]
+    troubled = code != 0 or poller.errors > 0 or set(due) - set(console.seen)
     return {
         "api": summarize(due, poller.seen),
         "console": summarize(due, console.seen),
@@ -251,5 +255,7 @@ def run_latency(seconds: float = 30, rate: float = 100, orders_per_s: float = 10
             "command": argv[1:],
             "config": {k: v for k, v in cfg.items() if k not in ("state", "http", "sources")},
         },
-        "daemon_stderr_tail": stderr_tail if code != 0 else "",
+        "poll_error_samples": poller.error_samples,
+        # Kept whenever something looks wrong, so a bad run can be understood afterwards.
+        "daemon_stderr_tail": stderr_tail if troubled else "",
     }

@@ -6,6 +6,7 @@ measurements. Throughput ratios compare best with best and median with median of
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import socket
 import subprocess
@@ -86,6 +87,20 @@ def git_commit(repo: Path) -> str | None:
     except OSError:
         return None
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def tree_fingerprint(repo: Path) -> str | None:
+    """A hash of HEAD and the uncommitted diff: compared at the start and end of a run, because
+    other people edit this work tree while the bench runs, and a changed engine mid-run would
+    make the rounds measure different code."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True)
+        diff = subprocess.run(["git", "diff", "HEAD"], cwd=repo, capture_output=True)
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return hashlib.sha256(head.stdout + diff.stdout).hexdigest()[:16]
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

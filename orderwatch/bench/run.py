@@ -34,6 +34,7 @@ from orderwatch.bench.report import (
     goals,
     machine_info,
     result_name,
+    tree_fingerprint,
 )
 from orderwatch.bench.tables import markdown, print_tables
 
@@ -256,6 +257,7 @@ def open_orders(work: Path, out: Path, sizes: tuple[int, int]) -> dict[str, Any]
 
 def run_bench(opts: Options) -> int:
     started = time.time()
+    tree_at_start = tree_fingerprint(ROOT)
     when = datetime.now().astimezone()
     out_runs = opts.work / "out"
     out_runs.mkdir(parents=True, exist_ok=True)
@@ -298,6 +300,13 @@ def run_bench(opts: Options) -> int:
     add_ratios(result)
     result["goals"] = goals(result)
     result["duration_s"] = round(time.time() - started, 1)
+    tree_at_end = tree_fingerprint(ROOT)
+    result["code"] = {
+        "at_start": tree_at_start,
+        "at_end": tree_at_end,
+        "git_commit_at_end": git_commit(ROOT),
+        "changed_during_run": tree_at_start != tree_at_end,
+    }
     opts.out.mkdir(parents=True, exist_ok=True)
     path = opts.out / result_name(when, result["machine"]["hostname"])
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -35,7 +35,8 @@ def _ratio(r: dict[str, Any]) -> str:
     best, median = r.get("best"), r.get("median")
     if best is None:
         return "—"
-    return f"{best:.2f}" if median is None or median == best else f"{best:.2f} ({median:.2f})"
+    shown, other = f"{best:.2f}", "" if median is None else f"{median:.2f}"
+    return shown if other in ("", shown) else f"{shown} ({other})"
 
 
 def throughput_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
@@ -133,9 +134,20 @@ def footer(result: dict[str, Any]) -> list[str]:
         f"machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_mib']:,} MiB, {m['os']}, "
         f"Python {m['python']}, bytewax {m['bytewax']}; commit {result['git_commit']}",
     ]
+    if (result.get("code") or {}).get("changed_during_run"):
+        lines.append(
+            "WARNING: the work tree changed during the run (now "
+            f"{result['code']['git_commit_at_end']}): figures may mix two versions"
+        )
     lat = result.get("latency") or {}
     if lat and not lat.get("skipped"):
         lines.append(f"daemon exit code after SIGTERM: {lat['exit_code']}")
+        if lat.get("poll_errors"):
+            first = (lat.get("poll_error_samples") or ["?"])[0]
+            lines.append(
+                f"API polls that failed: {lat['poll_errors']} of "
+                f"{lat['poll_errors'] + lat['polls']} (first: {first})"
+            )
     return lines
 
 

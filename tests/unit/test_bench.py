@@ -253,3 +253,10 @@ def test_launcher_reports_exit_code_and_peak_rss_of_the_child() -> None:
     assert m.exit_code == 3
     assert m.stdout.strip() == "hi"
     assert m.maxrss_mib > 1 and m.wall_s > 0
+
+
+def test_a_work_tree_changed_during_the_run_is_flagged() -> None:
+    r = add_ratios(fake_result())
+    assert "WARNING" not in markdown(r)
+    r["code"] = {"changed_during_run": True, "git_commit_at_end": "def5678"}
+    assert "WARNING: the work tree changed during the run (now def5678)" in markdown(r)
