@@ -17,7 +17,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from orderwatch.connectors.raw import RawChunk
 
 _READ_SIZE = 1 << 20
-_POLL = timedelta(milliseconds=200)
+_POLL = timedelta(milliseconds=50)  # how often a tailed file is polled when idle
 
 
 class _FilePartition(StatefulSourcePartition[RawChunk, tuple[int, int]]):
