@@ -26,6 +26,7 @@ run: setup
 
 test: setup sysdeps
 	$(BIN)/ruff check orderwatch tests bench
+	$(BIN)/mypy orderwatch
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup
