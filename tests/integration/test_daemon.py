@@ -198,3 +198,49 @@ def test_two_process_daemon_answers_for_every_order(tmp_path: Path) -> None:
         assert d.get("/v1/orders/NOPE")[0] == 404
         other = wait_for(lambda: http_get(f"http://127.0.0.1:{d.port + 1}/metrics"), 30, "p1")
         assert other[0] == 200 and "orderwatch_orders_tracked" in other[1]
+
+
+def _metric(d: Any, name: str) -> float:
+    _, text = d.get("/metrics")
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name
+    )
+
+
+def test_recovery_resumes_from_the_snapshot_after_a_restart(tmp_path: Path) -> None:
+    """With state.recovery the restarted daemon continues where it stopped, state included."""
+    events = tmp_path / "events.jsonl"
+    shutil.copy(SAMPLE, events)
+    cfg = {**sample_config(events), "state": {"recovery": True, "snapshot_interval": "1s"}}
+    state = tmp_path / "state"
+    cfg["state"]["dir"] = str(state)
+    with daemon(tmp_path, cfg, name="first", state=state) as d:
+        wait_for(lambda: len(firing_rules(d)) == 12, 30, "sample alerts")
+        assert _metric(d, "orderwatch_input_lines_total") == 71
+        time.sleep(2.5)  # let an epoch close so a snapshot is written
+        assert d.stop() == 0
+    assert (state / "recovery").is_dir()
+    with events.open("a") as f:  # O1002 finally reaches the warehouse
+        f.write(
+            json.dumps(
+                {
+                    "type": "wms",
+                    "ts": "2026-11-13T10:00:00+08:00",
+                    "order_id": "O1002",
+                    "action": "outbound_created",
+                }
+            )
+            + "\n"
+        )
+    with daemon(tmp_path, cfg, name="second", state=state) as d2:
+        wait_for(lambda: ("paid_without_wms", "O1002") not in firing_rules(d2), 30, "resolution")
+        # it read only the new line: the file offset came back from the snapshot
+        assert _metric(d2, "orderwatch_input_lines_total") == 1
+        status, timeline = d2.get("/v1/orders/O1002")  # and the order state with it
+        assert status == 200
+        assert [e["type"] for e in timeline["events"]] == ["order", "payment", "order", "wms"]
+    assert "RESOLVED critical paid_without_wms O1002" in d2.console()
+    assert "FIRING" not in d2.console()  # nothing announced twice
