@@ -75,6 +75,7 @@ _RANK: dict[type, int] = {OrderEvent: 0, PaymentEvent: 1, WmsEvent: 2, Logistics
 _AFTER_ANY_RANK = 9  # (watermark, 9) sorts after every (watermark, rank, seq, event)
 _AMOUNT_SETTLED = AMOUNT_OK | _ANOMALY_FLAG[AMOUNT_MISMATCH]
 _COLLECT_STATUSES = frozenset({"shipped", "in_transit", "delivered", "completed"})
+_HEAP_SLACK = 4096  # superseded deadline-heap entries tolerated beyond 1.5 per live one
 
 
 class ShardTracker:
@@ -88,6 +89,7 @@ class ShardTracker:
         self.watermark: int | None = None
         self._pending: list[tuple[int, int, int, Any]] = []
         self._deadlines: list[tuple[int, str]] = []
+        self._heap_limit = _HEAP_SLACK
         self._seq = 0
         self._dedup = Deduper(rules.dedup_horizon_ms)
         self._zone = rules.timezone
@@ -203,8 +205,7 @@ class ShardTracker:
         """Make the order's heap entry cover its earliest deadline (full recomputation)."""
         due = self._next_due(rec)
         if due is not None and (rec.due is None or due < rec.due):
-            rec.due = due
-            heapq.heappush(self._deadlines, (due, oid))
+            self._push(oid, rec, due)
 
     def _offer(self, oid: str, rec: OrderRec, due: int) -> None:
         """A new deadline appeared: make sure the heap entry is no later than it.
@@ -213,8 +214,31 @@ class ShardTracker:
         and is rescheduled from scratch. So each event only pays for what it created.
         """
         if rec.due is None or due < rec.due:
-            rec.due = due
-            heapq.heappush(self._deadlines, (due, oid))
+            self._push(oid, rec, due)
+
+    def _push(self, oid: str, rec: OrderRec, due: int) -> None:
+        rec.due = due
+        heap = self._deadlines
+        heapq.heappush(heap, (due, oid))
+        if len(heap) > self._heap_limit:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop superseded heap entries (an earlier offer for the same order replaced them).
+
+        They would pop harmlessly, but until then each costs ~90 bytes; an order gets a new
+        entry whenever its next deadline moves earlier. Rebuilding after the heap has grown by
+        half keeps the cost amortised O(1) per push.
+        """
+        orders = self.orders
+        live = []
+        for entry in self._deadlines:
+            rec = orders.get(entry[1])
+            if rec is not None and rec.due == entry[0]:
+                live.append(entry)
+        heapq.heapify(live)
+        self._deadlines[:] = live  # in place: `_fire_due` holds the list while it pops
+        self._heap_limit = len(live) + len(live) // 2 + _HEAP_SLACK
 
     def _next_due(self, rec: OrderRec) -> int | None:
         best: int | None = None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orderwatch.connectors.raw import RawChunk
+from orderwatch.domain import tracker as tracker_module
 from orderwatch.domain.alert import FIRING, AlertChange
 from orderwatch.domain.lifecycle import TERMINAL
 from orderwatch.domain.rules import RuleSet
@@ -81,6 +83,36 @@ def test_alerts_do_not_depend_on_which_chunk_is_decoded_first(
 ) -> None:
     """Chunks decoded out of order (by racing workers) give exactly the same alert changes."""
     assert through_router(lines, 3, batch, random.Random(seed)) == reference(lines)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lines=streams())
+def test_compacting_the_deadline_heap_changes_nothing(lines: list[bytes]) -> None:
+    """With no slack the heap is rebuilt on most pushes, also while deadlines are popping."""
+    with mock.patch.object(tracker_module, "_HEAP_SLACK", 0):
+        compacted = reference(lines)
+    assert compacted == reference(lines)
+
+
+def test_compaction_keeps_one_heap_entry_per_order() -> None:
+    """An order whose next deadline moves earlier leaves a superseded entry; compaction drops it."""
+    with mock.patch.object(tracker_module, "_HEAP_SLACK", 0):
+        tracker = ShardTracker(RuleSet.from_config(CFG))
+        dec = Decoder(CFG.status_map)
+        for i in range(50):
+            for line in (
+                f'{{"type":"order","event_id":"o{i}","ts":{1_700_000_000_000 + i},'
+                f'"order_id":"A{i}","status":"created","amount":"9.90"}}',
+                f'{{"type":"payment","event_id":"p{i}","ts":{1_700_000_000_500 + i},'
+                f'"order_id":"A{i}","pay_no":"P{i}","status":"success","amount":"9.90"}}',
+            ):
+                d = dec.decode(line.encode(), "t", "0")
+                tracker.ingest(d.ts_ms, d.event)  # type: ignore[union-attr]
+        tracker.advance(1_700_000_001_000)
+    heap = tracker._deadlines
+    assert len(heap) <= len(tracker.orders) * 3 // 2
+    assert len(heap) >= len(tracker.orders)  # every open order keeps its live entry
+    assert all(tracker.orders[oid].due is not None for _, oid in heap)
 
 
 @settings(max_examples=150, deadline=None)
