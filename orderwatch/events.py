@@ -378,14 +378,11 @@ class Decoder:
                             ev.warehouse = interned.get(ev.warehouse) or self._intern(ev.warehouse)
                         good.append((ms, ev))
                         continue
-            d = self.decode(raw, source, "", bound_type)  # the careful path
-            if type(d) is not Decoded:
-                bad.append((i, d))  # type: ignore[arg-type]
-            elif not_after is not None and d.ts_ms > not_after:
-                ahead = f"ts is {(d.ts_ms - not_after) // 1000}s past the allowed clock skew"
-                bad.append((i, Rejected("future_timestamp", ahead, source, "", raw)))
-            else:
+            d = _not_after(self.decode(raw, source, "", bound_type), not_after, source, raw)
+            if type(d) is Decoded:
                 good.append((d.ts_ms, d.event))
+            else:
+                bad.append((i, d))  # type: ignore[arg-type]
         return good, bad
 
     def finish(self, ev: Any, raw: bytes, source: str, position: str) -> Decoded | Rejected:
@@ -429,6 +426,33 @@ _NGINX = re.compile(
     rb'(?: [^"]*)?" (?P<status>\d{3}) (?P<bytes>\d+|-) "(?:[^"\\]|\\.)*" "(?:[^"\\]|\\.)*"'
     rb" (?P<rt>\d+(?:\.\d+)?)\s*$"
 )
+
+
+def _not_after(
+    d: Decoded | Rejected, not_after: int | None, source: str, raw: bytes
+) -> Decoded | Rejected:
+    """A live source's event stamped later than `not_after` becomes `future_timestamp`."""
+    if type(d) is not Decoded or not_after is None or d.ts_ms <= not_after:
+        return d
+    ahead = f"ts is {(d.ts_ms - not_after) // 1000}s past the allowed clock skew"
+    return Rejected("future_timestamp", ahead, source, "", raw)
+
+
+def decode_nginx_lines(
+    lines: list[bytes], source: str, not_after: int | None = None
+) -> tuple[list[tuple[int, Any]], list[tuple[int, Rejected]]]:
+    """`Decoder.decode_lines` for nginx access-log lines."""
+    good: list[tuple[int, Any]] = []
+    bad: list[tuple[int, Rejected]] = []
+    for i, raw in enumerate(lines):
+        if len(raw) < 2 and not raw.strip():
+            continue
+        d = _not_after(decode_nginx(raw, source, ""), not_after, source, raw)
+        if type(d) is Decoded:
+            good.append((d.ts_ms, d.event))
+        else:
+            bad.append((i, d))  # type: ignore[arg-type]
+    return good, bad
 
 
 def parse_nginx_time(text: str) -> int:

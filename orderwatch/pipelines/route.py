@@ -21,13 +21,12 @@ from orderwatch.domain.lifecycle import canonical
 from orderwatch.domain.stats import Histogram
 from orderwatch.events import (
     AccessLogEvent,
-    Decoded,
     Decoder,
     OrderEvent,
     OrderScoped,
     Rejected,
     WmsEvent,
-    decode_nginx,
+    decode_nginx_lines,
 )
 from orderwatch.runtime import Runtime
 
@@ -164,7 +163,7 @@ class Router:
         live, now = self._live, self._now() if self._live else 0
         horizon = now + self._max_future if live and self._max_future > 0 else None
         if chunk.fmt == "nginx":
-            good, bad = _decode_nginx_lines(chunk.lines, source)
+            good, bad = decode_nginx_lines(chunk.lines, source, horizon)
         else:
             good, bad = self._decoder.decode_lines(chunk.lines, source, chunk.bound_type, horizon)
         rejects: list[tuple[str, Rejected]] = []
@@ -176,19 +175,8 @@ class Router:
         by_type: dict[type, int] = {}
         access: list[AccessLogEvent] = []
         max_ts = -1
-        live, now = self._live, self._now() if self._live else 0
-        horizon = now + self._max_future if live and self._max_future > 0 else None
         crc = zlib.crc32
         for ts, ev in good:
-            if horizon is not None and ts > horizon:
-                ahead = f"ts is {(ts - now) // 1000}s ahead of the clock"
-                rejects.append(
-                    (
-                        DEAD_LETTER_KEY,
-                        Rejected("future_timestamp", ahead, source, "?", msgspec.json.encode(ev)),
-                    )
-                )
-                continue
             if ts > max_ts:
                 max_ts = ts
             t = type(ev)
@@ -242,22 +230,6 @@ class Router:
                 h = stats.latency[label] = Histogram(_LATENCY_BUCKETS)
             for v in values:
                 h.observe(v / 1000)
-
-
-def _decode_nginx_lines(
-    lines: list[bytes], source: str
-) -> tuple[list[tuple[int, Any]], list[tuple[int, Rejected]]]:
-    good: list[tuple[int, Any]] = []
-    bad: list[tuple[int, Rejected]] = []
-    for i, raw in enumerate(lines):
-        if len(raw) < 2 and not raw.strip():
-            continue
-        d = decode_nginx(raw, source, "")
-        if type(d) is Decoded:
-            good.append((d.ts_ms, d.event))
-        else:
-            bad.append((i, d))  # type: ignore[arg-type]
-    return good, bad
 
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

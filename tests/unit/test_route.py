@@ -75,6 +75,25 @@ def test_nginx_chunks_count_access_log_traffic() -> None:
     assert [v.reason for k, v in out if k == DEAD_LETTER_KEY] == ["malformed_json"]
 
 
+def test_live_nginx_lines_from_the_future_are_rejected_with_their_position() -> None:
+    """The clock-skew guard covers access logs too: 11 Nov 00:20 is 20 min past `now`."""
+    now = 1_794_326_400_000  # 2026-11-11T00:00:00+08:00
+
+    def line(hhmm: str) -> bytes:
+        return (
+            f'10.0.0.1 - - [11/Nov/2026:{hhmm}:01 +0800] "GET /api/order/create HTTP/1.1" '
+            f'200 12 "-" "curl/8" 0.010'
+        ).encode()
+
+    runtime, out = route(
+        [line("00:00"), line("00:20"), line("00:05")], fmt="nginx", live=True, now=now
+    )
+    dead = [v for k, v in out if k == DEAD_LETTER_KEY]
+    assert [(d.reason, d.position) for d in dead] == [("future_timestamp", "12")]
+    assert dead[0].raw == line("00:20")
+    assert runtime.intakes()[0].requests[("/api/order/create", "GET", "2xx")] == 2
+
+
 def test_bound_source_lines_without_type() -> None:
     """A payment-only source routes lines that carry no `type`."""
     raw = b'{"ts":1794326400000,"order_id":"A","pay_no":"P","status":"success"}'
