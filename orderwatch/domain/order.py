@@ -48,6 +48,7 @@ class OrderRec:
         "log",
         "log_n",
         "log_status",
+        "oid",
         "paid_at",
         "pay_ts",
         "payable",
@@ -62,7 +63,10 @@ class OrderRec:
         "wms_at",
     )
 
-    def __init__(self, ts: int) -> None:
+    def __init__(self, oid: str, ts: int) -> None:
+        # The id object the shard's dict holds: heap entries and alerts share it rather than
+        # keeping the copy each later event decoded (~70 bytes per open order).
+        self.oid = oid
         self.status: str | None = None  # None: known only from payment/WMS/logistics so far
         self.since: int = ts  # when the current status was entered
         self.refund_from: str | None = None

@@ -394,8 +394,10 @@ class ShardTracker:
             self.stats.duplicates += 1  # a redelivery: no other effect (CONTRACT §1)
             return
         if rec is None:
-            rec = self.orders[oid] = OrderRec(ts)
+            rec = self.orders[oid] = OrderRec(oid, ts)
             self.stats.status_counts["unknown"] += 1
+        else:
+            oid = rec.oid
         if key is not None:
             rec.eids += key
         if ts > rec.seen:
