@@ -71,7 +71,7 @@ def timeline(
     order_id: str, rec: OrderRec, tracker: ShardTracker, store: AlertStore, zone: str
 ) -> dict[str, Any]:
     """Everything orderwatch knows about one order, oldest event first."""
-    log = entries(rec.log, rec.log_status)
+    log = entries(rec.log, rec.log_n, rec.log_status)
     out: dict[str, Any] = {
         "order_id": order_id,
         "status": rec.status or "unknown",

@@ -1,22 +1,35 @@
 """An order's recent events (its 状态溯源 timeline), packed into one bytes blob per order.
 
 Keeping the decoded event structs would cost ~300 bytes per event per open order (each with
-its own strings, ints and Decimal); a packed record is ~50. Each record is a msgpack array
-`[ts, kind, what, ident, amount, place, source, event_id, note]` behind a 2-byte length.
-Records are only unpacked to answer the API or to word an alert.
+its own strings, ints and Decimal); a packed record is ~45. Each record is a msgpack array
+`[ts, kind, what, ident, amount, place, source, event_id, note]`, trailing nils left out,
+`what` as its index in the kind's closed vocabulary. Records are simply concatenated: the
+blob plus an array header for their count decodes in one call. Records are only unpacked to
+answer the API, to word an alert, or to drop the oldest one.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args, get_type_hints
 
 import msgspec
 
+from orderwatch.domain.lifecycle import STATUSES
 from orderwatch.events import LogisticsEvent, OrderEvent, PaymentEvent, WmsEvent
 
 KINDS = ("order", "payment", "wms", "logistics")
+#: Per kind, the values `what` can take (order statuses are canonical once decoded). Their
+#: order is part of the snapshot format: append only.
+WHATS: tuple[tuple[str, ...], ...] = (
+    STATUSES,
+    get_args(get_type_hints(PaymentEvent)["status"]),
+    get_args(get_type_hints(WmsEvent)["action"]),
+    get_args(get_type_hints(LogisticsEvent)["node"]),
+)
+_CODES = tuple({w: i for i, w in enumerate(words)} for words in WHATS)
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple).decode
+_FIELDS = 9
 
 
 class Entry(NamedTuple):
@@ -48,20 +61,27 @@ class Entry(NamedTuple):
 
 
 def pack(ts: int, ev: Any, note: str | None = None) -> bytes:
-    """One record, length prefix included."""
+    """One record."""
     t = type(ev)
     if t is OrderEvent:
-        row = (ts, 0, ev.status, ev.tracking_no, _amount(ev.amount), ev.warehouse)
+        kind, what = 0, ev.status
+        row = [ts, 0, 0, ev.tracking_no, _amount(ev.amount), ev.warehouse]
     elif t is PaymentEvent:
-        row = (ts, 1, ev.status, ev.pay_no, _amount(ev.amount), None)
+        kind, what = 1, ev.status
+        row = [ts, 1, 0, ev.pay_no, _amount(ev.amount), None]
     elif t is WmsEvent:
-        row = (ts, 2, ev.action, ev.wms_order_no, None, ev.warehouse)
+        kind, what = 2, ev.action
+        row = [ts, 2, 0, ev.wms_order_no, None, ev.warehouse]
     elif t is LogisticsEvent:
-        row = (ts, 3, ev.node, ev.tracking_no, None, ev.carrier)
+        kind, what = 3, ev.node
+        row = [ts, 3, 0, ev.tracking_no, None, ev.carrier]
     else:
         raise TypeError(f"not an order-scoped event: {t.__name__}")
-    body = _encode((*row, ev.source, ev.event_id, note))
-    return len(body).to_bytes(2, "big") + body
+    row[2] = _CODES[kind].get(what, what)  # a string only if the vocabulary lacks it
+    row += (ev.source, ev.event_id, note)
+    while row[-1] is None:
+        row.pop()
+    return _encode(row)
 
 
 def append(blob: bytes, count: int, record: bytes, keep: int) -> tuple[bytes, int, str | None]:
@@ -74,9 +94,10 @@ def append(blob: bytes, count: int, record: bytes, keep: int) -> tuple[bytes, in
     count += 1
     if count <= keep:
         return blob, count, None
-    size = int.from_bytes(blob[:2], "big")
-    head = _row(blob, 0)
-    return blob[2 + size :], count - 1, head[2] if head[1] == 0 else None
+    head = _rows(blob, count)[0]
+    # msgspec writes every value in its shortest form, so the head re-encodes to its size
+    dropped = _word(head[1], head[2]) if head[1] == 0 else None
+    return blob[len(_encode(head)) :], count - 1, dropped
 
 
 def renote(blob: bytes, record: bytes, ts: int, ev: Any, note: str) -> bytes:
@@ -84,12 +105,14 @@ def renote(blob: bytes, record: bytes, ts: int, ev: Any, note: str) -> bytes:
     return blob[: len(blob) - len(record)] + pack(ts, ev, note)
 
 
-def entries(blob: bytes, status_before: str | None) -> list[Entry]:
-    """The kept events, oldest first, each with the order status after it."""
+def entries(blob: bytes, count: int, status_before: str | None) -> list[Entry]:
+    """The `count` kept events, oldest first, each with the order status after it."""
     out = []
     status = status_before
-    for start in _starts(blob):
-        ts, kind, what, ident, amount, place, source, event_id, note = _row(blob, start)
+    for row in _rows(blob, count):
+        full: list[Any] = [*row, *(None,) * (_FIELDS - len(row))]
+        ts, kind, code, ident, amount, place, source, event_id, note = full
+        what = _word(kind, code)
         if kind == 0:
             status = what
         out.append(
@@ -98,17 +121,13 @@ def entries(blob: bytes, status_before: str | None) -> list[Entry]:
     return out
 
 
-def _starts(blob: bytes) -> list[int]:
-    starts, pos, n = [], 0, len(blob)
-    while pos < n:
-        starts.append(pos)
-        pos += 2 + int.from_bytes(blob[pos : pos + 2], "big")
-    return starts
+def _rows(blob: bytes, count: int) -> tuple[Any, ...]:
+    header = bytes((0x90 | count,)) if count < 16 else b"\xdd" + count.to_bytes(4, "big")
+    return _decode(header + blob)
 
 
-def _row(blob: bytes, start: int) -> tuple[Any, ...]:
-    size = int.from_bytes(blob[start : start + 2], "big")
-    return _decode(blob[start + 2 : start + 2 + size])
+def _word(kind: int, what: int | str) -> str:
+    return WHATS[kind][what] if type(what) is int else str(what)
 
 
 def _amount(value: Any) -> str | None:

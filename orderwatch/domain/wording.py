@@ -59,7 +59,7 @@ def local_time(ms: int, zone: str) -> str:
 
 def last_events(rec: OrderRec, zone: str) -> str:
     lines = []
-    for e in timeline.entries(rec.log, rec.log_status)[-LAST_EVENTS:]:
+    for e in timeline.entries(rec.log, rec.log_n, rec.log_status)[-LAST_EVENTS:]:
         when = datetime.fromtimestamp(e.ts / 1000, _zone(zone)).strftime("%m-%d %H:%M:%S")
         lines.append(f"{when} {e.describe()}" + (f" [{e.note}]" if e.note else ""))
     return "\n".join(lines)

@@ -33,7 +33,7 @@ from orderwatch.runtime import Runtime
 
 #: Bump whenever the pickled shard state changes shape (e.g. `OrderRec` slots), so a
 #: recovery store written by another version is refused with a clear message.
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 
 
 class StateFormatError(RuntimeError):
