@@ -38,6 +38,7 @@ from orderwatch.domain.stats import LabelCap
 from orderwatch.logs import configure_logging
 from orderwatch.metrics import build_registry
 from orderwatch.pipelines.orders import Outputs, build_flow
+from orderwatch.pipelines.snapshots import StateFormatError, check_recovery_store
 from orderwatch.runtime import Runtime, tune_gc
 
 log = structlog.get_logger("orderwatch")
@@ -164,6 +165,12 @@ def run_daemon(
     primary = pid == 0
     state_dir = Path(cfg.state.dir)
     state_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.state.recovery:  # a stale snapshot format stops here, before any port or thread
+        try:
+            check_recovery_store(state_dir / "recovery")
+        except StateFormatError as exc:
+            log.error("cannot_resume", error=str(exc))
+            return 2
     caps = cfg.metrics.max_label_values
     runtime = Runtime(
         shards=cfg.engine.shards,

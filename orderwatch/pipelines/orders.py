@@ -8,7 +8,6 @@ watermark; `notify_at` only wakes idle shards when the live watermark moves on.
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,38 +28,12 @@ from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.events import Decoder
 from orderwatch.pipelines.route import DEAD_LETTER_KEY, ChunkOrder, Router, ShardBatch
+from orderwatch.pipelines.snapshots import dump_shard, load_shard
 from orderwatch.runtime import Runtime
-
-#: Bump whenever the pickled shard state changes shape (e.g. `OrderRec` slots), so a
-#: recovery store written by another version is refused with a clear message.
-STATE_FORMAT = 3
-
-
-class StateFormatError(RuntimeError):
-    """A recovery snapshot this version cannot read."""
 
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)
-
-
-def restore_shard(blob: bytes) -> tuple[ShardTracker, WatermarkClock, ChunkOrder]:
-    """A shard's (tracker, clock, chunk order) from its snapshot; refuses other formats."""
-    try:
-        state = pickle.loads(blob)
-    except Exception as exc:  # an older layout fails inside unpickling, e.g. OrderRec slots
-        raise StateFormatError(_stale(f"unreadable ({type(exc).__name__})")) from exc
-    if not (isinstance(state, tuple) and len(state) == 4 and state[0] == STATE_FORMAT):
-        found = state[0] if isinstance(state, tuple) and len(state) == 4 else "1"
-        raise StateFormatError(_stale(f"format {found}"))
-    return state[1], state[2], state[3]
-
-
-def _stale(what: str) -> str:
-    return (
-        f"recovery snapshot is {what}; this orderwatch reads format {STATE_FORMAT} only. "
-        "Another version wrote it: move <state.dir>/recovery aside to start from empty state"
-    )
 
 
 class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
@@ -120,8 +93,7 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
         # when there is a recovery store to write it to.
         if not self.recovery:
             return None
-        state = (STATE_FORMAT, self.tracker, self.clock, self.order)
-        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        return dump_shard((self.tracker, self.clock, self.order))
 
     def _advance(self, watermark: int | None) -> list[AlertChange]:
         if watermark is None:
@@ -157,7 +129,7 @@ def build_flow(
     def build_shard(resume: bytes | None) -> ShardLogic:
         order = None
         if resume is not None:
-            tracker, clock, order = restore_shard(resume)
+            tracker, clock, order = load_shard(resume)
         else:
             tracker = ShardTracker(rules, ShardStats(channels, warehouses))
             clock = WatermarkClock(cfg.lateness, idle_after)

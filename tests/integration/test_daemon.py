@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from orderwatch.pipelines.snapshots import SHARD_STEP
 from tests.factories import CONTRACT_RULES
 from tests.integration.harness import daemon, http_get, prom_query, prometheus, wait_for
 
@@ -244,3 +248,45 @@ def test_recovery_resumes_from_the_snapshot_after_a_restart(tmp_path: Path) -> N
         assert [e["type"] for e in timeline["events"]] == ["order", "payment", "order", "wms"]
     assert "RESOLVED critical paid_without_wms O1002" in d2.console()
     assert "FIRING" not in d2.console()  # nothing announced twice
+
+
+def test_a_recovery_store_of_another_format_stops_the_start_with_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    """Snapshots written by another state layout are refused before the daemon starts."""
+    events = tmp_path / "events.jsonl"
+    shutil.copy(SAMPLE, events)
+    cfg = {**sample_config(events), "state": {"recovery": True, "snapshot_interval": "1s"}}
+    state = tmp_path / "state"
+    cfg["state"]["dir"] = str(state)
+    with daemon(tmp_path, cfg, name="first", state=state) as d:
+        wait_for(lambda: len(firing_rules(d)) == 12, 30, "sample alerts")
+        time.sleep(2.5)  # let an epoch close so a snapshot is written
+        assert d.stop() == 0
+    # Rewrite the shard snapshots the way orderwatch wrote them before they had a header.
+    rewritten = 0
+    for part in (state / "recovery").glob("part-*.sqlite3"):
+        with sqlite3.connect(part) as db:
+            rows = db.execute(
+                "SELECT rowid, ser_change FROM snaps WHERE step_id = ? AND ser_change IS NOT NULL",
+                (SHARD_STEP,),
+            ).fetchall()
+            for rowid, ser in rows:
+                old = pickle.dumps(pickle.loads(pickle.loads(ser)[4:]))
+                db.execute(
+                    "UPDATE snaps SET ser_change = ? WHERE rowid = ?", (pickle.dumps(old), rowid)
+                )
+                rewritten += 1
+    assert rewritten > 0
+    path = tmp_path / "first.yaml"  # the config the first run used
+    done = subprocess.run(
+        [sys.executable, "-m", "orderwatch", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    said = done.stdout + done.stderr
+    assert "cannot_resume" in said and "recovery snapshot is format 1" in said
+    assert "move <state.dir>/recovery aside" in said
+    assert "panicked" not in said and "Traceback" not in said

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -17,20 +16,10 @@ from hypothesis import strategies as st
 
 from orderwatch.connectors.raw import RawChunk
 from orderwatch.domain.alert import AlertChange
-from orderwatch.domain.rules import RuleSet
-from orderwatch.domain.tracker import ShardTracker
-from orderwatch.domain.watermark import WatermarkClock
-from orderwatch.pipelines.orders import (
-    STATE_FORMAT,
-    Outputs,
-    StateFormatError,
-    build_flow,
-    restore_shard,
-)
-from orderwatch.pipelines.route import ChunkOrder
+from orderwatch.pipelines.orders import Outputs, build_flow
 from orderwatch.runtime import Runtime
 from orderwatch.simulate import Simulator
-from tests.factories import BASE, HOUR, config
+from tests.factories import BASE, HOUR
 from tests.strategies import rules_config, streams
 from tests.unit.test_properties import reference
 
@@ -226,20 +215,3 @@ def test_replay_output_lines_follow_the_contract(
         assert {"alertname", "rule", "severity", "order_id"} <= set(a["labels"])
         if a["status"] == "resolved":
             assert a["endsAt"] >= a["startsAt"]
-
-
-def test_a_snapshot_of_another_state_format_is_refused_with_a_clear_error() -> None:
-    """A recovery store from an older version fails at resume, saying what to do."""
-    tracker = ShardTracker(RuleSet.from_config(config()))
-    clock, order = WatermarkClock(60_000), ChunkOrder()
-    current = pickle.dumps((STATE_FORMAT, tracker, clock, order))
-    assert isinstance(restore_shard(current)[0], ShardTracker)
-    for blob, found in (
-        (pickle.dumps((tracker, clock, order)), "format 1"),  # the layout before the tag
-        (pickle.dumps((STATE_FORMAT + 1, tracker, clock, order)), f"format {STATE_FORMAT + 1}"),
-        (b"\x80\x05not a pickle", "unreadable"),
-    ):
-        with pytest.raises(StateFormatError) as err:
-            restore_shard(blob)
-        assert found in str(err.value)
-        assert "<state.dir>/recovery" in str(err.value)
