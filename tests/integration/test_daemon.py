@@ -214,8 +214,8 @@ def _metric(d: Any, name: str) -> float:
     )
 
 
-def test_recovery_resumes_from_the_snapshot_after_a_restart(tmp_path: Path) -> None:
-    """With state.recovery the restarted daemon continues where it stopped, state included."""
+def _first_run_with_recovery(tmp_path: Path) -> tuple[Path, dict[str, Any], Path]:
+    """The sample run once with state.recovery (as `first.yaml`), stopped after a snapshot."""
     events = tmp_path / "events.jsonl"
     shutil.copy(SAMPLE, events)
     cfg = {**sample_config(events), "state": {"recovery": True, "snapshot_interval": "1s"}}
@@ -227,6 +227,12 @@ def test_recovery_resumes_from_the_snapshot_after_a_restart(tmp_path: Path) -> N
         time.sleep(2.5)  # let an epoch close so a snapshot is written
         assert d.stop() == 0
     assert (state / "recovery").is_dir()
+    return events, cfg, state
+
+
+def test_recovery_resumes_from_the_snapshot_after_a_restart(tmp_path: Path) -> None:
+    """With state.recovery the restarted daemon continues where it stopped, state included."""
+    events, cfg, state = _first_run_with_recovery(tmp_path)
     with events.open("a") as f:  # O1002 finally reaches the warehouse
         f.write(
             json.dumps(
@@ -254,15 +260,7 @@ def test_a_recovery_store_of_another_format_stops_the_start_with_a_clear_error(
     tmp_path: Path,
 ) -> None:
     """Snapshots written by another state layout are refused before the daemon starts."""
-    events = tmp_path / "events.jsonl"
-    shutil.copy(SAMPLE, events)
-    cfg = {**sample_config(events), "state": {"recovery": True, "snapshot_interval": "1s"}}
-    state = tmp_path / "state"
-    cfg["state"]["dir"] = str(state)
-    with daemon(tmp_path, cfg, name="first", state=state) as d:
-        wait_for(lambda: len(firing_rules(d)) == 12, 30, "sample alerts")
-        time.sleep(2.5)  # let an epoch close so a snapshot is written
-        assert d.stop() == 0
+    _, _, state = _first_run_with_recovery(tmp_path)
     # Rewrite the shard snapshots the way orderwatch wrote them before they had a header.
     rewritten = 0
     for part in (state / "recovery").glob("part-*.sqlite3"):
