@@ -64,20 +64,15 @@ def pack(ts: int, ev: Any, note: str | None = None) -> bytes:
     """One record."""
     t = type(ev)
     if t is OrderEvent:
-        kind, what = 0, ev.status
-        row = [ts, 0, 0, ev.tracking_no, _amount(ev.amount), ev.warehouse]
+        row = [ts, 0, _code(0, ev.status), ev.tracking_no, _amount(ev.amount), ev.warehouse]
     elif t is PaymentEvent:
-        kind, what = 1, ev.status
-        row = [ts, 1, 0, ev.pay_no, _amount(ev.amount), None]
+        row = [ts, 1, _code(1, ev.status), ev.pay_no, _amount(ev.amount), None]
     elif t is WmsEvent:
-        kind, what = 2, ev.action
-        row = [ts, 2, 0, ev.wms_order_no, None, ev.warehouse]
+        row = [ts, 2, _code(2, ev.action), ev.wms_order_no, None, ev.warehouse]
     elif t is LogisticsEvent:
-        kind, what = 3, ev.node
-        row = [ts, 3, 0, ev.tracking_no, None, ev.carrier]
+        row = [ts, 3, _code(3, ev.node), ev.tracking_no, None, ev.carrier]
     else:
         raise TypeError(f"not an order-scoped event: {t.__name__}")
-    row[2] = _CODES[kind].get(what, what)  # a string only if the vocabulary lacks it
     row += (ev.source, ev.event_id, note)
     while row[-1] is None:
         row.pop()
@@ -124,6 +119,11 @@ def entries(blob: bytes, count: int, status_before: str | None) -> list[Entry]:
 def _rows(blob: bytes, count: int) -> tuple[Any, ...]:
     header = bytes((0x90 | count,)) if count < 16 else b"\xdd" + count.to_bytes(4, "big")
     return _decode(header + blob)
+
+
+def _code(kind: int, what: str) -> int | str:
+    """`what` as its index in the kind's vocabulary; the string itself if it is not there."""
+    return _CODES[kind].get(what, what)
 
 
 def _word(kind: int, what: int | str) -> str:

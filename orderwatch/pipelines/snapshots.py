@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def load_shard(blob: bytes) -> tuple[Any, Any, Any]:
 
 def snapshot_format(blob: bytes) -> int:
     """The format a snapshot was written in (1: before snapshots had a header)."""
-    return blob[len(_MAGIC)] if blob[: len(_MAGIC)] == _MAGIC and len(blob) > 3 else 1
+    return blob[len(_MAGIC)] if blob[: len(_MAGIC)] == _MAGIC and len(blob) > len(_MAGIC) else 1
 
 
 def check_recovery_store(directory: Path) -> None:
@@ -51,15 +52,15 @@ def check_recovery_store(directory: Path) -> None:
     """
     for part in sorted(directory.glob("part-*.sqlite3")):
         try:
-            with sqlite3.connect(f"file:{part}?mode=ro", uri=True) as db:
+            with closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True)) as db:
                 row = db.execute(
                     "SELECT ser_change FROM snaps WHERE step_id = ? AND ser_change IS NOT NULL "
                     "ORDER BY snap_epoch DESC LIMIT 1",
                     (SHARD_STEP,),
                 ).fetchone()
-        except sqlite3.Error:
+            blob = pickle.loads(row[0]) if row else None  # bytewax pickles what we returned
+        except (sqlite3.Error, pickle.UnpicklingError):
             continue
-        blob = pickle.loads(row[0]) if row else None  # bytewax pickles what we returned
         if isinstance(blob, bytes) and snapshot_format(blob) != STATE_FORMAT:
             raise StateFormatError(f"{part}: " + _stale(f"format {snapshot_format(blob)}"))
 
