@@ -112,6 +112,15 @@ def track(
     return tracker.advance(end)
 
 
+_PACK_IDLE = ShardTracker._pack_idle  # as defined, even while a test patches it
+
+
+def pack_everything(tracker: ShardTracker) -> None:
+    """Pack every unpacked order now, busy or not (the most packing `pack_after` could do)."""
+    tracker._busy.clear()
+    _PACK_IDLE(tracker)
+
+
 def summary(alerts: list[AlertChange]) -> list[tuple[str, str, str, int, int | None]]:
     """(status, rule, order, startsAt, endsAt) relative to T0, sorted like the replay file."""
     return [

@@ -46,7 +46,7 @@ def find_order(runtime: Runtime, order_id: str) -> tuple[str, ShardTracker | Non
     """The order's shard key, that shard's tracker in this process, and the order's record."""
     key = shard_key(runtime, order_id)
     tracker = runtime.trackers.get(key)
-    rec = tracker.orders.get(order_id) if tracker is not None else None
+    rec = tracker.record(order_id) if tracker is not None else None
     return key, tracker, rec
 
 

@@ -7,7 +7,9 @@ evaluated or firing) into one int.
 
 from __future__ import annotations
 
-from typing import Any
+import struct
+
+import msgspec
 
 from orderwatch.domain.money import Money
 
@@ -30,88 +32,93 @@ def stuck_firing(i: int) -> int:
     return 1 << (STUCK_BIT + 2 * i + 1)
 
 
-class OrderRec:
+class OrderRec(msgspec.Struct, array_like=True, gc=False):
     """One tracked order.
 
     `log` is its recent timeline packed by `domain.timeline` (`log_n` records); `log_status`
-    is the order status before the oldest kept record.
+    is the order status before the oldest kept record. A msgspec struct: it packs into one
+    msgpack array (`pack`) at C speed, and without cycles it needs no GC header (gc=False).
     """
 
-    __slots__ = (
-        "channel",
-        "closed_at",
-        "due",
-        "eids",
-        "entered",
-        "flags",
-        "last_update",
-        "log",
-        "log_n",
-        "log_status",
-        "oid",
-        "paid_at",
-        "pay_ts",
-        "payable",
-        "payments",
-        "refund_from",
-        "refunded",
-        "seen",
-        "since",
-        "status",
-        "tracking",
-        "warehouse",
-        "wms_at",
-    )
+    since: int  # when the current status was entered
+    seen: int  # last event of any kind
+    status: str | None = None  # None: known only from payment/WMS/logistics so far
+    refund_from: str | None = None
+    entered: list[int | None] | None = None  # per stuck rule: entered its status set
+    last_update: int | None = None  # last order/WMS/logistics event
+    channel: str | None = None
+    warehouse: str | None = None
+    payable: Money | None = None  # in cents
+    tracking: str | None = None
+    paid_at: int | None = None  # fully paid: first success, or balance of a presale
+    pay_ts: int | None = None  # start of pay-to-collect: payment or `paid`, first
+    # successful payments not refunded: their pay_nos and amounts (cents), in arrival order
+    pay_nos: tuple[str, ...] = ()
+    paid: tuple[Money | None, ...] = ()
+    refunded: tuple[str, ...] | None = None  # refunded pay_nos: final, never count again
+    wms_at: int | None = None  # first WMS event other than `cancelled`
+    closed_at: int | None = None  # cancelled / refunded / closed
+    flags: int = 0
+    eids: bytes = b""  # 8-byte hashes of the event_ids seen (redeliveries are dropped)
+    log: bytes = b""
+    log_n: int = 0
+    log_status: str | None = None
+    # Not part of the packed form (`pack` stores `due` in front and leaves both out):
+    due: int | None = None  # due time of this order's live deadline-heap entry
+    # The id object the shard's dict holds: heap entries and alerts share it rather than
+    # keeping the copy each later event decoded (~70 bytes per open order).
+    oid: str | None = None
 
-    def __init__(self, oid: str, ts: int) -> None:
-        # The id object the shard's dict holds: heap entries and alerts share it rather than
-        # keeping the copy each later event decoded (~70 bytes per open order).
-        self.oid = oid
-        self.status: str | None = None  # None: known only from payment/WMS/logistics so far
-        self.since: int = ts  # when the current status was entered
-        self.refund_from: str | None = None
-        self.entered: list[int | None] | None = None  # per stuck rule: entered its status set
-        self.last_update: int | None = None  # last order/WMS/logistics event
-        self.seen: int = ts  # last event of any kind
-        self.channel: str | None = None
-        self.warehouse: str | None = None
-        self.payable: Money | None = None  # in cents
-        self.tracking: str | None = None
-        self.paid_at: int | None = None  # fully paid: first success, or balance of a presale
-        self.pay_ts: int | None = None  # start of pay-to-collect: payment or `paid`, first
-        # successful payments not refunded, flat: (pay_no, cents, pay_no, cents, ...)
-        self.payments: tuple[Any, ...] = ()
-        self.refunded: tuple[str, ...] | None = None  # refunded pay_nos: final, never count again
-        self.wms_at: int | None = None  # first WMS event other than `cancelled`
-        self.closed_at: int | None = None  # cancelled / refunded / closed
-        self.flags: int = 0
-        self.eids: bytes = b""  # 8-byte hashes of the event_ids seen (redeliveries are dropped)
-        self.due: int | None = None  # due time of this order's live deadline-heap entry
-        self.log: bytes = b""
-        self.log_n: int = 0
-        self.log_status: str | None = None
 
-    def __getstate__(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, s) for s in OrderRec.__slots__)
+def new_order(oid: str, ts: int) -> OrderRec:
+    return OrderRec(ts, ts, oid=oid)
 
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for name, value in zip(OrderRec.__slots__, state, strict=True):
-            setattr(self, name, value)
+
+# --- packed orders ---------------------------------------------------------------------------
+# An order idle for a while is kept as one bytes blob: its deadline-heap due time (8 bytes,
+# so the heap can tell a superseded entry without unpacking) and the msgpack array of the
+# record. That drops the per-object headers of its ints, tuples and bytes (~700 bytes).
+
+_DUE = struct.Struct("<q")
+_NO_DUE = -(1 << 63)
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(OrderRec).decode
+
+
+def pack(rec: OrderRec) -> bytes:
+    """The packed form of `rec`; `rec` itself must not be used afterwards."""
+    due = rec.due
+    rec.due = rec.oid = None
+    return _DUE.pack(_NO_DUE if due is None else due) + _encode(rec)
+
+
+def packed_due(blob: bytes) -> int | None:
+    due: int = _DUE.unpack_from(blob)[0]
+    return None if due == _NO_DUE else due
+
+
+def unpack(blob: bytes, oid: str) -> OrderRec:
+    rec = _decode(memoryview(blob)[_DUE.size :])
+    rec.due = packed_due(blob)
+    rec.oid = oid
+    return rec
 
 
 def payment_list(rec: OrderRec) -> list[tuple[str, Money | None]]:
     """The order's live successful payments: (pay_no, cents)."""
-    p = rec.payments
-    return list(zip(p[0::2], p[1::2], strict=True))
+    return list(zip(rec.pay_nos, rec.paid, strict=True))
 
 
 def has_payment(rec: OrderRec, pay_no: str) -> bool:
-    return pay_no in rec.payments[0::2]
+    return pay_no in rec.pay_nos
 
 
 def add_payment(rec: OrderRec, pay_no: str, cents: Money | None) -> None:
-    rec.payments = (*rec.payments, pay_no, cents)
+    rec.pay_nos = (*rec.pay_nos, pay_no)
+    rec.paid = (*rec.paid, cents)
 
 
 def remove_payment(rec: OrderRec, pay_no: str) -> None:
-    rec.payments = tuple(x for pair in payment_list(rec) if pair[0] != pay_no for x in pair)
+    kept = [pair for pair in payment_list(rec) if pair[0] != pay_no]
+    rec.pay_nos = tuple(p for p, _ in kept)
+    rec.paid = tuple(c for _, c in kept)

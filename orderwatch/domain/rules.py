@@ -70,6 +70,7 @@ class RuleSet:
     order_ttl_ms: int = 30 * 86_400_000
     dedup_horizon_ms: int = 86_400_000
     timeline_events: int = 20
+    pack_after: int = 0  # orders unpacked at once before the idle ones are packed (0: never)
     timezone: str = "Asia/Shanghai"
 
     @classmethod
@@ -110,5 +111,6 @@ class RuleSet:
             order_ttl_ms=cfg.engine.order_ttl,
             dedup_horizon_ms=cfg.engine.dedup_horizon,
             timeline_events=cfg.engine.timeline_events,
+            pack_after=cfg.engine.pack_after,
             timezone=cfg.timezone,
         )

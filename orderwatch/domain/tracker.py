@@ -41,10 +41,14 @@ from orderwatch.domain.order import (
     OrderRec,
     add_payment,
     has_payment,
+    new_order,
+    pack,
+    packed_due,
     payment_list,
     remove_payment,
     stuck_done,
     stuck_firing,
+    unpack,
 )
 from orderwatch.domain.rules import (
     AMOUNT_MISMATCH,
@@ -84,7 +88,12 @@ class ShardTracker:
     def __init__(self, rules: RuleSet, stats: ShardStats | None = None) -> None:
         self.rules = rules
         self.stats = stats or ShardStats()
-        self.orders: dict[str, OrderRec] = {}
+        # An order is an `OrderRec` while in use, packed into bytes once idle (`_pack_idle`).
+        self.orders: dict[str, OrderRec | bytes] = {}
+        self._unpacked: set[str] = set()  # orders created or unpacked since they were packed
+        self._busy: set[str] = set()  # orders with an event since the last `_pack_idle`
+        self._pack_after = rules.pack_after
+        self._pack_at = rules.pack_after
         self.firing: dict[tuple[str, str], AlertChange] = {}
         self.watermark: int | None = None
         self._pending: list[tuple[int, int, int, Any]] = []
@@ -174,7 +183,35 @@ class ShardTracker:
         self._fire_due(watermark, out)
         self.watermark = watermark
         self._dedup.expire(watermark)
+        if self._pack_after and len(self._unpacked) >= self._pack_at:
+            self._pack_idle()
         return out
+
+    def record(self, oid: str) -> OrderRec | None:
+        """The order's record to read (a private copy if it is packed), or None."""
+        rec = self.orders.get(oid)
+        return unpack(rec, oid) if isinstance(rec, bytes) else rec
+
+    def _unpack(self, oid: str, blob: bytes) -> OrderRec:
+        rec = self.orders[oid] = unpack(blob, oid)
+        self._unpacked.add(oid)
+        return rec
+
+    def _pack_idle(self) -> None:
+        """Pack the unpacked orders that had no event since the last call.
+
+        Runs once `pack_after` more orders were unpacked than the last call left, so an
+        order's events in quick succession unpack it once, and the orders kept unpacked are
+        about those busy lately plus `pack_after`. Results never depend on it.
+        """
+        orders, busy = self.orders, self._busy
+        for oid in self._unpacked - busy:
+            rec = orders.get(oid)
+            if isinstance(rec, OrderRec):
+                orders[oid] = pack(rec)
+        self._unpacked &= busy
+        self._busy = set()
+        self._pack_at = len(self._unpacked) + self._pack_after
 
     @property
     def buffered(self) -> int:
@@ -195,7 +232,13 @@ class ShardTracker:
         while heap and heap[0][0] <= limit:
             due, oid = heapq.heappop(heap)
             rec = orders.get(oid)
-            if rec is None or rec.due != due:
+            if rec is None:
+                continue
+            if isinstance(rec, bytes):
+                if packed_due(rec) != due:
+                    continue
+                rec = self._unpack(oid, rec)
+            elif rec.due != due:
                 continue  # superseded by an earlier entry for the same order
             rec.due = None
             if self._evaluate(oid, rec, due, out):
@@ -234,7 +277,10 @@ class ShardTracker:
         live = []
         for entry in self._deadlines:
             rec = orders.get(entry[1])
-            if rec is not None and rec.due == entry[0]:
+            if rec is None:
+                continue
+            due = packed_due(rec) if isinstance(rec, bytes) else rec.due
+            if due == entry[0]:
                 live.append(entry)
         heapq.heapify(live)
         self._deadlines[:] = live  # in place: `_fire_due` holds the list while it pops
@@ -333,7 +379,7 @@ class ShardTracker:
         # payment_not_applied: fully paid, yet the order still waits for (the rest of) it
         if rec.status == CREATED:
             return True
-        presale_balance = rec.flags & PRESALE and len(rec.payments) >= 4  # two (pay_no, cents)
+        presale_balance = rec.flags & PRESALE and len(rec.pay_nos) >= 2
         return bool(presale_balance) and rec.status == DEPOSIT_PAID
 
     def _forget(self, oid: str, rec: OrderRec) -> None:
@@ -387,6 +433,10 @@ class ShardTracker:
     def _apply(self, ts: int, ev: Any, out: list[AlertChange]) -> None:
         oid = ev.order_id
         rec = self.orders.get(oid)
+        if isinstance(rec, bytes):
+            rec = self._unpack(oid, rec)
+        if self._pack_after:
+            self._busy.add(oid)
         key = None if ev.event_id is None else event_key(oid, ev.event_id)
         if key is not None and (
             seen_in(rec.eids, key) if rec is not None else self._dedup.seen_key(key, ts)
@@ -394,7 +444,9 @@ class ShardTracker:
             self.stats.duplicates += 1  # a redelivery: no other effect (CONTRACT §1)
             return
         if rec is None:
-            rec = self.orders[oid] = OrderRec(oid, ts)
+            rec = self.orders[oid] = new_order(oid, ts)
+            if self._pack_after:
+                self._unpacked.add(oid)
             self.stats.status_counts["unknown"] += 1
         else:
             oid = rec.oid
@@ -447,7 +499,7 @@ class ShardTracker:
             self._touch(oid, rec, ts, out)
         elif note is None:
             note = "repeated status"  # changes no clock (CONTRACT §2)
-        if not rec.flags & _AMOUNT_SETTLED and rec.payments and rec.payable is not None:
+        if not rec.flags & _AMOUNT_SETTLED and rec.pay_nos and rec.payable is not None:
             self._check_amount(oid, rec, ts, out)
         return note
 
@@ -503,7 +555,7 @@ class ShardTracker:
         """
         rec.flags |= PRESALE
         leaking = rec.flags & _GAP_FIRING[PAID_WITHOUT_WMS]
-        if rec.paid_at is not None and len(rec.payments) == 2 and not leaking:  # one payment
+        if rec.paid_at is not None and len(rec.pay_nos) == 1 and not leaking:
             rec.paid_at = None
             rec.flags &= ~(_GAP_DONE[PAID_WITHOUT_WMS] | _GAP_DONE[PAYMENT_NOT_APPLIED])
 
@@ -536,7 +588,7 @@ class ShardTracker:
                 )
                 return "callback for a refunded payment"
             add_payment(rec, ev.pay_no, None if ev.amount is None else to_cents(ev.amount))
-            paid = len(rec.payments) // 2
+            paid = len(rec.pay_nos)
             rec.flags &= ~AMOUNT_OK
             self.stats.payments[self.stats.channels(rec.channel)] += 1
             rec.flags |= PAID_ANY
@@ -552,7 +604,7 @@ class ShardTracker:
                     if not wms_clock:
                         self._offer(oid, rec, ts + within)
             if paid > expected:
-                pay_nos = ", ".join(rec.payments[0::2])
+                pay_nos = ", ".join(rec.pay_nos)
                 self._anomaly(oid, rec, DUPLICATE_PAYMENT, pay_nos, ts, out)
             if rec.payable is not None and not rec.flags & _AMOUNT_SETTLED:
                 self._check_amount(oid, rec, ts, out)
@@ -594,11 +646,11 @@ class ShardTracker:
 
     def _check_amount(self, oid: str, rec: OrderRec, ts: int, out: list[AlertChange]) -> None:
         """Compare payments with the payable once the order shows it is (fully) paid."""
-        if rec.flags & _AMOUNT_SETTLED or rec.payable is None or not rec.payments:
+        if rec.flags & _AMOUNT_SETTLED or rec.payable is None or not rec.pay_nos:
             return
         if rec.status is None or rec.status == CREATED or rec.status == DEPOSIT_PAID:
             return
-        amounts = [a for a in rec.payments[1::2] if a is not None]
+        amounts = [a for a in rec.paid if a is not None]
         if not amounts:
             return
         payable = rec.payable

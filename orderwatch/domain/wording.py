@@ -138,9 +138,9 @@ def gap(
     }
     if rec.paid_at is not None:
         out["paid_at"] = local_time(rec.paid_at, zone)
-    if rec.payments:
-        out["pay_no"] = ",".join(rec.payments[0::2])
-        paid = [show(a) for a in rec.payments[1::2] if a is not None]
+    if rec.pay_nos:
+        out["pay_no"] = ",".join(rec.pay_nos)
+        paid = [show(a) for a in rec.paid if a is not None]
         if paid:
             out["paid_amount"] = ",".join(paid)
     if rec.wms_at is not None:

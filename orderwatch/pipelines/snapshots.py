@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 #: Bump whenever the pickled shard state changes shape (e.g. `OrderRec` slots).
-STATE_FORMAT = 3
+STATE_FORMAT = 4
 _MAGIC = b"OWS"
 #: bytewax 0.21 keeps snapshots in `<dir>/part-*.sqlite3`, table `snaps`, keyed by step id.
 SHARD_STEP = "orderwatch.track_orders"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,7 +30,17 @@ from orderwatch.domain.tracker import ShardTracker
 from orderwatch.metrics import build_registry
 from orderwatch.pipelines.route import shard_keys, shard_of
 from orderwatch.runtime import Runtime
-from tests.factories import BASE, HOUR, MIN, config, decode_all, order, payment, wms
+from tests.factories import (
+    BASE,
+    HOUR,
+    MIN,
+    config,
+    decode_all,
+    order,
+    pack_everything,
+    payment,
+    wms,
+)
 
 Check = Callable[[TestClient[Any, Any]], Awaitable[None]]
 ZONE = "Asia/Shanghai"
@@ -178,9 +189,15 @@ def test_stuck_orders_rejects_a_bad_limit() -> None:
     serve(d.app(), check)
 
 
-def test_order_timeline_shows_state_events_and_alerts() -> None:
-    """The timeline carries the order's state, every kept event and its alerts."""
+@pytest.mark.parametrize("packed", [False, True])
+def test_order_timeline_shows_state_events_and_alerts(packed: bool) -> None:
+    """The timeline carries the order's state, every kept event and its alerts, whether the
+    order is in use or packed while idle."""
     d = Daemon().feed(SCENARIO, until=HOUR)
+    tracker = d.runtime.trackers[shard_keys(4)[shard_of("A", 4)]]
+    if packed:
+        pack_everything(tracker)
+    assert isinstance(tracker.orders["A"], bytes) == packed
 
     async def check(client: TestClient[Any, Any]) -> None:
         r = await client.get("/v1/orders/A")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import defaultdict
 from unittest import mock
@@ -20,6 +21,7 @@ from orderwatch.events import Decoder
 from orderwatch.pipelines.orders import ShardLogic
 from orderwatch.pipelines.route import Router
 from orderwatch.runtime import Runtime
+from tests.factories import pack_everything
 from tests.strategies import rules_config, streams
 
 CFG = rules_config()
@@ -40,15 +42,20 @@ def reference(lines: list[bytes]) -> list[AlertChange]:
 
 
 def through_router(
-    lines: list[bytes], shards: int, batch: int, shuffle: random.Random | None = None
+    lines: list[bytes],
+    shards: int,
+    batch: int,
+    shuffle: random.Random | None = None,
+    pack_after: int = 0,
 ) -> list[AlertChange]:
     """The real router and shard logic, without bytewax, with any shard count and batch size.
 
-    `shuffle` decodes the chunks in a random order, as workers racing each other would.
+    `shuffle` decodes the chunks in a random order, as workers racing each other would;
+    `pack_after` packs idle orders once that many were unpacked (1: after every batch).
     """
     runtime = Runtime(shards=shards)
     router = Router(Decoder(CFG.status_map), runtime)
-    rules = RuleSet.from_config(CFG)
+    rules = dataclasses.replace(RuleSet.from_config(CFG), pack_after=pack_after)
     logics: dict[str, ShardLogic] = {}
     out: list[AlertChange] = []
     chunks = [RawChunk("t", i + 1, lines[i : i + batch]) for i in range(0, len(lines), batch)]
@@ -83,6 +90,29 @@ def test_alerts_do_not_depend_on_which_chunk_is_decoded_first(
 ) -> None:
     """Chunks decoded out of order (by racing workers) give exactly the same alert changes."""
     assert through_router(lines, 3, batch, random.Random(seed)) == reference(lines)
+
+
+_pack_idle = ShardTracker._pack_idle
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=streams(), shards=st.integers(1, 3), batch=st.integers(1, 10), everything=st.booleans()
+)
+def test_packing_idle_orders_changes_nothing(
+    lines: list[bytes], shards: int, batch: int, everything: bool
+) -> None:
+    """Orders packed as soon as they are idle (`pack_after: 1`), or even every order after
+    every batch: events and deadlines meet packed orders all the time, the heap is compacted
+    over them, and the alert changes are exactly the same."""
+    with (
+        mock.patch.object(tracker_module, "_HEAP_SLACK", 0),
+        mock.patch.object(
+            ShardTracker, "_pack_idle", pack_everything if everything else _pack_idle
+        ),
+    ):
+        packed = through_router(lines, shards, batch, pack_after=1)
+    assert packed == reference(lines)
 
 
 @settings(max_examples=100, deadline=None)

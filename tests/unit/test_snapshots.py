@@ -17,20 +17,29 @@ from orderwatch.pipelines.snapshots import (
     load_shard,
     snapshot_format,
 )
-from tests.factories import BASE, config, decode_all, order
+from tests.factories import BASE, HOUR, MIN, config, decode_all, order
 
 
 def test_a_snapshot_round_trips_with_its_orders() -> None:
-    """What a shard snapshots comes back, orders included, under the current format."""
-    tracker = ShardTracker(RuleSet.from_config(config()))
-    for d in decode_all([order(0, "A", "paid")]):
+    """What a shard snapshots comes back, orders included (packed or not), under the current
+    format; a packed order goes on where it was, its deadline included."""
+    tracker = ShardTracker(RuleSet.from_config(config(engine={"pack_after": 1})))
+    for d in decode_all([order(0, "A", "paid"), order(MIN, "B", "paid")]):
         tracker.ingest(d.ts_ms, d.event)  # type: ignore[arg-type]
-    tracker.advance(BASE)
+    tracker.advance(BASE)  # A applied
+    tracker.advance(BASE + MIN)  # B applied; A idle since the last advance: packed
     blob = dump_shard((tracker, WatermarkClock(60_000), ChunkOrder()))
     assert snapshot_format(blob) == STATE_FORMAT
     back, clock, _ = load_shard(blob)
-    assert back.orders["A"].status == "paid" and back.watermark == BASE
+    assert isinstance(back.orders["A"], bytes) and back.watermark == BASE + MIN
     assert isinstance(clock, WatermarkClock)
+    rec = back.record("A")
+    assert rec is not None and (rec.status, rec.since) == ("paid", BASE)
+    fired = back.advance(BASE + HOUR)  # both reach paid_not_allocated (30m)
+    assert sorted((a.labels["order_id"], a.labels["rule"], a.starts_at) for a in fired) == [
+        ("A", "paid_not_allocated", BASE + 30 * MIN),
+        ("B", "paid_not_allocated", BASE + MIN + 30 * MIN),
+    ]
 
 
 @pytest.mark.parametrize(
