@@ -94,6 +94,7 @@ class ShardTracker:
         self._busy: set[str] = set()  # orders with an event since the last `_pack_idle`
         self._pack_after = rules.pack_after
         self._pack_at = rules.pack_after
+        self.packed = 0  # orders held packed now
         self.firing: dict[tuple[str, str], AlertChange] = {}
         self.watermark: int | None = None
         self._pending: list[tuple[int, int, int, Any]] = []
@@ -195,6 +196,7 @@ class ShardTracker:
     def _unpack(self, oid: str, blob: bytes) -> OrderRec:
         rec = self.orders[oid] = unpack(blob, oid)
         self._unpacked.add(oid)
+        self.packed -= 1
         return rec
 
     def _pack_idle(self) -> None:
@@ -209,6 +211,7 @@ class ShardTracker:
             rec = orders.get(oid)
             if isinstance(rec, OrderRec):
                 orders[oid] = pack(rec)
+                self.packed += 1
         self._unpacked &= busy
         self._busy = set()
         self._pack_at = len(self._unpacked) + self._pack_after

@@ -18,7 +18,18 @@ from orderwatch.events import Decoder
 from orderwatch.metrics import SPECS, OrderwatchCollector, build_registry, reference_markdown
 from orderwatch.pipelines.route import DEAD_LETTER_KEY, Router
 from orderwatch.runtime import Runtime
-from tests.factories import BASE, HOUR, MIN, SEC, config, event, order, payment, wms
+from tests.factories import (
+    BASE,
+    HOUR,
+    MIN,
+    SEC,
+    config,
+    event,
+    order,
+    pack_everything,
+    payment,
+    wms,
+)
 
 NOW = BASE + 24 * HOUR  # wall clock of the test, seconds-resolution checks below
 
@@ -87,7 +98,20 @@ def test_orders_by_status_and_tracked_count() -> None:
     assert value(reg, "orderwatch_orders", status="unknown") == 1
     assert value(reg, "orderwatch_orders", status="delivered") == 0
     assert value(reg, "orderwatch_orders_tracked") == 4
+    assert value(reg, "orderwatch_orders_packed") == 0
     assert value(reg, "orderwatch_shards") == len(World().feed(lines, until=0).runtime.trackers)
+
+
+def test_packed_orders_are_counted_until_an_event_unpacks_them() -> None:
+    """`orderwatch_orders_packed` follows packing both ways; tracked orders stay the same."""
+    world = World().feed([order(0, "A", "created"), order(0, "B", "paid")], until=0)
+    for tracker in world.runtime.trackers.values():
+        pack_everything(tracker)
+    assert value(world.registry(), "orderwatch_orders_packed") == 2
+    world.feed([order(MIN, "A", "paid")], until=MIN)
+    reg = world.registry()
+    assert value(reg, "orderwatch_orders_packed") == 1
+    assert value(reg, "orderwatch_orders_tracked") == 2
 
 
 def test_dwell_histogram_observes_time_in_status_on_leaving() -> None:
