@@ -262,7 +262,8 @@ class Engine(_Model):
     order_ttl: PositiveDuration = parse_duration_ms("30d")
     dedup_horizon: PositiveDuration = parse_duration_ms("24h")
     timeline_events: int = Field(default=20, ge=1, le=1000)
-    # Per shard: once this many orders were unpacked, the idle ones are packed (0: never).
+    # Per shard: once this many more orders were unpacked than the last round left, the ones
+    # with no event since that round are packed (0: never).
     pack_after: int = Field(default=1000, ge=0)
     max_event_bytes: int = Field(default=65_536, ge=256)
     max_future: Duration = parse_duration_ms("10m")  # live only: reject ts this far ahead

@@ -65,8 +65,8 @@ class OrderRec(msgspec.Struct, array_like=True, gc=False):
     log_status: str | None = None
     # Not part of the packed form (`pack` stores `due` in front and leaves both out):
     due: int | None = None  # due time of this order's live deadline-heap entry
-    # The id object the shard's dict holds: heap entries and alerts share it rather than
-    # keeping the copy each later event decoded (~70 bytes per open order).
+    # The id object heap entries and alerts share rather than keeping the copy each later
+    # event decoded (~70 bytes per open order): the dict's key, or the copy that unpacked it.
     oid: str | None = None
 
 

@@ -13,7 +13,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-#: Bump whenever the pickled shard state changes shape (e.g. `OrderRec` slots).
+#: Bump whenever the pickled shard state changes shape (e.g. `OrderRec` fields).
 STATE_FORMAT = 4
 _MAGIC = b"OWS"
 #: bytewax 0.21 keeps snapshots in `<dir>/part-*.sqlite3`, table `snaps`, keyed by step id.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from decimal import Decimal
 
 import pytest
@@ -49,8 +50,6 @@ def test_a_new_order_packs_too() -> None:
 
 def test_the_packed_form_is_much_smaller_than_the_objects() -> None:
     """The reason to pack: no object headers for each int, tuple and bytes."""
-    import sys
-
     rec = busy_order()
     objects = sys.getsizeof(rec) + sum(
         sys.getsizeof(getattr(rec, f))

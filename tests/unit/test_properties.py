@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from collections import defaultdict
@@ -92,9 +93,6 @@ def test_alerts_do_not_depend_on_which_chunk_is_decoded_first(
     assert through_router(lines, 3, batch, random.Random(seed)) == reference(lines)
 
 
-_pack_idle = ShardTracker._pack_idle
-
-
 @settings(max_examples=150, deadline=None)
 @given(
     lines=streams(), shards=st.integers(1, 3), batch=st.integers(1, 10), everything=st.booleans()
@@ -105,11 +103,10 @@ def test_packing_idle_orders_changes_nothing(
     """Orders packed as soon as they are idle (`pack_after: 1`), or even every order after
     every batch: events and deadlines meet packed orders all the time, the heap is compacted
     over them, and the alert changes are exactly the same."""
+    always = mock.patch.object(ShardTracker, "_pack_idle", pack_everything)
     with (
         mock.patch.object(tracker_module, "_HEAP_SLACK", 0),
-        mock.patch.object(
-            ShardTracker, "_pack_idle", pack_everything if everything else _pack_idle
-        ),
+        always if everything else contextlib.nullcontext(),
     ):
         packed = through_router(lines, shards, batch, pack_after=1)
     assert packed == reference(lines)
