@@ -30,6 +30,7 @@ _CODES = tuple({w: i for i, w in enumerate(words)} for words in WHATS)
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple).decode
 _FIELDS = 9
+_EVENT_ID = 7  # position of event_id in a record
 
 
 class Entry(NamedTuple):
@@ -79,11 +80,17 @@ def pack(ts: int, ev: Any, note: str | None = None) -> bytes:
     return _encode(row)
 
 
-def append(blob: bytes, count: int, record: bytes, keep: int) -> tuple[bytes, int, str | None]:
+class Dropped(NamedTuple):
+    """What the timeline forgets when its oldest record goes."""
+
+    status: str | None  # the order status it set (an order event), else None
+    event_id: str | None
+
+
+def append(blob: bytes, count: int, record: bytes, keep: int) -> tuple[bytes, int, Dropped | None]:
     """`blob` (holding `count` records) plus `record`, the oldest dropped beyond `keep`.
 
-    Returns the new blob, its record count, and the order status set by the dropped record
-    when it was an order event (the status before the oldest kept one), else None.
+    Returns the new blob, its record count, and what the dropped record held, if one was.
     """
     blob += record
     count += 1
@@ -91,8 +98,24 @@ def append(blob: bytes, count: int, record: bytes, keep: int) -> tuple[bytes, in
         return blob, count, None
     head = _rows(blob, count)[0]
     # msgspec writes every value in its shortest form, so the head re-encodes to its size
-    dropped = _word(head[1], head[2]) if head[1] == 0 else None
-    return blob[len(_encode(head)) :], count - 1, dropped
+    status = _word(head[1], head[2]) if head[1] == 0 else None
+    event_id = head[_EVENT_ID] if len(head) > _EVENT_ID else None
+    return blob[len(_encode(head)) :], count - 1, Dropped(status, event_id)
+
+
+def holds_event(blob: bytes, count: int, event_id: str) -> bool:
+    """Does one of the records carry `event_id`? (A byte search first: most events are new.)"""
+    try:
+        if event_id.encode() not in blob:  # msgpack keeps a str as its UTF-8 bytes
+            return False
+    except UnicodeEncodeError:
+        pass
+    return event_id in event_ids(blob, count)
+
+
+def event_ids(blob: bytes, count: int) -> list[str]:
+    """The event ids the records carry."""
+    return [row[_EVENT_ID] for row in _rows(blob, count) if len(row) > _EVENT_ID and row[_EVENT_ID]]
 
 
 def renote(blob: bytes, record: bytes, ts: int, ev: Any, note: str) -> bytes:

@@ -82,6 +82,14 @@ _COLLECT_STATUSES = frozenset({"shipped", "in_transit", "delivered", "completed"
 _HEAP_SLACK = 4096  # superseded deadline-heap entries tolerated beyond 1.5 per live one
 
 
+def _seen(oid: str, rec: OrderRec, event_id: str) -> bool:
+    """Was this order's `event_id` applied before? Its timeline holds the recent ids, `eids`
+    the hashes of older ones."""
+    if timeline.holds_event(rec.log, rec.log_n, event_id):
+        return True
+    return bool(rec.eids) and seen_in(rec.eids, event_key(oid, event_id))
+
+
 class ShardTracker:
     """All orders whose id hashes to one shard."""
 
@@ -387,8 +395,11 @@ class ShardTracker:
 
     def _forget(self, oid: str, rec: OrderRec) -> None:
         del self.orders[oid]
-        if rec.eids:
-            self._dedup.remember(rec.eids, rec.seen)
+        keys = rec.eids + b"".join(
+            event_key(oid, e) for e in timeline.event_ids(rec.log, rec.log_n)
+        )
+        if keys:
+            self._dedup.remember(keys, rec.seen)
         self.stats.status_counts[rec.status or "unknown"] -= 1
         self.stats.forgotten += 1
 
@@ -440,9 +451,11 @@ class ShardTracker:
             rec = self._unpack(oid, rec)
         if self._pack_after:
             self._busy.add(oid)
-        key = None if ev.event_id is None else event_key(oid, ev.event_id)
-        if key is not None and (
-            seen_in(rec.eids, key) if rec is not None else self._dedup.seen_key(key, ts)
+        eid = ev.event_id
+        if eid is not None and (
+            _seen(oid, rec, eid)
+            if rec is not None
+            else self._dedup.seen_key(event_key(oid, eid), ts)
         ):
             self.stats.duplicates += 1  # a redelivery: no other effect (CONTRACT §1)
             return
@@ -453,14 +466,15 @@ class ShardTracker:
             self.stats.status_counts["unknown"] += 1
         else:
             oid = rec.oid
-        if key is not None:
-            rec.eids += key
         if ts > rec.seen:
             rec.seen = ts
         record = timeline.pack(ts, ev)  # before the handler: its alerts list this event
         rec.log, rec.log_n, dropped = timeline.append(rec.log, rec.log_n, record, self._log_size)
         if dropped is not None:
-            rec.log_status = dropped
+            if dropped.status is not None:
+                rec.log_status = dropped.status
+            if dropped.event_id is not None:  # its id now only lives on as a hash
+                rec.eids += event_key(oid, dropped.event_id)
         note = self._handlers[type(ev)](oid, rec, ev, ts, out)
         if self.watermark is not None and ts <= self.watermark:
             note = f"{note}; late" if note else "late"

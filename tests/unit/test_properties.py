@@ -22,7 +22,7 @@ from orderwatch.events import Decoder
 from orderwatch.pipelines.orders import ShardLogic
 from orderwatch.pipelines.route import Router
 from orderwatch.runtime import Runtime
-from tests.factories import pack_everything
+from tests.factories import pack_everything, summary
 from tests.strategies import rules_config, streams
 
 CFG = rules_config()
@@ -110,6 +110,33 @@ def test_packing_idle_orders_changes_nothing(
     ):
         packed = through_router(lines, shards, batch, pack_after=1)
     assert packed == reference(lines)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=streams(), data=st.data())
+def test_redeliveries_are_dropped_however_short_the_timeline(
+    lines: list[bytes], data: st.DataObject
+) -> None:
+    """Recent event ids are found in the timeline, older ones by their hash: with one kept
+    event or twenty, redelivered copies of any events are dropped alike, alerts the same."""
+    copies = data.draw(st.lists(st.integers(0, len(lines) - 1), max_size=8))
+    stream = list(lines)
+    for i in copies:  # each copy arrives somewhere after its original
+        stream.insert(data.draw(st.integers(i + 1, len(stream))), lines[i])
+
+    def run(keep: int) -> tuple[list[tuple[str, str, str, int, int | None]], int]:
+        rules = dataclasses.replace(RuleSet.from_config(CFG), timeline_events=keep)
+        tracker = ShardTracker(rules)
+        dec = Decoder(CFG.status_map)
+        decoded = [dec.decode(raw, "t", "0") for raw in stream]
+        for d in decoded:
+            tracker.ingest(d.ts_ms, d.event)  # type: ignore[union-attr]
+        alerts = summary(tracker.advance(max(d.ts_ms for d in decoded)))  # type: ignore[union-attr]
+        return alerts, tracker.stats.duplicates
+
+    short, long = run(1), run(20)
+    assert short == long
+    assert long[1] >= len(copies)  # every copy, and the stream's own redeliveries
 
 
 @settings(max_examples=100, deadline=None)

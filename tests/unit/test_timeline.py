@@ -24,12 +24,18 @@ def _events() -> list[tuple[int, Any]]:
     ]
 
 
-def _fill(events: list[tuple[int, Any]], keep: int) -> tuple[bytes, int, str | None]:
+def _fill(
+    events: list[tuple[int, Any]], keep: int, gone: list[str | None] | None = None
+) -> tuple[bytes, int, str | None]:
+    """The timeline of `events`; the event ids of dropped records are appended to `gone`."""
     blob, count, before = b"", 0, None
     for ts, ev in events:
         blob, count, dropped = timeline.append(blob, count, timeline.pack(ts, ev), keep)
         if dropped is not None:
-            before = dropped
+            if dropped.status is not None:
+                before = dropped.status
+            if gone is not None:
+                gone.append(dropped.event_id)
     return blob, count, before
 
 
@@ -60,11 +66,14 @@ def test_only_the_last_events_are_kept_and_the_status_before_them_is_known(keep:
         (T0 + i, OrderEvent(T0 + i, "A", s, f"e{i}", tracking_no=f"T{i}" * (i % 3) or None))
         for i, s in enumerate(statuses)
     ]
-    blob, count, before = _fill(events, keep)
+    gone: list[str | None] = []
+    blob, count, before = _fill(events, keep, gone)
     got = timeline.entries(blob, count, before)
     kept = events[-keep:]
     assert count == len(got) == keep
     assert [e.event_id for e in got] == [ev.event_id for _, ev in kept]
+    assert gone == [ev.event_id for _, ev in events[:-keep]]
+    assert timeline.event_ids(blob, count) == [ev.event_id for _, ev in kept]
     assert [e.ident for e in got] == [ev.tracking_no for _, ev in kept]
     assert before == statuses[-keep - 1]
 
@@ -87,3 +96,17 @@ def test_a_word_outside_the_vocabulary_is_kept_as_written() -> None:
     ev = WmsEvent(T0, "A", "relabelled", "WO1")  # type: ignore[arg-type]
     blob, count, _ = timeline.append(b"", 0, timeline.pack(T0, ev), 5)
     assert timeline.entries(blob, count, None)[0].what == "relabelled"
+
+
+def test_holds_event_matches_whole_ids_only() -> None:
+    """An id inside another id, or inside another field, is not held; a kept one is."""
+    events = [
+        (T0, OrderEvent(T0, "A", "created", "e10-x", warehouse="e1")),
+        (T0 + 1, PaymentEvent(T0 + 1, "A", "e2", "success", event_id="pay-7")),
+        (T0 + 2, LogisticsEvent(T0 + 2, "A", "collected", "SF1", "SF")),  # no event_id
+    ]
+    blob, count, _ = _fill(events, keep=20)
+    assert timeline.holds_event(blob, count, "e10-x")
+    assert timeline.holds_event(blob, count, "pay-7")
+    for other in ("e1", "e10", "e2", "pay-", "SF1", "订单-1"):
+        assert not timeline.holds_event(blob, count, other), other
