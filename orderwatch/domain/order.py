@@ -65,6 +65,7 @@ class OrderRec(msgspec.Struct, array_like=True, gc=False):
     log: bytes = b""
     log_n: int = 0
     log_status: str | None = None
+    slot: int = 0  # its place in the shard's slot table (`ShardTracker._slots`)
     # Not part of the packed form (`pack` stores `due` in front and leaves both out):
     due: int | None = None  # due time of this order's live deadline-heap entry
     # The id object heap entries and alerts share rather than keeping the copy each later
@@ -72,8 +73,8 @@ class OrderRec(msgspec.Struct, array_like=True, gc=False):
     oid: str | None = None
 
 
-def new_order(oid: str, ts: int) -> OrderRec:
-    return OrderRec(ts, ts, oid=oid)
+def new_order(oid: str, ts: int, slot: int = 0) -> OrderRec:
+    return OrderRec(ts, ts, slot=slot, oid=oid)
 
 
 # --- packed orders ---------------------------------------------------------------------------

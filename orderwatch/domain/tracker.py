@@ -80,6 +80,15 @@ _AFTER_ANY_RANK = 9  # (watermark, 9) sorts after every (watermark, rank, seq, e
 _AMOUNT_SETTLED = AMOUNT_OK | _ANOMALY_FLAG[AMOUNT_MISMATCH]
 _COLLECT_STATUSES = frozenset({"shipped", "in_transit", "delivered", "completed"})
 _HEAP_SLACK = 4096  # superseded deadline-heap entries tolerated beyond 1.5 per live one
+# A deadline-heap entry is one int, `due << _SLOT_BITS | slot`: it sorts by due time, and
+# costs ~45 bytes where a (due, order id) tuple cost ~100 (a tuple, an int, often an id copy).
+_SLOT_BITS = 32
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+
+
+def heap_entry(entry: int) -> tuple[int, int]:
+    """(due, slot) of a deadline-heap entry."""
+    return entry >> _SLOT_BITS, entry & _SLOT_MASK
 
 
 def _seen(oid: str, rec: OrderRec, event_id: str) -> bool:
@@ -106,7 +115,13 @@ class ShardTracker:
         self.firing: dict[tuple[str, str], AlertChange] = {}
         self.watermark: int | None = None
         self._pending: list[tuple[int, int, int, Any]] = []
-        self._deadlines: list[tuple[int, str]] = []
+        self._deadlines: list[int] = []  # heap entries (`heap_entry`)
+        # Order ids by slot: each order holds one slot for life (its heap entries name it).
+        # The same str objects as the keys of `orders`. Freed slots are reused at once: a
+        # stale entry then names another order, which it only touches if that order's own
+        # entry has the same due time, where it does exactly what that entry would.
+        self._slots: list[str | None] = []
+        self._free: list[int] = []
         self._heap_limit = _HEAP_SLACK
         self._seq = 0
         self._dedup = Deduper(rules.dedup_horizon_ms)
@@ -185,7 +200,7 @@ class ShardTracker:
             deadlines = self._deadlines
             apply = self._apply
             for ts, _, _, ev in pending[:cut]:
-                if deadlines and deadlines[0][0] < ts:
+                if deadlines and deadlines[0] < ts << _SLOT_BITS:  # a due time before ts
                     self._fire_due(ts - 1, out)
                 apply(ts, ev, out)
             del pending[:cut]
@@ -202,7 +217,9 @@ class ShardTracker:
         return unpack(rec, oid) if isinstance(rec, bytes) else rec
 
     def _unpack(self, oid: str, blob: bytes) -> OrderRec:
-        rec = self.orders[oid] = unpack(blob, oid)
+        rec = unpack(blob, oid)
+        rec.oid = self._slots[rec.slot]  # the key object, not the caller's copy
+        self.orders[oid] = rec
         self._unpacked.add(oid)
         self.packed -= 1
         return rec
@@ -232,19 +249,22 @@ class ShardTracker:
         """The earliest event time at which something may happen (a buffered event or deadline)."""
         times = [min(p[0] for p in self._pending)] if self._pending else []
         if self._deadlines:
-            times.append(self._deadlines[0][0])
+            times.append(self._deadlines[0] >> _SLOT_BITS)
         return min(times) if times else None
 
     # --- deadlines ---------------------------------------------------------------------------
 
     def _fire_due(self, limit: int, out: list[AlertChange]) -> None:
         heap = self._deadlines
-        orders = self.orders
-        while heap and heap[0][0] <= limit:
-            due, oid = heapq.heappop(heap)
-            rec = orders.get(oid)
-            if rec is None:
-                continue
+        orders, slots = self.orders, self._slots
+        bound = limit << _SLOT_BITS | _SLOT_MASK  # the last entry due at `limit`
+        while heap and heap[0] <= bound:
+            entry = heapq.heappop(heap)
+            due = entry >> _SLOT_BITS
+            oid = slots[entry & _SLOT_MASK]
+            if oid is None:
+                continue  # its order was forgotten
+            rec = orders[oid]
             if isinstance(rec, bytes):
                 if packed_due(rec) != due:
                     continue
@@ -273,7 +293,7 @@ class ShardTracker:
     def _push(self, oid: str, rec: OrderRec, due: int) -> None:
         rec.due = due
         heap = self._deadlines
-        heapq.heappush(heap, (due, oid))
+        heapq.heappush(heap, due << _SLOT_BITS | rec.slot)
         if len(heap) > self._heap_limit:
             self._compact()
 
@@ -284,14 +304,15 @@ class ShardTracker:
         entry whenever its next deadline moves earlier. Rebuilding after the heap has grown by
         half keeps the cost amortised O(1) per push.
         """
-        orders = self.orders
+        orders, slots = self.orders, self._slots
         live = []
         for entry in self._deadlines:
-            rec = orders.get(entry[1])
-            if rec is None:
+            oid = slots[entry & _SLOT_MASK]
+            if oid is None:
                 continue
+            rec = orders[oid]
             due = packed_due(rec) if isinstance(rec, bytes) else rec.due
-            if due == entry[0]:
+            if due == entry >> _SLOT_BITS:
                 live.append(entry)
         heapq.heapify(live)
         self._deadlines[:] = live  # in place: `_fire_due` holds the list while it pops
@@ -395,6 +416,8 @@ class ShardTracker:
 
     def _forget(self, oid: str, rec: OrderRec) -> None:
         del self.orders[oid]
+        self._slots[rec.slot] = None
+        self._free.append(rec.slot)
         keys = rec.eids + b"".join(
             event_key(oid, e) for e in timeline.event_ids(rec.log, rec.log_n)
         )
@@ -460,7 +483,12 @@ class ShardTracker:
             self.stats.duplicates += 1  # a redelivery: no other effect (CONTRACT §1)
             return
         if rec is None:
-            rec = self.orders[oid] = new_order(oid, ts)
+            slot = self._free.pop() if self._free else len(self._slots)
+            if slot == len(self._slots):
+                self._slots.append(oid)
+            else:
+                self._slots[slot] = oid
+            rec = self.orders[oid] = new_order(oid, ts, slot)
             if self._pack_after:
                 self._unpacked.add(oid)
             self.stats.status_counts["unknown"] += 1

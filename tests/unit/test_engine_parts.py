@@ -281,3 +281,30 @@ def test_redelivery_after_the_order_was_forgotten_is_still_dropped() -> None:
     assert summary(tracker.advance(BASE + 6 * HOUR)) == []
     assert tracker.stats.duplicates == 1
     assert "A" not in tracker.orders
+
+
+def test_a_reused_slot_with_a_stale_heap_entry_fires_once_on_time() -> None:
+    """A forgotten order's slot goes to the next new order while the forgotten one's
+    superseded heap entry is still queued, here for the very time the new order is due."""
+    from orderwatch.domain import tracker as tracker_module
+    from orderwatch.domain.rules import RuleSet
+    from orderwatch.domain.tracker import ShardTracker
+    from tests.factories import BASE, decode_all, payment, wms
+
+    rules = {"gaps": {"paid_without_wms": {"within": "10m"}}}
+    cfg = config(rules, engine={"terminal_retention": "1h", "order_ttl": "4h"})
+    tracker = ShardTracker(RuleSet.from_config(cfg))
+
+    def feed(lines: list[bytes], until: int) -> list[tuple[str, str, str, int, int | None]]:
+        for d in decode_all(lines, cfg):
+            tracker.ingest(d.ts_ms, d.event)  # type: ignore[union-attr]
+        return summary(tracker.advance(BASE + until))
+
+    a = [order(0, "A", "paid"), payment(0, "A"), wms(MIN, "A"), order(2 * MIN, "A", "completed")]
+    assert feed(a, 3 * HOUR) == []
+    assert "A" not in tracker.orders  # forgotten at 1h02m ...
+    stale = {tracker_module.heap_entry(e) for e in tracker._deadlines}
+    assert stale == {(BASE + 4 * HOUR, 0)}  # ... its first expiry entry (idle 4h) still queued
+    z = [order(3 * HOUR + 50 * MIN, "Z", "paid"), payment(3 * HOUR + 50 * MIN, "Z", "PZ")]
+    assert feed(z, 5 * HOUR) == [("firing", "paid_without_wms", "Z", 4 * HOUR, None)]
+    assert tracker.orders["Z"].slot == 0  # type: ignore[union-attr]

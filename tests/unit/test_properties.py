@@ -15,6 +15,7 @@ from orderwatch.connectors.raw import RawChunk
 from orderwatch.domain import tracker as tracker_module
 from orderwatch.domain.alert import FIRING, AlertChange
 from orderwatch.domain.lifecycle import TERMINAL
+from orderwatch.domain.order import OrderRec
 from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
@@ -166,7 +167,10 @@ def test_compaction_keeps_one_heap_entry_per_order() -> None:
     heap = tracker._deadlines
     assert len(heap) <= len(tracker.orders) * 3 // 2
     assert len(heap) >= len(tracker.orders)  # every open order keeps its live entry
-    assert all(tracker.orders[oid].due is not None for _, oid in heap)
+    entries = {tracker_module.heap_entry(e) for e in heap}
+    for oid, rec in tracker.orders.items():  # its live entry names its slot and due time
+        assert isinstance(rec, OrderRec) and (rec.due, rec.slot) in entries
+        assert tracker._slots[rec.slot] is oid
 
 
 @settings(max_examples=150, deadline=None)
