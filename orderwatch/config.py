@@ -265,6 +265,8 @@ class Engine(_Model):
     # Per shard: once this many more orders were unpacked than the last round left, the ones
     # with no event since that round are packed (0: never).
     pack_after: int = Field(default=1000, ge=0)
+    # Packed orders are compressed with a zstd dictionary each shard trains on its own orders.
+    pack_compression: bool = True
     max_event_bytes: int = Field(default=65_536, ge=256)
     max_future: Duration = parse_duration_ms("10m")  # live only: reject ts this far ahead
 

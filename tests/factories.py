@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+import pickle
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from orderwatch.config import Config, validate_config
+from orderwatch.domain import packing, timeline
 from orderwatch.domain.alert import AlertChange
+from orderwatch.domain.order import OrderRec, new_order
+from orderwatch.domain.packing import Packer
 from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
-from orderwatch.events import Decoded, Decoder
+from orderwatch.events import Decoded, Decoder, OrderEvent, PaymentEvent, WmsEvent
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 11, 0, 0, tzinfo=CST)
@@ -137,3 +143,43 @@ def summary(alerts: list[AlertChange]) -> list[tuple[str, str, str, int, int | N
 
 def utc_iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- packed orders ---------------------------------------------------------------------------
+
+
+def typical_order(i: int) -> OrderRec:
+    """An order as a shop has thousands of: created, paid, pushed to the warehouse."""
+    oid, t = f"PS2026111100{i:06d}", BASE + 37 * i
+    rec = new_order(oid, t, slot=i)
+    rec.status, rec.channel, rec.warehouse = "allocated", "tmall", f"WH-SH-0{i % 4}"
+    rec.payable, rec.paid_at, rec.wms_at = 100 * (i % 500), t + 5000, t + 30_000
+    rec.pay_nos, rec.paid = (f"P20261111{i:010d}",), (100 * (i % 500),)
+    events = [
+        OrderEvent(t, oid, "created", f"ord-{i}-1", "tmall", None, Decimal(i % 500), source="oms"),
+        PaymentEvent(t + 5000, oid, f"P20261111{i:010d}", "success", Decimal(i % 500), f"pay-{i}"),
+        WmsEvent(t + 30_000, oid, "outbound_created", f"WO{i:08d}", "WH-SH-01", f"wms-{i}"),
+    ]
+    for ev in events:
+        record = timeline.pack(ev.ts, ev)
+        rec.log, rec.log_n, _ = timeline.append(rec.log, rec.log_n, record, 20)
+    rec.due = t + 3_600_000
+    return rec
+
+
+def trained(packer: Packer) -> list[bytes]:
+    """Pack enough orders for `packer` to train its dictionary; their (raw) blobs."""
+    return [packer.pack(typical_order(i)) for i in range(packing.TRAIN_ON)]
+
+
+@functools.cache
+def _trained_state() -> bytes:
+    packer = Packer()
+    trained(packer)
+    return pickle.dumps(packer)
+
+
+def trained_packer(compress: bool = True) -> Packer:
+    """A fresh packer that compresses from the first order (its dictionary learnt elsewhere)."""
+    packer: Packer = pickle.loads(_trained_state())
+    return packer

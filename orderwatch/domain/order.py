@@ -7,8 +7,6 @@ evaluated or firing) into one int.
 
 from __future__ import annotations
 
-import struct
-
 import msgspec
 
 from orderwatch.domain.money import Money
@@ -75,36 +73,6 @@ class OrderRec(msgspec.Struct, array_like=True, gc=False):
 
 def new_order(oid: str, ts: int, slot: int = 0) -> OrderRec:
     return OrderRec(ts, ts, slot=slot, oid=oid)
-
-
-# --- packed orders ---------------------------------------------------------------------------
-# An order idle for a while is kept as one bytes blob: its deadline-heap due time (8 bytes,
-# so the heap can tell a superseded entry without unpacking) and the msgpack array of the
-# record. That drops the per-object headers of its ints, tuples and bytes (~700 bytes).
-
-_DUE = struct.Struct("<q")
-_NO_DUE = -(1 << 63)
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(OrderRec).decode
-
-
-def pack(rec: OrderRec) -> bytes:
-    """The packed form of `rec`; `rec` itself must not be used afterwards."""
-    due = rec.due
-    rec.due = rec.oid = None
-    return _DUE.pack(_NO_DUE if due is None else due) + _encode(rec)
-
-
-def packed_due(blob: bytes) -> int | None:
-    due: int = _DUE.unpack_from(blob)[0]
-    return None if due == _NO_DUE else due
-
-
-def unpack(blob: bytes, oid: str) -> OrderRec:
-    rec = _decode(memoryview(blob)[_DUE.size :])
-    rec.due = packed_due(blob)
-    rec.oid = oid
-    return rec
 
 
 def payment_list(rec: OrderRec) -> list[tuple[str, Money | None]]:

@@ -71,6 +71,7 @@ class RuleSet:
     dedup_horizon_ms: int = 86_400_000
     timeline_events: int = 20
     pack_after: int = 0  # orders unpacked at once before the idle ones are packed (0: never)
+    pack_compression: bool = True  # zstd with a dictionary trained on the shard's orders
     timezone: str = "Asia/Shanghai"
 
     @classmethod
@@ -112,5 +113,6 @@ class RuleSet:
             dedup_horizon_ms=cfg.engine.dedup_horizon,
             timeline_events=cfg.engine.timeline_events,
             pack_after=cfg.engine.pack_after,
+            pack_compression=cfg.engine.pack_compression,
             timezone=cfg.timezone,
         )

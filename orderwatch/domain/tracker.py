@@ -42,14 +42,12 @@ from orderwatch.domain.order import (
     add_payment,
     has_payment,
     new_order,
-    pack,
-    packed_due,
     payment_list,
     remove_payment,
     stuck_done,
     stuck_firing,
-    unpack,
 )
+from orderwatch.domain.packing import Packer, packed_due
 from orderwatch.domain.rules import (
     AMOUNT_MISMATCH,
     ANOMALIES,
@@ -111,6 +109,7 @@ class ShardTracker:
         self._busy: set[str] = set()  # orders with an event since the last `_pack_idle`
         self._pack_after = rules.pack_after
         self._pack_at = rules.pack_after
+        self._packer = Packer(rules.pack_compression)
         self.packed = 0  # orders held packed now
         self.firing: dict[tuple[str, str], AlertChange] = {}
         self.watermark: int | None = None
@@ -214,10 +213,10 @@ class ShardTracker:
     def record(self, oid: str) -> OrderRec | None:
         """The order's record to read (a private copy if it is packed), or None."""
         rec = self.orders.get(oid)
-        return unpack(rec, oid) if isinstance(rec, bytes) else rec
+        return self._packer.unpack(rec, oid) if isinstance(rec, bytes) else rec
 
     def _unpack(self, oid: str, blob: bytes) -> OrderRec:
-        rec = unpack(blob, oid)
+        rec = self._packer.unpack(blob, oid)
         rec.oid = self._slots[rec.slot]  # the key object, not the caller's copy
         self.orders[oid] = rec
         self._unpacked.add(oid)
@@ -231,15 +230,20 @@ class ShardTracker:
         order's events in quick succession unpack it once, and the orders kept unpacked are
         about those busy lately plus `pack_after`. Results never depend on it.
         """
-        orders, busy = self.orders, self._busy
+        orders, busy, packer = self.orders, self._busy, self._packer
+        compressing = packer.compressing
         for oid in self._unpacked - busy:
             rec = orders.get(oid)
             if isinstance(rec, OrderRec):
-                orders[oid] = pack(rec)
+                orders[oid] = packer.pack(rec)
                 self.packed += 1
         self._unpacked &= busy
         self._busy = set()
         self._pack_at = len(self._unpacked) + self._pack_after
+        if packer.compressing and not compressing:  # just trained: compress the earlier ones
+            for oid, rec in orders.items():
+                if isinstance(rec, bytes):
+                    orders[oid] = packer.recompress(rec)
 
     @property
     def buffered(self) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 #: Bump whenever the pickled shard state changes shape (e.g. `OrderRec` fields).
-STATE_FORMAT = 5
+STATE_FORMAT = 6
 _MAGIC = b"OWS"
 #: bytewax 0.21 keeps snapshots in `<dir>/part-*.sqlite3`, table `snaps`, keyed by step id.
 SHARD_STEP = "orderwatch.track_orders"

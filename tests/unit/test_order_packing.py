@@ -1,14 +1,21 @@
-"""Idle orders packed into bytes come back field for field (domain.order.pack / unpack)."""
+"""Idle orders packed into bytes come back field for field (domain.packing)."""
 
 from __future__ import annotations
 
 import copy
+import pickle
 import sys
 from decimal import Decimal
+from unittest import mock
 
+import msgspec
 import pytest
+import zstandard
 
-from orderwatch.domain.order import OrderRec, new_order, pack, packed_due, unpack
+from orderwatch.domain import packing
+from orderwatch.domain.order import OrderRec, new_order
+from orderwatch.domain.packing import Packer, packed_due
+from tests.factories import trained, typical_order
 
 TS = 1_794_326_400_000
 
@@ -36,16 +43,17 @@ def test_a_packed_order_comes_back_equal(due: int | None) -> None:
     rec = busy_order()
     rec.due = due
     expected = copy.copy(rec)
-    blob = pack(rec)
+    blob = Packer().pack(rec)
     assert packed_due(blob) == due  # readable without unpacking: the heap checks it
-    back = unpack(blob, "OB-1")
+    back = Packer().unpack(blob, "OB-1")
     assert back == expected
     assert back.oid == "OB-1"
 
 
 def test_a_new_order_packs_too() -> None:
     rec = new_order("A", TS)
-    assert unpack(pack(copy.copy(rec)), "A") == rec
+    packer = Packer()
+    assert packer.unpack(packer.pack(copy.copy(rec)), "A") == rec
 
 
 def test_the_packed_form_is_much_smaller_than_the_objects() -> None:
@@ -56,4 +64,54 @@ def test_the_packed_form_is_much_smaller_than_the_objects() -> None:
         for f in rec.__struct_fields__
         if getattr(rec, f) is not None and not isinstance(getattr(rec, f), str)
     )
-    assert sys.getsizeof(pack(rec)) < objects / 2
+    assert sys.getsizeof(Packer(compress=False).pack(rec)) < objects / 2
+
+
+# --- compression -----------------------------------------------------------------------------
+
+
+def test_after_training_orders_come_back_equal_and_smaller() -> None:
+    """The first orders are packed raw; once the dictionary is trained, later ones compress
+    to well under their raw size, and both kinds, and raw ones recompressed, unpack equal."""
+    packer = Packer()
+    early = trained(packer)
+    assert packer.compressing
+    for i in (7, 500, 5000, 123_456):  # inside and outside the sample
+        rec = typical_order(i)
+        expected = copy.copy(rec)
+        raw = Packer(compress=False).pack(copy.copy(rec))
+        blob = packer.pack(rec)
+        assert len(blob) < len(raw) * 0.7
+        assert packed_due(blob) == expected.due
+        assert packer.unpack(blob, expected.oid or "") == expected
+    again = packer.recompress(early[3])
+    assert len(again) < len(early[3]) * 0.7
+    for blob in (early[3], again):
+        assert packer.unpack(blob, "x") == packer.unpack(early[3], "x")
+        assert packed_due(blob) == typical_order(3).due
+    assert packer.recompress(again) is again  # already compressed: unchanged
+
+
+def test_the_dictionary_survives_a_snapshot() -> None:
+    """A restored packer reads what the original packed, and compresses the same way."""
+    packer = Packer()
+    trained(packer)
+    blob = packer.pack(typical_order(77))
+    restored = pickle.loads(pickle.dumps(packer))
+    assert restored.compressing
+    assert restored.unpack(blob, "x") == packer.unpack(blob, "x")
+    assert restored.pack(typical_order(78)) == packer.pack(typical_order(78))
+
+
+def test_without_compression_or_when_training_fails_orders_stay_raw() -> None:
+    for packer in (Packer(compress=False), Packer()):
+        with mock.patch.object(zstandard, "train_dictionary", side_effect=zstandard.ZstdError):
+            early = trained(packer)
+        assert not packer.compressing
+        rec = typical_order(9)
+        expected = copy.copy(rec)
+        blob = packer.pack(rec)
+        assert len(blob) >= len(early[0])  # plain msgpack, no smaller than the first ones
+        assert msgspec.msgpack.decode(blob[packing._HEAD.size :])[0] == expected.since
+        assert packer.recompress(blob) is blob
+        assert packer.unpack(blob, expected.oid or "") == expected

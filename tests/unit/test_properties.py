@@ -23,7 +23,7 @@ from orderwatch.events import Decoder
 from orderwatch.pipelines.orders import ShardLogic
 from orderwatch.pipelines.route import Router
 from orderwatch.runtime import Runtime
-from tests.factories import pack_everything, summary
+from tests.factories import pack_everything, summary, trained_packer
 from tests.strategies import rules_config, streams
 
 CFG = rules_config()
@@ -96,18 +96,24 @@ def test_alerts_do_not_depend_on_which_chunk_is_decoded_first(
 
 @settings(max_examples=150, deadline=None)
 @given(
-    lines=streams(), shards=st.integers(1, 3), batch=st.integers(1, 10), everything=st.booleans()
+    lines=streams(),
+    shards=st.integers(1, 3),
+    batch=st.integers(1, 10),
+    everything=st.booleans(),
+    compressed=st.booleans(),
 )
 def test_packing_idle_orders_changes_nothing(
-    lines: list[bytes], shards: int, batch: int, everything: bool
+    lines: list[bytes], shards: int, batch: int, everything: bool, compressed: bool
 ) -> None:
     """Orders packed as soon as they are idle (`pack_after: 1`), or even every order after
-    every batch: events and deadlines meet packed orders all the time, the heap is compacted
-    over them, and the alert changes are exactly the same."""
+    every batch, raw or zstd-compressed: events and deadlines meet packed orders all the time,
+    the heap is compacted over them, and the alert changes are exactly the same."""
     always = mock.patch.object(ShardTracker, "_pack_idle", pack_everything)
+    zstd = mock.patch.object(tracker_module, "Packer", trained_packer)
     with (
         mock.patch.object(tracker_module, "_HEAP_SLACK", 0),
         always if everything else contextlib.nullcontext(),
+        zstd if compressed else contextlib.nullcontext(),
     ):
         packed = through_router(lines, shards, batch, pack_after=1)
     assert packed == reference(lines)

@@ -1,0 +1,103 @@
+"""Idle orders kept as bytes: msgpack, then zstd with a dictionary the shard trains itself.
+
+A packed order is its deadline-heap due time (8 bytes, so the heap can tell a superseded entry
+without unpacking), a codec byte, and the msgpack array of its record. That drops the object
+headers of its ints, tuples and bytes (~1,400 → ~450 bytes). Most of what is left looks alike
+from order to order (id prefixes, `oms`, warehouse codes, statuses, near-equal timestamps), so
+once a shard has packed `TRAIN_ON` orders it trains a small zstd dictionary on them and
+compresses every later one with it (~450 → ~190 bytes for ~1.5 µs; ~0.6 µs to unpack).
+A dictionary from a shard's own orders fits whatever ids and values a deployment has. It is
+part of the shard's state: snapshots carry it, so packed orders read back after a resume.
+"""
+
+from __future__ import annotations
+
+import struct
+from contextlib import suppress
+from typing import Any
+
+import msgspec
+import zstandard
+
+from orderwatch.domain.order import OrderRec
+
+TRAIN_ON = 1000  # packed orders sampled before the dictionary is trained
+_DICT_BYTES = 8192
+_LEVEL = 3
+_RAW, _ZSTD = 0, 1
+_HEAD = struct.Struct("<qB")  # due time, codec
+_NO_DUE = -(1 << 63)
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(OrderRec).decode
+
+
+def packed_due(blob: bytes) -> int | None:
+    """The due time of a packed order's live heap entry, read without unpacking."""
+    due: int = _HEAD.unpack_from(blob)[0]
+    return None if due == _NO_DUE else due
+
+
+class Packer:
+    """Packs and unpacks one shard's orders; `compress=False` keeps plain msgpack."""
+
+    def __init__(self, compress: bool = True) -> None:
+        self._samples: list[bytes] | None = [] if compress else None
+        self._dict: bytes | None = None
+        self._setup()
+
+    @property
+    def compressing(self) -> bool:
+        return self._dict is not None
+
+    def pack(self, rec: OrderRec) -> bytes:
+        """The packed form of `rec`; `rec` itself must not be used afterwards."""
+        due = _NO_DUE if rec.due is None else rec.due
+        rec.due = rec.oid = None
+        raw = _encode(rec)
+        if self._zc is not None:
+            return _HEAD.pack(due, _ZSTD) + self._zc.compress(raw)
+        samples = self._samples
+        if samples is not None:
+            samples.append(raw)
+            if len(samples) >= TRAIN_ON:
+                self._train()
+        return _HEAD.pack(due, _RAW) + raw
+
+    def unpack(self, blob: bytes, oid: str) -> OrderRec:
+        due, codec = _HEAD.unpack_from(blob)
+        body = memoryview(blob)[_HEAD.size :]
+        rec = _decode(self._zd.decompress(body) if codec == _ZSTD else body)  # type: ignore[union-attr]
+        rec.due = None if due == _NO_DUE else due
+        rec.oid = oid
+        return rec
+
+    def recompress(self, blob: bytes) -> bytes:
+        """`blob` compressed, if it was packed before the dictionary existed."""
+        if self._zc is None or blob[_HEAD.size - 1] != _RAW:
+            return blob
+        return blob[: _HEAD.size - 1] + bytes((_ZSTD,)) + self._zc.compress(blob[_HEAD.size :])
+
+    def _train(self) -> None:
+        samples: list[Any] = self._samples or []
+        with suppress(zstandard.ZstdError):  # e.g. too little to learn from: stay uncompressed
+            self._dict = zstandard.train_dictionary(_DICT_BYTES, samples).as_bytes()
+        self._samples = None
+        self._setup()
+
+    def _setup(self) -> None:
+        self._zc: zstandard.ZstdCompressor | None = None
+        self._zd: zstandard.ZstdDecompressor | None = None
+        if self._dict is not None:
+            zdict = zstandard.ZstdCompressionDict(self._dict)
+            zdict.precompute_compress(level=_LEVEL)
+            self._zc = zstandard.ZstdCompressor(
+                dict_data=zdict, write_checksum=False, write_dict_id=False
+            )
+            self._zd = zstandard.ZstdDecompressor(dict_data=zdict)
+
+    def __getstate__(self) -> tuple[list[bytes] | None, bytes | None]:
+        return self._samples, self._dict  # the zstd objects are rebuilt from the dictionary
+
+    def __setstate__(self, state: tuple[Any, Any]) -> None:
+        self._samples, self._dict = state
+        self._setup()
