@@ -31,6 +31,7 @@ labels and help text, so the code and the documentation cannot drift apart.
 | `orderwatch_orders` | gauge | status | orders tracked now, by canonical status (`unknown`: seen only via payment, WMS or logistics) |
 | `orderwatch_orders_tracked` | gauge | | orders held in memory |
 | `orderwatch_orders_packed` | gauge | | of those, idle orders held packed (`engine.pack_after`) |
+| `orderwatch_orders_packed_bytes` | gauge | | the packed orders' size (after compression, `engine.pack_compression`) |
 | `orderwatch_orders_forgotten_total` | counter | | orders dropped after their retention |
 | `orderwatch_status_dwell_seconds` | histogram | status, channel | time spent in a status, observed when the order leaves it |
 | `orderwatch_pay_to_collect_seconds` | histogram | | payment to carrier collection (`paid` → `shipped`) |
@@ -287,7 +288,7 @@ class OrderwatchCollector(Collector):
         anomalies: Counter[str] = Counter({k: 0 for k in ANOMALIES})
         dwell: dict[tuple[str, str], list[Histogram]] = {}
         collect: list[Histogram] = []
-        tracked = packed = buffered = forgotten = late = dups = within = 0
+        tracked = packed = packed_bytes = buffered = forgotten = late = dups = within = 0
         for t in trackers:
             st = t.stats
             statuses.update(_copy(st.status_counts))
@@ -298,6 +299,7 @@ class OrderwatchCollector(Collector):
             within += st.pay_to_collect_within
             tracked += len(t.orders)
             packed += t.packed
+            packed_bytes += t.packed_bytes
             buffered += t.buffered
             forgotten += st.forgotten
             late += st.late
@@ -305,6 +307,7 @@ class OrderwatchCollector(Collector):
         yield self._gauge("orderwatch_orders", {(k,): max(v, 0) for k, v in statuses.items()})
         yield self._gauge("orderwatch_orders_tracked", {(): tracked})
         yield self._gauge("orderwatch_orders_packed", {(): packed})
+        yield self._gauge("orderwatch_orders_packed_bytes", {(): packed_bytes})
         yield self._gauge("orderwatch_events_buffered", {(): buffered})
         yield self._counter("orderwatch_orders_forgotten_total", {(): forgotten})
         yield self._counter("orderwatch_events_late_total", {(): late})

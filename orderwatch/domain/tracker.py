@@ -111,6 +111,7 @@ class ShardTracker:
         self._pack_at = rules.pack_after
         self._packer = Packer(rules.pack_compression)
         self.packed = 0  # orders held packed now
+        self.packed_bytes = 0  # their blobs' length
         self.firing: dict[tuple[str, str], AlertChange] = {}
         self.watermark: int | None = None
         self._pending: list[tuple[int, int, int, Any]] = []
@@ -217,6 +218,7 @@ class ShardTracker:
 
     def _unpack(self, oid: str, blob: bytes) -> OrderRec:
         rec = self._packer.unpack(blob, oid)
+        self.packed_bytes -= len(blob)
         rec.oid = self._slots[rec.slot]  # the key object, not the caller's copy
         self.orders[oid] = rec
         self._unpacked.add(oid)
@@ -235,15 +237,17 @@ class ShardTracker:
         for oid in self._unpacked - busy:
             rec = orders.get(oid)
             if isinstance(rec, OrderRec):
-                orders[oid] = packer.pack(rec)
+                blob = orders[oid] = packer.pack(rec)
                 self.packed += 1
+                self.packed_bytes += len(blob)
         self._unpacked &= busy
         self._busy = set()
         self._pack_at = len(self._unpacked) + self._pack_after
         if packer.compressing and not compressing:  # just trained: compress the earlier ones
             for oid, rec in orders.items():
                 if isinstance(rec, bytes):
-                    orders[oid] = packer.recompress(rec)
+                    blob = orders[oid] = packer.recompress(rec)
+                    self.packed_bytes += len(blob) - len(rec)
 
     @property
     def buffered(self) -> int:

@@ -103,15 +103,23 @@ def test_orders_by_status_and_tracked_count() -> None:
 
 
 def test_packed_orders_are_counted_until_an_event_unpacks_them() -> None:
-    """`orderwatch_orders_packed` follows packing both ways; tracked orders stay the same."""
+    """`orderwatch_orders_packed` and its bytes follow packing both ways; tracked orders stay."""
     world = World().feed([order(0, "A", "created"), order(0, "B", "paid")], until=0)
     for tracker in world.runtime.trackers.values():
         pack_everything(tracker)
-    assert value(world.registry(), "orderwatch_orders_packed") == 2
+
+    def blobs() -> list[bytes]:
+        trackers = world.runtime.trackers.values()
+        return [r for t in trackers for r in t.orders.values() if isinstance(r, bytes)]
+
+    reg = world.registry()
+    assert value(reg, "orderwatch_orders_packed") == 2
+    assert value(reg, "orderwatch_orders_packed_bytes") == sum(map(len, blobs())) > 0
     world.feed([order(MIN, "A", "paid")], until=MIN)
     reg = world.registry()
     assert value(reg, "orderwatch_orders_packed") == 1
     assert value(reg, "orderwatch_orders_tracked") == 2
+    assert value(reg, "orderwatch_orders_packed_bytes") == sum(map(len, blobs())) > 0
 
 
 def test_dwell_histogram_observes_time_in_status_on_leaving() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
 import sys
 from decimal import Decimal
@@ -115,3 +116,30 @@ def test_without_compression_or_when_training_fails_orders_stay_raw() -> None:
         assert msgspec.msgpack.decode(blob[packing._HEAD.size :])[0] == expected.since
         assert packer.recompress(blob) is blob
         assert packer.unpack(blob, expected.oid or "") == expected
+
+
+def test_a_shard_compresses_its_earlier_orders_once_it_has_trained() -> None:
+    """Orders packed before the dictionary existed are compressed when it does; the bytes
+    the shard reports are what it holds."""
+    from orderwatch.domain.rules import RuleSet
+    from orderwatch.domain.tracker import ShardTracker
+    from tests.factories import BASE, MIN, config, decode_all, order, payment
+
+    rules = dataclasses.replace(RuleSet.from_config(config()), pack_after=1)
+    tracker = ShardTracker(rules)
+    n = 300
+    with mock.patch.object(packing, "TRAIN_ON", 200):
+        for i in range(n):
+            oid = f"PS20261111{i:08d}"
+            lines = [order(i * MIN, oid, "created", amount="99.00"), payment(i * MIN, oid, f"P{i}")]
+            for d in decode_all(lines):
+                tracker.ingest(d.ts_ms, d.event)  # type: ignore[union-attr]
+            tracker.advance(BASE + i * MIN)
+    blobs = [r for r in tracker.orders.values() if isinstance(r, bytes)]
+    assert len(blobs) == n - 1  # all but the one the last event touched
+    codec = packing._HEAD.size - 1
+    assert all(b[codec] == 1 for b in blobs)  # compressed, the first 200 too
+    assert tracker.packed_bytes == sum(map(len, blobs))
+    records = [tracker.record(oid) for oid in list(tracker.orders)[:-1]]
+    raw = sum(len(Packer(compress=False).pack(rec)) for rec in records if rec is not None)
+    assert tracker.packed_bytes < 0.7 * raw
