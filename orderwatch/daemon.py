@@ -38,7 +38,11 @@ from orderwatch.domain.stats import LabelCap
 from orderwatch.logs import configure_logging
 from orderwatch.metrics import build_registry
 from orderwatch.pipelines.orders import Outputs, build_flow
-from orderwatch.pipelines.snapshots import StateFormatError, check_recovery_store
+from orderwatch.pipelines.snapshots import (
+    StateFormatError,
+    check_recovery_store,
+    state_settings,
+)
 from orderwatch.runtime import Runtime, tune_gc
 
 log = structlog.get_logger("orderwatch")
@@ -167,7 +171,7 @@ def run_daemon(
     state_dir.mkdir(parents=True, exist_ok=True)
     if cfg.state.recovery:  # a stale snapshot format stops here, before any port or thread
         try:
-            check_recovery_store(state_dir / "recovery")
+            check_recovery_store(state_dir / "recovery", state_settings(cfg))
         except StateFormatError as exc:
             log.error("cannot_resume", error=str(exc))
             return 2

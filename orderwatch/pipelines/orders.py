@@ -28,7 +28,7 @@ from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.events import Decoder
 from orderwatch.pipelines.route import DEAD_LETTER_KEY, ChunkOrder, Router, ShardBatch
-from orderwatch.pipelines.snapshots import dump_shard, load_shard
+from orderwatch.pipelines.snapshots import Settings, dump_shard, load_shard, state_settings
 from orderwatch.runtime import Runtime
 
 
@@ -47,8 +47,10 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
         now_ms: Callable[[], int],
         recovery: bool = False,
         order: ChunkOrder | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.recovery = recovery
+        self.settings = settings or {}  # written into each snapshot (`state_settings`)
         self.order = order or ChunkOrder()
         self.tracker = tracker
         self.clock = clock
@@ -93,7 +95,7 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
         # when there is a recovery store to write it to.
         if not self.recovery:
             return None
-        return dump_shard((self.tracker, self.clock, self.order))
+        return dump_shard((self.tracker, self.clock, self.order), self.settings)
 
     def _advance(self, watermark: int | None) -> list[AlertChange]:
         if watermark is None:
@@ -125,15 +127,16 @@ def build_flow(
     channels = LabelCap(cfg.metrics.max_label_values, cfg.metrics.channels)
     warehouses = LabelCap(cfg.metrics.max_label_values)
     idle_after = cfg.idle_after if live else None
+    settings = state_settings(cfg)
 
     def build_shard(resume: bytes | None) -> ShardLogic:
         order = None
         if resume is not None:
-            tracker, clock, order = load_shard(resume)
+            tracker, clock, order = load_shard(resume, settings)
         else:
             tracker = ShardTracker(rules, ShardStats(channels, warehouses))
             clock = WatermarkClock(cfg.lateness, idle_after)
-        return ShardLogic(tracker, clock, runtime, now_ms, recovery, order)
+        return ShardLogic(tracker, clock, runtime, now_ms, recovery, order, settings)
 
     flow = Dataflow("orderwatch")
     streams = [op.input(f"read_{i}", flow, src) for i, src in enumerate(inputs)]

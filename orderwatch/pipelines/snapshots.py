@@ -1,20 +1,31 @@
-"""Shard snapshots for bytewax recovery: a format header, and a check before resuming.
+"""Shard snapshots for bytewax recovery: a header, and a check before resuming.
 
-A snapshot is `OWS` + one format byte + the pickled (tracker, clock, chunk order). The header
-lets a version whose state layout differs refuse a recovery store at start-up with a clear
-message instead of misreading it (or failing deep inside the dataflow).
+A snapshot is `OWS`, one format byte, the settings it was taken with (2-byte length, JSON), and
+the pickled (tracker, clock, chunk order). The format lets a version whose state layout differs
+refuse a recovery store at start-up with a clear message instead of misreading it (or failing
+deep inside the dataflow). The settings matter because a shard's state carries its rules: a
+resumed shard would silently keep the old thresholds, and a new shard count would look for
+orders in shards that do not hold them; so a store taken with other settings is refused too.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import sqlite3
+import struct
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_json
+
+from orderwatch.config import Config
+
 #: Bump whenever the pickled shard state changes shape (e.g. `OrderRec` fields).
-STATE_FORMAT = 6
+STATE_FORMAT = 7
+_LEN = struct.Struct(">H")
 _MAGIC = b"OWS"
 #: bytewax 0.21 keeps snapshots in `<dir>/part-*.sqlite3`, table `snaps`, keyed by step id.
 SHARD_STEP = "orderwatch.track_orders"
@@ -24,17 +35,39 @@ class StateFormatError(RuntimeError):
     """A recovery snapshot this version cannot read."""
 
 
-def dump_shard(state: tuple[Any, Any, Any]) -> bytes:
-    return _MAGIC + bytes((STATE_FORMAT,)) + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+Settings = dict[str, str]
 
 
-def load_shard(blob: bytes) -> tuple[Any, Any, Any]:
-    """(tracker, clock, chunk order) from a snapshot; refuses other formats."""
+def state_settings(cfg: Config) -> Settings:
+    """A digest of each config part a shard's state holds or depends on."""
+    parts: dict[str, Any] = {
+        "rules": cfg.rules,
+        "lifecycle": cfg.lifecycle,
+        "timezone": cfg.timezone,
+        "lateness": (cfg.lateness, cfg.idle_after),
+        "engine": cfg.engine.model_dump(exclude={"max_event_bytes", "max_future"}),
+        "metrics": (cfg.metrics.max_label_values, cfg.metrics.channels),
+    }
+    return {k: hashlib.sha256(to_json(v)).hexdigest()[:16] for k, v in parts.items()}
+
+
+def dump_shard(state: tuple[Any, Any, Any], settings: Settings) -> bytes:
+    head = json.dumps(settings, sort_keys=True).encode()
+    body = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    return _MAGIC + bytes((STATE_FORMAT,)) + _LEN.pack(len(head)) + head + body
+
+
+def load_shard(blob: bytes, settings: Settings) -> tuple[Any, Any, Any]:
+    """(tracker, clock, chunk order) from a snapshot; refuses other formats and settings."""
     found = snapshot_format(blob)
     if found != STATE_FORMAT:
         raise StateFormatError(_stale(f"format {found}"))
     try:
-        tracker, clock, order = pickle.loads(blob[len(_MAGIC) + 1 :])
+        taken_with, start = _settings(blob)
+        _check_settings(taken_with, settings)
+        tracker, clock, order = pickle.loads(blob[start:])
+    except StateFormatError:
+        raise
     except Exception as exc:
         raise StateFormatError(_stale(f"unreadable ({type(exc).__name__})")) from exc
     return tracker, clock, order
@@ -45,8 +78,9 @@ def snapshot_format(blob: bytes) -> int:
     return blob[len(_MAGIC)] if blob[: len(_MAGIC)] == _MAGIC and len(blob) > len(_MAGIC) else 1
 
 
-def check_recovery_store(directory: Path) -> None:
-    """Raise `StateFormatError` when the store's latest shard snapshot has another format.
+def check_recovery_store(directory: Path, settings: Settings) -> None:
+    """Raise `StateFormatError` when the store's latest shard snapshot has another format,
+    or was taken with other settings.
 
     Reads bytewax's own tables; a store it cannot read that way is left to bytewax.
     """
@@ -61,8 +95,35 @@ def check_recovery_store(directory: Path) -> None:
             blob = pickle.loads(row[0]) if row else None  # bytewax pickles what we returned
         except (sqlite3.Error, pickle.UnpicklingError):
             continue
-        if isinstance(blob, bytes) and snapshot_format(blob) != STATE_FORMAT:
-            raise StateFormatError(f"{part}: " + _stale(f"format {snapshot_format(blob)}"))
+        if not isinstance(blob, bytes):
+            continue
+        try:
+            if snapshot_format(blob) != STATE_FORMAT:
+                raise StateFormatError(_stale(f"format {snapshot_format(blob)}"))
+            _check_settings(_settings(blob)[0], settings)
+        except StateFormatError as exc:
+            raise StateFormatError(f"{part}: {exc}") from None
+
+
+def _settings(blob: bytes) -> tuple[Settings, int]:
+    """The settings in a current-format snapshot, and where its pickle starts."""
+    at = len(_MAGIC) + 1
+    (size,) = _LEN.unpack_from(blob, at)
+    at += _LEN.size
+    return json.loads(blob[at : at + size]), at + size
+
+
+def _check_settings(taken_with: Settings, settings: Settings) -> None:
+    changed = sorted(
+        k for k in taken_with.keys() | settings.keys() if taken_with.get(k) != settings.get(k)
+    )
+    if changed:
+        raise StateFormatError(
+            f"recovery snapshot was taken with other settings ({', '.join(changed)}); a resumed "
+            "shard would keep the old ones (its rules are part of its state, and a new "
+            "engine.shards would look for orders in the wrong shards). Start with the settings "
+            "it was taken with, or move <state.dir>/recovery aside to start from empty state"
+        )
 
 
 def _stale(what: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import shutil
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from orderwatch.pipelines import snapshots
 from orderwatch.pipelines.snapshots import SHARD_STEP
 from tests.factories import CONTRACT_RULES
 from tests.integration.harness import daemon, http_get, prom_query, prometheus, wait_for
@@ -270,21 +272,39 @@ def test_a_recovery_store_of_another_format_stops_the_start_with_a_clear_error(
                 (SHARD_STEP,),
             ).fetchall()
             for rowid, ser in rows:
-                old = pickle.dumps(pickle.loads(pickle.loads(ser)[4:]))
+                blob = pickle.loads(ser)
+                old = pickle.dumps(pickle.loads(blob[snapshots._settings(blob)[1] :]))
                 db.execute(
                     "UPDATE snaps SET ser_change = ? WHERE rowid = ?", (pickle.dumps(old), rowid)
                 )
                 rewritten += 1
     assert rewritten > 0
-    path = tmp_path / "first.yaml"  # the config the first run used
+    said = _refused_start(tmp_path / "first.yaml")  # the config the first run used
+    assert "recovery snapshot is format 1" in said
+
+
+def test_changed_rules_stop_a_resume_with_a_clear_error(tmp_path: Path) -> None:
+    """A shard's rules are part of its snapshot: a changed threshold would silently not
+    apply after a resume, so the start is refused, naming what changed."""
+    _, first, _ = _first_run_with_recovery(tmp_path)
+    cfg = copy.deepcopy(first)  # not the shared CONTRACT_RULES
+    cfg["rules"]["stuck"][0]["max_dwell"] = "17m"
+    path = tmp_path / "changed.yaml"
+    path.write_text(json.dumps(cfg))
+    said = _refused_start(path)
+    assert "recovery snapshot was taken with other settings (rules)" in said
+
+
+def _refused_start(config: Path) -> str:
+    """`orderwatch run` refusing the recovery store: exit 2, `cannot_resume`; what it said."""
     done = subprocess.run(
-        [sys.executable, "-m", "orderwatch", "run", "--config", str(path)],
+        [sys.executable, "-m", "orderwatch", "run", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 2
     said = done.stdout + done.stderr
-    assert "cannot_resume" in said and "recovery snapshot is format 1" in said
-    assert "move <state.dir>/recovery aside" in said
+    assert "cannot_resume" in said and "move <state.dir>/recovery aside" in said
     assert "panicked" not in said and "Traceback" not in said
+    return said

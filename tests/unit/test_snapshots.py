@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from orderwatch.pipelines.snapshots import (
     dump_shard,
     load_shard,
     snapshot_format,
+    state_settings,
 )
 from tests.factories import BASE, HOUR, MIN, config, decode_all, order
 
@@ -28,9 +30,10 @@ def test_a_snapshot_round_trips_with_its_orders() -> None:
         tracker.ingest(d.ts_ms, d.event)  # type: ignore[arg-type]
     tracker.advance(BASE)  # A applied
     tracker.advance(BASE + MIN)  # B applied; A idle since the last advance: packed
-    blob = dump_shard((tracker, WatermarkClock(60_000), ChunkOrder()))
+    settings = state_settings(config())
+    blob = dump_shard((tracker, WatermarkClock(60_000), ChunkOrder()), settings)
     assert snapshot_format(blob) == STATE_FORMAT
-    back, clock, _ = load_shard(blob)
+    back, clock, _ = load_shard(blob, settings)
     assert isinstance(back.orders["A"], bytes) and back.watermark == BASE + MIN
     assert isinstance(clock, WatermarkClock)
     rec = back.record("A")
@@ -50,13 +53,49 @@ def test_a_snapshot_round_trips_with_its_orders() -> None:
             b"OWS" + bytes((STATE_FORMAT + 1,)) + pickle.dumps((1, 2, 3)),
             f"format {STATE_FORMAT + 1}",
         ),
-        (b"OWS" + bytes((STATE_FORMAT,)) + b"\x80\x05garbage", "unreadable"),
+        (b"OWS" + bytes((STATE_FORMAT,)) + b"\x00\x02{}\x80\x05garbage", "unreadable"),
+        (b"OWS" + bytes((STATE_FORMAT,)) + b"\x00\x09not json", "unreadable"),
     ],
 )
 def test_another_format_is_refused_saying_what_to_do(blob: bytes, found: str) -> None:
     """The error names the format found, the one expected, and the way out."""
     with pytest.raises(StateFormatError) as err:
-        load_shard(blob)
+        load_shard(blob, {})
     assert found in str(err.value)
     assert f"reads format {STATE_FORMAT} only" in str(err.value)
     assert "<state.dir>/recovery" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"rules": {"stuck": []}}, "rules"),
+        ({"engine": {"shards": 7}}, "engine"),
+        ({"engine": {"pack_after": 5}}, "engine"),
+        ({"timezone": "UTC"}, "timezone"),
+        ({"lateness": "5m"}, "lateness"),
+        ({"lifecycle": {"forbid": {"paid": ["shipped"]}}}, "lifecycle"),
+    ],
+)
+def test_a_snapshot_taken_with_other_settings_is_refused_naming_them(
+    change: dict[str, Any], named: str
+) -> None:
+    """A resumed shard would keep the rules it was snapshotted with: refuse, say what changed."""
+    before = config()
+    blob = dump_shard(
+        (ShardTracker(RuleSet.from_config(before)), None, None), state_settings(before)
+    )
+    after = config(**change)
+    with pytest.raises(StateFormatError) as err:
+        load_shard(blob, state_settings(after))
+    assert f"other settings ({named})" in str(err.value)
+    assert "<state.dir>/recovery" in str(err.value)
+
+
+def test_settings_that_the_state_does_not_hold_may_change() -> None:
+    """Ports, notifiers, the input size cap and the like are not in a shard's state."""
+    before = config()
+    after = config(http={"listen": "127.0.0.1:9999"}, engine={"max_event_bytes": 1024})
+    assert state_settings(after) == state_settings(before)
+    blob = dump_shard((None, None, None), state_settings(before))
+    assert load_shard(blob, state_settings(after)) == (None, None, None)
