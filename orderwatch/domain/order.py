@@ -35,7 +35,7 @@ class OrderRec(msgspec.Struct, array_like=True, gc=False):
 
     `log` is its recent timeline packed by `domain.timeline` (`log_n` records); `log_status`
     is the order status before the oldest kept record. A msgspec struct: it packs into one
-    msgpack array (`pack`) at C speed, and without cycles it needs no GC header (gc=False).
+    msgpack array (`domain.packing`) at C speed, and without cycles needs no GC header (gc=False).
     """
 
     since: int  # when the current status was entered
@@ -64,10 +64,10 @@ class OrderRec(msgspec.Struct, array_like=True, gc=False):
     log_n: int = 0
     log_status: str | None = None
     slot: int = 0  # its place in the shard's slot table (`ShardTracker._slots`)
-    # Not part of the packed form (`pack` stores `due` in front and leaves both out):
+    # Not part of the packed form (`Packer.pack` stores `due` in front, leaves both out):
     due: int | None = None  # due time of this order's live deadline-heap entry
-    # The id object heap entries and alerts share rather than keeping the copy each later
-    # event decoded (~70 bytes per open order): the dict's key, or the copy that unpacked it.
+    # The dict's key object (the slot table holds the same one): alerts and timelines use it
+    # rather than keeping the copy of the id each later event decoded.
     oid: str | None = None
 
 
