@@ -180,6 +180,7 @@ def _trained_state() -> bytes:
 
 
 def trained_packer(compress: bool = True) -> Packer:
-    """A fresh packer that compresses from the first order (its dictionary learnt elsewhere)."""
+    """A fresh packer that compresses from the first order (its dictionary learnt elsewhere).
+    Stands in for `Packer(compress)` in tests; `compress` is ignored."""
     packer: Packer = pickle.loads(_trained_state())
     return packer

@@ -115,7 +115,8 @@ def holds_event(blob: bytes, count: int, event_id: str) -> bool:
 
 def event_ids(blob: bytes, count: int) -> list[str]:
     """The event ids the records carry."""
-    return [row[_EVENT_ID] for row in _rows(blob, count) if len(row) > _EVENT_ID and row[_EVENT_ID]]
+    rows = _rows(blob, count)
+    return [row[_EVENT_ID] for row in rows if len(row) > _EVENT_ID and row[_EVENT_ID] is not None]
 
 
 def renote(blob: bytes, record: bytes, ts: int, ev: Any, note: str) -> bytes:

@@ -59,15 +59,9 @@ def dump_shard(state: tuple[Any, Any, Any], settings: Settings) -> bytes:
 
 def load_shard(blob: bytes, settings: Settings) -> tuple[Any, Any, Any]:
     """(tracker, clock, chunk order) from a snapshot; refuses other formats and settings."""
-    found = snapshot_format(blob)
-    if found != STATE_FORMAT:
-        raise StateFormatError(_stale(f"format {found}"))
+    start = _verify(blob, settings)
     try:
-        taken_with, start = _settings(blob)
-        _check_settings(taken_with, settings)
         tracker, clock, order = pickle.loads(blob[start:])
-    except StateFormatError:
-        raise
     except Exception as exc:
         raise StateFormatError(_stale(f"unreadable ({type(exc).__name__})")) from exc
     return tracker, clock, order
@@ -98,11 +92,23 @@ def check_recovery_store(directory: Path, settings: Settings) -> None:
         if not isinstance(blob, bytes):
             continue
         try:
-            if snapshot_format(blob) != STATE_FORMAT:
-                raise StateFormatError(_stale(f"format {snapshot_format(blob)}"))
-            _check_settings(_settings(blob)[0], settings)
+            _verify(blob, settings)
         except StateFormatError as exc:
             raise StateFormatError(f"{part}: {exc}") from None
+
+
+def _verify(blob: bytes, settings: Settings) -> int:
+    """Where the pickle starts in a snapshot this version can resume with `settings`;
+    raises `StateFormatError` for another format or other settings."""
+    found = snapshot_format(blob)
+    if found != STATE_FORMAT:
+        raise StateFormatError(_stale(f"format {found}"))
+    try:
+        taken_with, start = _settings(blob)
+    except (struct.error, ValueError) as exc:  # ValueError: bad JSON or UTF-8
+        raise StateFormatError(_stale(f"unreadable ({type(exc).__name__})")) from exc
+    _check_settings(taken_with, settings)
+    return start
 
 
 def _settings(blob: bytes) -> tuple[Settings, int]:

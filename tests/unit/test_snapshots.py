@@ -55,6 +55,7 @@ def test_a_snapshot_round_trips_with_its_orders() -> None:
         ),
         (b"OWS" + bytes((STATE_FORMAT,)) + b"\x00\x02{}\x80\x05garbage", "unreadable"),
         (b"OWS" + bytes((STATE_FORMAT,)) + b"\x00\x09not json", "unreadable"),
+        (b"OWS" + bytes((STATE_FORMAT,)) + b"\x00", "unreadable"),  # cut inside the header
     ],
 )
 def test_another_format_is_refused_saying_what_to_do(blob: bytes, found: str) -> None:

@@ -108,5 +108,8 @@ def test_holds_event_matches_whole_ids_only() -> None:
     blob, count, _ = _fill(events, keep=20)
     assert timeline.holds_event(blob, count, "e10-x")
     assert timeline.holds_event(blob, count, "pay-7")
+    assert not timeline.holds_event(blob, count, "")
+    empty = [*events, (T0 + 3, OrderEvent(T0 + 3, "A", "paid", ""))]  # an empty id is an id
+    assert timeline.holds_event(*_fill(empty, keep=20)[:2], "")
     for other in ("e1", "e10", "e2", "pay-", "SF1", "订单-1"):
         assert not timeline.holds_event(blob, count, other), other
