@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +26,7 @@ from bytewax.run import cli_main
 
 from orderwatch.alerts.console import ConsolePrinter
 from orderwatch.alerts.store import AlertStore
+from orderwatch.cluster import await_lower_peers, free_ports, supervise
 from orderwatch.config import Config, FileSource, KafkaSource, SimulatorSource
 from orderwatch.connectors.files import JsonlSource
 from orderwatch.connectors.simulator import SimulatorSource as SimSource
@@ -215,6 +215,8 @@ def run_daemon(
         tune_gc()
         runtime.sources_connected = True
         runtime.dataflow_running = True
+        if addresses and pid:
+            await_lower_peers(addresses.split(","), pid)
         cli_main(
             flow,
             workers_per_process=workers,
@@ -235,9 +237,7 @@ def run_daemon(
 
 def _spawn_cluster(processes: int, workers: int) -> int:
     """`run --processes N` on one host: N copies of this command as a bytewax cluster."""
-    from orderwatch.replay import _free_ports
-
-    ports = _free_ports(processes)
+    ports = free_ports(processes)
     addresses = ",".join(f"127.0.0.1:{p}" for p in ports)
     args = [a for a in sys.argv[1:] if not a.startswith("--processes")]
     if "--processes" in sys.argv:
@@ -268,9 +268,7 @@ def _spawn_cluster(processes: int, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    while any(p.poll() is None for p in procs):
-        time.sleep(0.2)
-    return max(p.returncode or 0 for p in procs)
+    return max(supervise(procs))
 
 
 __all__ = ["ControlPlane", "build_sources", "run_daemon"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 import orjson
 from bytewax.run import cli_main
 
+from orderwatch.cluster import await_lower_peers, free_ports, supervise
 from orderwatch.config import Config
 from orderwatch.connectors.files import JsonlSource
 from orderwatch.connectors.sinks import AlertFileSink, DeadLetterSink
@@ -120,17 +120,6 @@ def sort_alert_file(path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @contextmanager
 def _progress_writer(path: Path | None, source: JsonlSource) -> Iterator[None]:
     """In a cluster child: publish bytes read every 0.3 s for the parent's progress bar."""
@@ -183,6 +172,8 @@ def run_here(
         threading.Thread(target=_poll, args=(stop, source, on_progress), daemon=True).start()
     try:
         with _progress_writer(progress_file, source):
+            if addresses and process_id:
+                await_lower_peers(addresses, process_id)
             cli_main(flow, workers_per_process=workers, process_id=process_id, addresses=addresses)
     finally:
         stop.set()
@@ -208,7 +199,7 @@ def run_cluster(
     on_progress: Any = None,
 ) -> Summary:
     """Start `processes` copies of `orderwatch replay` as a local cluster and merge them."""
-    ports = _free_ports(processes)
+    ports = free_ports(processes)
     addresses = ",".join(f"127.0.0.1:{p}" for p in ports)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="orderwatch-replay-") as tmp:
@@ -242,11 +233,13 @@ def run_cluster(
             if config_path is not None:
                 argv += ["--config", str(config_path)]
             procs.append(subprocess.Popen(argv))
-        while any(p.poll() is None for p in procs):
+
+        def progress() -> None:
             if on_progress is not None:
                 on_progress(max(_read_int(Path(f"{tmp}/progress-{i}")) for i in range(processes)))
-            time.sleep(0.2)
-        failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+
+        codes = supervise(procs, progress)
+        failed = [i for i, code in enumerate(codes) if code != 0]
         if failed:
             raise RuntimeError(f"replay process(es) {failed} failed; see their output above")
         total = Summary()

@@ -134,8 +134,9 @@ def test_bad_input_goes_to_dead_letters_and_loses_nothing_else(workers: int) -> 
     assert {d.reason: int(d.position) for d in dead} == positions
 
 
-def _replay(events: Path, out: Path, *args: str, config: Path) -> None:
-    subprocess.run(
+def _replay(events: Path, out: Path, *args: str, config: Path) -> str:
+    """Run `orderwatch replay`; its stderr."""
+    done = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -153,7 +154,10 @@ def _replay(events: Path, out: Path, *args: str, config: Path) -> None:
         ],
         check=True,
         timeout=240,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    return done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +201,10 @@ def test_replay_cli_is_identical_for_workers_processes_and_batches(
         ("two-processes", ["--processes", "2", "--batch-size", "333"]),
     ]:
         out = tmp_path / f"{name}.jsonl"
-        _replay(big_stream, out, *args, config=rules_file)
+        stderr = _replay(big_stream, out, *args, config=rules_file)
         assert out.read_bytes() == content, name
+        # process 1 waited for process 0 to listen instead of paying timely's 1 s retry
+        assert "error connecting" not in stderr, stderr
 
 
 def test_replay_output_lines_follow_the_contract(

@@ -1,0 +1,99 @@
+"""Local bytewax clusters (`--processes N`): ports, and a clean start without connect retries.
+
+Timely has process j connect to every process i < j, and a refused connection costs a
+one-second sleep before the retry. Children start together, so process 1 usually knocks
+before process 0 has bound its port: every multi-process replay paid that second. A child
+therefore waits until the lower processes on this host listen. It cannot knock to find out
+(timely reads a handshake from every accepted connection and fails on a bare probe), so it
+reads the kernel's socket table instead; where there is none (not Linux), or a peer is on
+another host, it starts at once and timely's retry covers it as before.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+_LISTEN = "0A"  # TCP_LISTEN in the kernel's `st` column
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"})
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct loopback ports free right now (bound together so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def listening_ports() -> set[int] | None:
+    """Local TCP ports in LISTEN state on this host, or None where the table is not readable."""
+    ports: set[int] = set()
+    found = False
+    for table in _TABLES:
+        try:
+            rows = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 3 and cols[3] == _LISTEN:
+                ports.add(int(cols[1].rpartition(":")[2], 16))
+    return ports if found else None
+
+
+def await_lower_peers(addresses: list[str], process_id: int, timeout_s: float = 15.0) -> bool:
+    """Wait until the processes this one will connect to (ids below it) listen.
+
+    True when they all do; False when it cannot tell (remote peer, no socket table) or the
+    timeout passed (a peer failed to start): the caller goes on, timely retries.
+    """
+    wanted: set[int] = set()
+    for address in addresses[:process_id]:
+        host, _, port = address.rpartition(":")
+        if host not in _LOCAL_HOSTS or not port.isdigit():
+            return False
+        wanted.add(int(port))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listening = listening_ports()
+        if listening is None:
+            return False
+        if wanted <= listening:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
+def supervise(
+    procs: list[subprocess.Popen[bytes]], on_tick: Callable[[], None] | None = None
+) -> list[int]:
+    """Wait for every child; once one fails, stop the rest (they would wait for it forever).
+
+    Returns the exit codes, in order. `on_tick` runs every 0.2 s meanwhile.
+    """
+    while any(p.poll() is None for p in procs):
+        if any(p.returncode not in (None, 0) for p in procs):
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            break
+        if on_tick is not None:
+            on_tick()
+        time.sleep(0.2)
+    return [p.wait() for p in procs]

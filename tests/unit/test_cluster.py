@@ -1,0 +1,96 @@
+"""Local clusters: the socket table is read right, and a child waits for its lower peers."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from orderwatch.cluster import await_lower_peers, free_ports, listening_ports, supervise
+
+
+def _listen() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+def test_listening_ports_sees_a_listener_and_not_a_bound_socket() -> None:
+    listener, bound = _listen(), socket.socket()
+    bound.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        ports = listening_ports()
+        assert ports is not None
+        assert port in ports
+        assert bound.getsockname()[1] not in ports
+    finally:
+        listener.close()
+        bound.close()
+    ports = listening_ports()
+    assert ports is not None and port not in ports
+
+
+def test_free_ports_are_distinct_and_unused() -> None:
+    ports = free_ports(3)
+    assert len(set(ports)) == 3
+    assert not set(ports) & (listening_ports() or set())
+
+
+def test_a_child_waits_until_every_lower_process_listens() -> None:
+    p0, p1, p2 = free_ports(3)
+    addresses = [f"127.0.0.1:{p}" for p in (p0, p1, p2)]
+    opened: list[socket.socket] = []
+
+    def start_peers_late() -> None:
+        for port in (p0, p1):
+            time.sleep(0.2)
+            s = socket.socket()
+            s.bind(("127.0.0.1", port))
+            s.listen()
+            opened.append(s)
+
+    thread = threading.Thread(target=start_peers_late)
+    thread.start()
+    try:
+        assert await_lower_peers(addresses, 2, timeout_s=10)
+        assert len(opened) == 2  # it returned only once the second peer listened
+    finally:
+        thread.join()
+        for s in opened:
+            s.close()
+
+
+def test_process_zero_and_remote_peers_do_not_wait() -> None:
+    (port,) = free_ports(1)
+    started = time.monotonic()
+    assert await_lower_peers([f"127.0.0.1:{port}"], 0)  # connects to nobody
+    assert not await_lower_peers([f"10.1.2.3:{port}", "127.0.0.1:1"], 1)  # can't see it
+    assert time.monotonic() - started < 5  # neither waited for a timeout
+
+
+def test_a_peer_that_never_listens_ends_the_wait_at_the_timeout() -> None:
+    (port,) = free_ports(1)
+    assert not await_lower_peers([f"127.0.0.1:{port}", "127.0.0.1:1"], 1, timeout_s=0.3)
+
+
+def test_a_failed_child_stops_the_others_instead_of_leaving_them_waiting() -> None:
+    failing = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    started = time.monotonic()
+    codes = supervise([failing, waiting])
+    assert codes[0] == 3
+    assert codes[1] == -signal.SIGTERM
+    assert time.monotonic() - started < 60
+
+
+def test_children_that_succeed_are_all_waited_for() -> None:
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    slower = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    ticks: list[int] = []
+    assert supervise([quick, slower], lambda: ticks.append(1)) == [0, 0]
+    assert ticks  # progress was reported while waiting
