@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -239,14 +240,21 @@ def run_cluster(
                 on_progress(max(_read_int(Path(f"{tmp}/progress-{i}")) for i in range(processes)))
 
         codes = supervise(procs, progress)
-        failed = [i for i, code in enumerate(codes) if code != 0]
-        if failed:
-            raise RuntimeError(f"replay process(es) {failed} failed; see their output above")
+        if any(codes):
+            raise RuntimeError(f"replay {_outcome(codes)}; see their output above")
         total = Summary()
         for i in range(processes):
             total.merge(Summary.from_json(json.loads(Path(f"{tmp}/summary-{i}.json").read_text())))
     total.seconds = time.perf_counter() - started
     return total
+
+
+def _outcome(codes: list[int]) -> str:
+    """`process(es) [0] failed, stopped [1]`: who failed, and whom `supervise` stopped."""
+    stopped = [i for i, c in enumerate(codes) if c == -signal.SIGTERM]
+    failed = [i for i, c in enumerate(codes) if c != 0 and i not in stopped] or stopped
+    rest = [i for i in stopped if i not in failed]
+    return f"process(es) {failed} failed" + (f", stopped {rest}" if rest else "")
 
 
 def _read_int(path: Path) -> int:

@@ -94,3 +94,12 @@ def test_children_that_succeed_are_all_waited_for() -> None:
     ticks: list[int] = []
     assert supervise([quick, slower], lambda: ticks.append(1)) == [0, 0]
     assert ticks  # progress was reported while waiting
+
+
+def test_a_cluster_failure_names_who_failed_and_who_was_stopped() -> None:
+    from orderwatch.replay import _outcome
+
+    assert _outcome([3, -signal.SIGTERM]) == "process(es) [0] failed, stopped [1]"
+    assert _outcome([0, 1]) == "process(es) [1] failed"
+    # stopped from outside, nobody failed on its own: those are the ones to name
+    assert _outcome([-signal.SIGTERM, 0]) == "process(es) [0] failed"
