@@ -135,7 +135,7 @@ def test_bad_input_goes_to_dead_letters_and_loses_nothing_else(workers: int) -> 
 
 
 def _replay(events: Path, out: Path, *args: str, config: Path) -> str:
-    """Run `orderwatch replay`; its stderr."""
+    """Run `orderwatch replay`; what it printed (timely prints connect retries to stdout)."""
     done = subprocess.run(
         [
             sys.executable,
@@ -154,10 +154,11 @@ def _replay(events: Path, out: Path, *args: str, config: Path) -> str:
         ],
         check=True,
         timeout=240,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
-    return done.stderr
+    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -201,10 +202,10 @@ def test_replay_cli_is_identical_for_workers_processes_and_batches(
         ("two-processes", ["--processes", "2", "--batch-size", "333"]),
     ]:
         out = tmp_path / f"{name}.jsonl"
-        stderr = _replay(big_stream, out, *args, config=rules_file)
+        printed = _replay(big_stream, out, *args, config=rules_file)
         assert out.read_bytes() == content, name
         # process 1 waited for process 0 to listen instead of paying timely's 1 s retry
-        assert "error connecting" not in stderr, stderr
+        assert "error connecting" not in printed, printed
 
 
 def test_replay_output_lines_follow_the_contract(
