@@ -106,6 +106,12 @@ def daemon(
     try:
         wait_for(lambda: d.get("/readyz")[0] == 200, 30, "daemon ready")
         yield d
+    except BaseException:
+        # pytest shows a failed test's captured stderr: the daemon's own account of it
+        for f in (err, out):
+            sys.stderr.write(f"--- {f.name}, last 60 lines ---\n")
+            sys.stderr.write("\n".join(f.read_text(errors="replace").splitlines()[-60:]) + "\n")
+        raise
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

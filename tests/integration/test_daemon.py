@@ -190,7 +190,17 @@ def test_two_process_daemon_answers_for_every_order(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     shutil.copy(SAMPLE, events)
     with daemon(tmp_path, sample_config(events), args=("--processes", "2")) as d:
-        wait_for(lambda: len(firing_rules(d)) == 12, 40, "all sample alerts")
+        seen: set[tuple[str, str]] = set()
+
+        def all_fired() -> bool:
+            seen.clear()
+            seen.update(firing_rules(d))
+            return len(seen) == 12
+
+        try:
+            wait_for(all_fired, 40, "all sample alerts")
+        except AssertionError as exc:  # which ones came (and so which shard/process stalled)
+            raise AssertionError(f"{exc}; firing: {sorted(seen)}") from None
         for oid in [f"O10{i:02d}" for i in range(2, 11)]:  # O1001 completed: forgotten
             status, body = d.get(f"/v1/orders/{oid}")
             assert status == 200, (oid, body)
