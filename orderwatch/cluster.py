@@ -16,6 +16,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from bytewax.dataflow import Dataflow
+from bytewax.run import cli_main
 
 _TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 _LISTEN = "0A"  # TCP_LISTEN in the kernel's `st` column
@@ -73,6 +77,22 @@ def await_lower_peers(addresses: list[str], process_id: int, timeout_s: float = 
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.01)
+
+
+def run_flow(
+    flow: Dataflow,
+    *,
+    workers: int = 1,
+    process_id: int | None = None,
+    addresses: list[str] | None = None,
+    **options: Any,
+) -> None:
+    """bytewax's `cli_main`, first waiting for the lower processes of a cluster to listen."""
+    if addresses and process_id:
+        await_lower_peers(addresses, process_id)
+    cli_main(
+        flow, workers_per_process=workers, process_id=process_id, addresses=addresses, **options
+    )
 
 
 def supervise(

@@ -22,11 +22,10 @@ from typing import Any
 import structlog
 from bytewax.inputs import Source
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.run import cli_main
 
 from orderwatch.alerts.console import ConsolePrinter
 from orderwatch.alerts.store import AlertStore
-from orderwatch.cluster import await_lower_peers, free_ports, supervise
+from orderwatch.cluster import free_ports, run_flow, supervise
 from orderwatch.config import Config, FileSource, KafkaSource, SimulatorSource
 from orderwatch.connectors.files import JsonlSource
 from orderwatch.connectors.simulator import SimulatorSource as SimSource
@@ -215,11 +214,9 @@ def run_daemon(
         tune_gc()
         runtime.sources_connected = True
         runtime.dataflow_running = True
-        if addresses and pid:
-            await_lower_peers(addresses.split(","), pid)
-        cli_main(
+        run_flow(
             flow,
-            workers_per_process=workers,
+            workers=workers,
             process_id=process_id,
             addresses=addresses.split(",") if addresses else None,
             epoch_interval=timedelta(milliseconds=cfg.state.snapshot_interval),

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bytewax.run import cli_main
 
-from orderwatch.cluster import await_lower_peers, free_ports, supervise
+from orderwatch.cluster import free_ports, run_flow, supervise
 from orderwatch.config import Config
 from orderwatch.connectors.files import JsonlSource
 from orderwatch.connectors.sinks import AlertFileSink, DeadLetterSink
@@ -173,9 +172,7 @@ def run_here(
         threading.Thread(target=_poll, args=(stop, source, on_progress), daemon=True).start()
     try:
         with _progress_writer(progress_file, source):
-            if addresses and process_id:
-                await_lower_peers(addresses, process_id)
-            cli_main(flow, workers_per_process=workers, process_id=process_id, addresses=addresses)
+            run_flow(flow, workers=workers, process_id=process_id, addresses=addresses)
     finally:
         stop.set()
     summary = collect(runtime, sink)
