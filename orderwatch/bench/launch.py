@@ -14,7 +14,9 @@ and stays ~10 MiB: the floor it adds is below any real measurement.
 it waited for; it is a *maximum*, never a sum. So the launcher also samples `VmHWM` (the
 per-process peak RSS of the current address space) of the child and of every descendant from
 /proc every `SAMPLE_S`: that is how the processes of `replay --processes 2` are told apart. A
-sample can miss growth in the last interval before a process exits.
+sample can miss growth in the last interval before a process exits. Each process's CPU time
+(user + system, from /proc/<pid>/stat) is sampled alongside, to show how evenly the processes
+of a cluster share the work; it misses the same last interval.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import threading
 import time
 
 SAMPLE_S = 0.02
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _hwm_kib(pid: int) -> int | None:
@@ -37,6 +40,16 @@ def _hwm_kib(pid: int) -> int | None:
     except (OSError, ValueError):
         return None
     return None  # a zombie has no memory lines
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds the process has used so far (/proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()  # the command may hold spaces
+        return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime: fields 14, 15
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _children(pid: int) -> list[int]:
@@ -63,12 +76,13 @@ def _cmdline(pid: int) -> str:
 
 
 class Sampler(threading.Thread):
-    """Keeps the largest VmHWM seen per process of the tree rooted at `root`."""
+    """Keeps the largest VmHWM and CPU time seen per process of the tree rooted at `root`."""
 
     def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
         self.root = root
         self.peaks: dict[int, int] = {}
+        self.cpu: dict[int, float] = {}
         self.parents: dict[int, int] = {}
         self.commands: dict[int, str] = {}
         self.done = threading.Event()
@@ -86,6 +100,9 @@ class Sampler(threading.Thread):
             if kib is not None:
                 self.peaks[pid] = max(kib, self.peaks.get(pid, 0))
                 self.parents.setdefault(pid, parent)
+                cpu = _cpu_s(pid)
+                if cpu is not None:
+                    self.cpu[pid] = max(cpu, self.cpu.get(pid, 0.0))
                 if pid not in self.commands:
                     self.commands[pid] = _cmdline(pid)
             todo.extend((c, pid) for c in _children(pid))
@@ -115,6 +132,7 @@ def main(argv: list[str]) -> int:
                 "pid": p,
                 "parent": sampler.parents.get(p, 0),
                 "hwm_kib": kib,
+                "cpu_s": sampler.cpu.get(p),
                 "command": sampler.commands.get(p, ""),
             }
             for p, kib in sorted(sampler.peaks.items())

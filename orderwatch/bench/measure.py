@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ class Proc:
     parent: int
     hwm_mib: float
     command: str
+    cpu_s: float | None = None  # user + system, as last sampled
 
 
 @dataclass
@@ -48,13 +50,19 @@ class Measured:
     stderr: str = ""
 
     def descendants(self) -> list[Proc]:
-        """The processes the command itself spawned (e.g. the cluster of `--processes 2`)."""
+        """The processes the command itself spawned (e.g. the cluster of `--processes 2`),
+        cluster processes by their `--process-id`, others by pid."""
         root = min((p.pid for p in self.procs if p.parent == 0), default=None)
-        return [p for p in self.procs if p.pid != root]
+        return sorted((p for p in self.procs if p.pid != root), key=_cluster_order)
 
     def root_hwm_mib(self) -> float | None:
         roots = [p.hwm_mib for p in self.procs if p.parent == 0]
         return roots[0] if roots else None
+
+
+def _cluster_order(p: Proc) -> tuple[int, int]:
+    m = re.search(r"--process-id (\d+)", p.command)
+    return (int(m.group(1)), p.pid) if m else (1 << 30, p.pid)
 
 
 def run_measured(argv: Sequence[str], *, cwd: Path | None = None) -> Measured:
@@ -82,7 +90,8 @@ def run_measured(argv: Sequence[str], *, cwd: Path | None = None) -> Measured:
         user_s=r["user_s"],
         sys_s=r["sys_s"],
         procs=[
-            Proc(p["pid"], p["parent"], p["hwm_kib"] / 1024, p["command"]) for p in r["processes"]
+            Proc(p["pid"], p["parent"], p["hwm_kib"] / 1024, p["command"], p.get("cpu_s"))
+            for p in r["processes"]
         ],
         stdout=stdout,
         stderr=stderr,

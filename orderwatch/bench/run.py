@@ -127,6 +127,7 @@ def throughput(events: Path, lines: int, out: Path, repeat: int) -> dict[str, An
     runs: dict[str, list[Measured]] = {k: [] for k in MODES}
     summaries: dict[str, list[dict[str, Any]]] = {k: [] for k in MODES}
     hashes: list[tuple[str, str]] = []
+    stage_runs: list[dict[str, Any]] = []
     for r in range(repeat):
         n, secs = parse_only(events)
         parse_s.append(secs)
@@ -143,6 +144,8 @@ def throughput(events: Path, lines: int, out: Path, repeat: int) -> dict[str, An
                 f"round {r + 1}/{repeat}: replay {key} {lines / m.wall_s:,.0f} events/s, "
                 f"peak RSS {m.maxrss_mib:.0f} MiB"
             )
+        stage_runs.append(stage_split(events, out))
+        _log(f"round {r + 1}/{repeat}: stages {stage_runs[-1]['us_per_line']} us/line")
     replay: dict[str, Any] = {}
     for key, ms in runs.items():
         kids = [p for m in ms[:1] for p in m.descendants()]
@@ -158,6 +161,7 @@ def throughput(events: Path, lines: int, out: Path, repeat: int) -> dict[str, An
             "peak_rss_mib_all": [m.maxrss_mib for m in ms],
             "parent_hwm_mib": ms[0].root_hwm_mib() if kids else None,
             "children_hwm_mib": [p.hwm_mib for p in kids],
+            "children_cpu_s": [p.cpu_s for p in kids],
             "cpu_s": [m.user_s + m.sys_s for m in ms],
             "summary": summaries[key][0],
         }
@@ -179,6 +183,36 @@ def throughput(events: Path, lines: int, out: Path, repeat: int) -> dict[str, An
         "outputs": compare_outputs(
             hashes, out / "1_worker.alerts.jsonl", out / "plain.alerts.jsonl"
         ),
+        "stages": summarize_stages(stage_runs),
+    }
+
+
+def stage_split(events: Path, out: Path) -> dict[str, Any]:
+    """One run of `orderwatch.bench.stages` (its own process, like every measured run)."""
+    result = out / "stages.json"
+    argv = [sys.executable, "-m", "orderwatch.bench.stages", str(events)]
+    m = _check(
+        run_measured([*argv, "--config", str(CONFIG), "--out", str(result)], cwd=ROOT), "stages"
+    )
+    return {**json.loads(result.read_text()), "peak_rss_mib": m.maxrss_mib}
+
+
+def summarize_stages(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per stage the best (least) and median seconds over the rounds, and µs per line."""
+    lines = runs[0]["lines"]
+    seconds = {
+        k: best_and_median([r["seconds"][k] for r in runs], higher_is_better=False)
+        for k in runs[0]["seconds"]
+    }
+    best_total = sum(v["best"] for v in seconds.values())
+    return {
+        "lines": lines,
+        "seconds": seconds,
+        "us_per_line": {k: v["best"] / lines * 1e6 for k, v in seconds.items()},
+        "events_per_s_if_alone": lines / best_total if best_total else None,
+        "alert_changes": [r["alert_changes"] for r in runs],
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "how": runs[0]["how"],
     }
 
 
@@ -287,6 +321,7 @@ def run_bench(opts: Options) -> int:
     result["replay"] = t["replay"]
     result["rss_note"] = RSS_NOTE
     result["outputs"] = t["outputs"]
+    result["stages"] = t["stages"]
     _log(f"outputs identical: {'yes' if t['outputs']['identical'] else 'no'}")
     # A wide span: each shard's dict and lists double at their own sizes, so the slope
     # between close sizes swings with where the doublings fall (278 vs 451 B at 100k-300k-500k)

@@ -23,7 +23,10 @@ own figure; × = ratio to the yardstick of the same run, best (median) when repe
 `ru_maxrss` of the process (`os.wait4`), for 2 processes the largest one, then the parent's and
 each worker's VmHWM sampled from /proc; bytes / order = (peak RSS₂ − peak RSS₁) ÷ (N₂ − N₁) on
 two inputs whose orders all stay open; latency = from the moment the watermark passes an
-alert's deadline to its first sighting.
+alert's deadline to its first sighting; where the time goes = `python -m orderwatch.bench.stages`:
+the replay's own steps called in one thread without bytewax, each over the whole input before
+the next, seconds best (median) of the rounds; its last row is the 1-worker replay's wall time
+per line, and the difference what bytewax, start-up and the alert file add.
 """
 
 
@@ -111,6 +114,39 @@ def memory_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
     return head, rows
 
 
+STAGE_LABELS = {
+    "read": "read lines (file source)",
+    "decode_route": "decode + route to shards",
+    "track": "shard trackers (the rules)",
+}
+
+
+def stage_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
+    st = result.get("stages")
+    if not st:
+        return [], []
+    head = ["where the time goes (1 thread, no bytewax)", "µs / line", "share", "seconds"]
+    per_line = st["us_per_line"]
+    total = sum(per_line.values())
+    rows: Rows = [
+        [
+            STAGE_LABELS.get(k, k),
+            f"{us:.2f}",
+            f"{us / total:.0%}",
+            _ratio(st["seconds"][k]),
+        ]
+        for k, us in per_line.items()
+    ]
+    rows.append(["sum", f"{total:.2f}", "100%", f"= {_num(st['events_per_s_if_alone'])} events/s"])
+    one = result["replay"].get("1_worker", {}).get("events_per_s", {}).get("best")
+    if one:
+        whole = 1e6 / one
+        rows.append(
+            ["replay, 1 worker (whole process)", f"{whole:.2f}", "", f"+{whole - total:.2f} µs"]
+        )
+    return head, rows
+
+
 def latency_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
     lat = result.get("latency") or {}
     head = ["alert latency after the watermark", "alerts", "p50 ms", "p99 ms", "max ms"]
@@ -134,6 +170,17 @@ def footer(result: dict[str, Any]) -> list[str]:
         f"machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_mib']:,} MiB, {m['os']}, "
         f"Python {m['python']}, bytewax {m['bytewax']}; commit {result['git_commit']}",
     ]
+    st = result.get("stages")
+    if st:
+        same = set(st["alert_changes"]) == {out.get("alert_changes")}
+        lines.append(
+            f"stage split: {', '.join(f'{n:,}' for n in st['alert_changes'])} alert changes "
+            f"({'the same as' if same else 'NOT the same as'} the replays)"
+        )
+    cpu = (result["replay"].get("2_processes") or {}).get("children_cpu_s") or []
+    if cpu and None not in cpu:
+        shares = ", ".join(f"process {i} {c:.2f}" for i, c in enumerate(cpu))
+        lines.append(f"2 processes, CPU seconds each (first round): {shares}")
     if (result.get("code") or {}).get("changed_during_run"):
         lines.append(
             "WARNING: the work tree changed during the run (now "
@@ -163,7 +210,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"# orderwatch bench, {result['date']} on {result['machine']['hostname']}\n",
         f"`{result['parameters']['command']}`\n",
     ]
-    for head, rows in (throughput_rows(result), memory_rows(result), latency_rows(result)):
+    for head, rows in (
+        throughput_rows(result),
+        stage_rows(result),
+        memory_rows(result),
+        latency_rows(result),
+    ):
         if head:
             parts.append(table(head, rows))
     parts.append("\n".join(f"- {line}" for line in footer(result)) + "\n")
@@ -181,6 +233,7 @@ def print_tables(result: dict[str, Any]) -> None:
     console = Console(width=None if sys.stdout.isatty() else 130)
     for title, (head, rows) in (
         ("throughput (events/s = lines ÷ wall seconds of the process)", throughput_rows(result)),
+        ("where the time goes", stage_rows(result)),
         ("memory per open order", memory_rows(result)),
         ("live alert latency", latency_rows(result)),
     ):

@@ -109,17 +109,16 @@ class Outputs:
     dead_letters: Sink[Any]
 
 
-def build_flow(
+def flow_steps(
     cfg: Config,
-    inputs: Sequence[Source[Any]],
-    outputs: Outputs,
     runtime: Runtime,
     *,
     live: bool,
     recovery: bool = False,
     now_ms: Callable[[], int] = _wall_ms,
-) -> Dataflow:
-    """The whole order dataflow. `live=False` is a replay: event time only, no wall clock."""
+) -> tuple[Router, Callable[[bytes | None], ShardLogic]]:
+    """The two steps that do the work: the chunk router, and the builder of a shard's logic
+    (from its snapshot, or empty). `build_flow` wires them; the bench also calls them bare."""
     rules = RuleSet.from_config(cfg)
     assume = parse_zone(cfg.assume_timezone) if cfg.assume_timezone else None
     decoder = Decoder(cfg.status_map, assume, cfg.engine.max_event_bytes)
@@ -138,6 +137,21 @@ def build_flow(
             clock = WatermarkClock(cfg.lateness, idle_after)
         return ShardLogic(tracker, clock, runtime, now_ms, recovery, order, settings)
 
+    return router, build_shard
+
+
+def build_flow(
+    cfg: Config,
+    inputs: Sequence[Source[Any]],
+    outputs: Outputs,
+    runtime: Runtime,
+    *,
+    live: bool,
+    recovery: bool = False,
+    now_ms: Callable[[], int] = _wall_ms,
+) -> Dataflow:
+    """The whole order dataflow. `live=False` is a replay: event time only, no wall clock."""
+    router, build_shard = flow_steps(cfg, runtime, live=live, recovery=recovery, now_ms=now_ms)
     flow = Dataflow("orderwatch")
     streams = [op.input(f"read_{i}", flow, src) for i, src in enumerate(inputs)]
     raw = streams[0] if len(streams) == 1 else op.merge("merge_sources", *streams)

@@ -208,6 +208,28 @@ def test_replay_cli_is_identical_for_workers_processes_and_batches(
         assert "error connecting" not in printed, printed
 
 
+def test_bench_stage_split_does_the_replays_work(
+    big_stream: Path, rules_file: Path, tmp_path: Path
+) -> None:
+    """`orderwatch.bench.stages` runs the replay's own steps: the same alerts, every line."""
+    out = tmp_path / "a.jsonl"
+    _replay(big_stream, out, config=rules_file)
+    result = tmp_path / "stages.json"
+    argv = [sys.executable, "-m", "orderwatch.bench.stages", str(big_stream)]
+    subprocess.run(
+        [*argv, "--config", str(rules_file), "--out", str(result)],
+        check=True,
+        timeout=240,
+    )
+    split = orjson.loads(result.read_bytes())
+    replayed = out.read_bytes().count(b"\n")
+    assert replayed > 50
+    assert split["alert_changes"] == replayed
+    assert split["lines"] == big_stream.read_bytes().count(b"\n")
+    assert set(split["seconds"]) == {"read", "decode_route", "track"}
+    assert all(s > 0 for s in split["seconds"].values())
+
+
 def test_replay_output_lines_follow_the_contract(
     big_stream: Path, rules_file: Path, tmp_path: Path
 ) -> None:

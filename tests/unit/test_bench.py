@@ -15,7 +15,14 @@ import yaml
 from bench.plain_rules import run as plain_run
 from orderwatch.bench.inputs import ensure_open_orders, open_order_events, simulate_argv
 from orderwatch.bench.latency import _FIRING, daemon_config, delays_ms, due_s, summarize
-from orderwatch.bench.measure import best_and_median, count_lines, percentile, run_measured
+from orderwatch.bench.measure import (
+    Measured,
+    Proc,
+    best_and_median,
+    count_lines,
+    percentile,
+    run_measured,
+)
 from orderwatch.bench.report import (
     add_ratios,
     bytes_per_order,
@@ -135,6 +142,7 @@ def fake_result() -> dict[str, Any]:
             ("2_processes", 500_000.0, [90.0, 80.0]),
         )
     }
+    replay["2_processes"]["children_cpu_s"] = [7.5, 6.25]
     return {
         "date": "2026-11-23",
         "machine": machine_info(CPUINFO, MEMINFO),
@@ -150,7 +158,16 @@ def fake_result() -> dict[str, Any]:
             },
         },
         "replay": replay,
-        "outputs": {"identical": False, "detail": "equal to plain: no"},
+        "outputs": {"identical": False, "detail": "equal to plain: no", "alert_changes": 12},
+        "stages": {
+            "us_per_line": {"read": 0.3, "decode_route": 0.9, "track": 1.8},
+            "seconds": {
+                k: {"best": v, "median": v * 2}
+                for k, v in (("read", 0.33), ("decode_route", 0.99), ("track", 1.98))
+            },
+            "events_per_s_if_alone": 333_333.0,
+            "alert_changes": [12, 11],
+        },
         "open_orders": {
             "orders": [100_000, 300_000],
             "orderwatch": {"peak_rss_mib": [100.0, 160.0], "bytes_per_order": 314.5728},
@@ -200,6 +217,12 @@ def test_result_name_and_markdown() -> None:
     assert "9 (1 missing)" in md
     assert "not measured: notifiers not built yet" in md
     assert "Test CPU 9000" in md and "abc1234-dirty" in md
+    # where the time goes: shares of the sum, and what the whole replay adds (4 µs at 250k/s)
+    assert "| decode + route to shards | 0.90 | 30% | 0.99 (1.98) |" in md
+    assert "| sum | 3.00 | 100% | = 333,333 events/s |" in md
+    assert "| replay, 1 worker (whole process) | 4.00 |  | +1.00 µs |" in md
+    assert "stage split: 12, 11 alert changes (NOT the same as the replays)" in md
+    assert "CPU seconds each (first round): process 0 7.50, process 1 6.25" in md
 
 
 def test_outputs_compared_byte_for_byte_and_without_annotations(tmp_path: Path) -> None:
@@ -253,6 +276,22 @@ def test_launcher_reports_exit_code_and_peak_rss_of_the_child() -> None:
     assert m.exit_code == 3
     assert m.stdout.strip() == "hi"
     assert m.maxrss_mib > 1 and m.wall_s > 0
+
+
+def test_launcher_samples_cpu_time_and_orders_cluster_processes() -> None:
+    """CPU time per process; the children of a cluster listed by `--process-id`, not pid."""
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    m = run_measured([sys.executable, "-c", burn])
+    (root,) = m.procs
+    assert root.cpu_s is not None and 0.25 <= root.cpu_s < 5
+    procs = [
+        Proc(10, 0, 1.0, "orderwatch replay --processes 2"),
+        Proc(11, 10, 1.0, "orderwatch replay --process-id 1"),
+        Proc(12, 10, 1.0, "orderwatch replay --process-id 0"),
+        Proc(13, 10, 1.0, "sh -c true"),
+    ]
+    kids = Measured(argv=[], wall_s=1, exit_code=0, maxrss_mib=1, procs=procs).descendants()
+    assert [p.pid for p in kids] == [12, 11, 13]
 
 
 def test_a_work_tree_changed_during_the_run_is_flagged() -> None:
