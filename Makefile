@@ -26,13 +26,13 @@ run: setup
 
 test: setup sysdeps
 	$(BIN)/ruff check orderwatch tests bench
-	$(BIN)/mypy orderwatch
+	$(BIN)/mypy orderwatch tests bench
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check orderwatch tests bench
 	$(BIN)/ruff format --check orderwatch tests bench
-	$(BIN)/mypy orderwatch
+	$(BIN)/mypy orderwatch tests bench
 
 bench: setup
 	$(BIN)/orderwatch bench

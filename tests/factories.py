@@ -17,7 +17,16 @@ from orderwatch.domain.order import OrderRec, new_order
 from orderwatch.domain.packing import Packer
 from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
-from orderwatch.events import Decoded, Decoder, OrderEvent, PaymentEvent, WmsEvent
+from orderwatch.events import (
+    AccessLogEvent,
+    Decoded,
+    Decoder,
+    OrderEvent,
+    OrderScoped,
+    PaymentEvent,
+    Rejected,
+    WmsEvent,
+)
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 11, 0, 0, tzinfo=CST)
@@ -90,6 +99,18 @@ def scan(at: int, oid: str, node: str = "in_transit", **kw: Any) -> bytes:
     return event("logistics", at, oid, node=node, **kw)
 
 
+def decoded_only(d: Decoded | Rejected) -> Decoded:
+    """`d`, which the test expects to be valid."""
+    assert isinstance(d, Decoded), d
+    return d
+
+
+def order_scoped(d: Decoded | Rejected) -> tuple[int, OrderScoped]:
+    """`(ts_ms, event)` of a decoded order-scoped event; fails on anything else."""
+    assert isinstance(d, Decoded) and not isinstance(d.event, AccessLogEvent), d
+    return d.ts_ms, d.event
+
+
 def decode_all(lines: list[bytes], cfg: Config | None = None) -> list[Decoded]:
     cfg = cfg or config()
     dec = Decoder(cfg.status_map)
@@ -113,7 +134,7 @@ def track(
     tracker = tracker or ShardTracker(RuleSet.from_config(cfg))
     events = decode_all(lines, cfg)
     for d in events:
-        tracker.ingest(d.ts_ms, d.event)  # type: ignore[arg-type]
+        tracker.ingest(*order_scoped(d))
     end = BASE + until if until is not None else max(d.ts_ms for d in events)
     return tracker.advance(end)
 
@@ -155,13 +176,13 @@ def typical_order(i: int) -> OrderRec:
     rec.status, rec.channel, rec.warehouse = "allocated", "tmall", f"WH-SH-0{i % 4}"
     rec.payable, rec.paid_at, rec.wms_at = 100 * (i % 500), t + 5000, t + 30_000
     rec.pay_nos, rec.paid = (f"P20261111{i:010d}",), (100 * (i % 500),)
-    events = [
+    events: list[OrderScoped] = [
         OrderEvent(t, oid, "created", f"ord-{i}-1", "tmall", None, Decimal(i % 500), source="oms"),
         PaymentEvent(t + 5000, oid, f"P20261111{i:010d}", "success", Decimal(i % 500), f"pay-{i}"),
         WmsEvent(t + 30_000, oid, "outbound_created", f"WO{i:08d}", "WH-SH-01", f"wms-{i}"),
     ]
     for ev in events:
-        record = timeline.pack(ev.ts, ev)
+        record = timeline.pack(int(ev.ts), ev)
         rec.log, rec.log_n, _ = timeline.append(rec.log, rec.log_n, record, 20)
     rec.due = t + 3_600_000
     return rec

@@ -9,7 +9,7 @@ from orderwatch.domain.dedup import Deduper
 from orderwatch.domain.lifecycle import STATUSES, TERMINAL, StateMachine
 from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.durations import format_duration_ms, parse_duration_ms
-from tests.factories import HOUR, MIN, config, order, summary, track
+from tests.factories import HOUR, MIN, config, order, order_scoped, summary, track
 
 # --- watermark -------------------------------------------------------------------------------
 
@@ -273,11 +273,11 @@ def test_redelivery_after_the_order_was_forgotten_is_still_dropped() -> None:
 
     tracker = ShardTracker(RuleSet.from_config(cfg))
     for d in decode_all(lines, cfg):
-        tracker.ingest(d.ts_ms, d.event)
+        tracker.ingest(*order_scoped(d))
     tracker.advance(BASE + 3 * HOUR)
     assert "A" not in tracker.orders  # forgotten after its retention
     late = decode_all([cb], cfg)[0]
-    tracker.ingest(BASE + 4 * HOUR, late.event)  # redelivered, re-stamped hours later
+    tracker.ingest(BASE + 4 * HOUR, order_scoped(late)[1])  # redelivered, re-stamped later
     assert summary(tracker.advance(BASE + 6 * HOUR)) == []
     assert tracker.stats.duplicates == 1
     assert "A" not in tracker.orders
@@ -297,7 +297,7 @@ def test_a_reused_slot_with_a_stale_heap_entry_fires_once_on_time() -> None:
 
     def feed(lines: list[bytes], until: int) -> list[tuple[str, str, str, int, int | None]]:
         for d in decode_all(lines, cfg):
-            tracker.ingest(d.ts_ms, d.event)  # type: ignore[union-attr]
+            tracker.ingest(*order_scoped(d))
         return summary(tracker.advance(BASE + until))
 
     a = [order(0, "A", "paid"), payment(0, "A"), wms(MIN, "A"), order(2 * MIN, "A", "completed")]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from orderwatch.events import (
     REASONS,
+    AccessLogEvent,
     Decoded,
     Decoder,
     OrderEvent,
@@ -149,7 +150,8 @@ def test_binary_float_notation_stays_exact() -> None:
         b'{"type":"order","ts":1794326400000,"order_id":"A","status":"paid",'
         b'"amount":0.30000000000000004}'
     )
-    assert isinstance(d, Decoded) and str(d.event.amount) == "0.30000000000000004"
+    assert isinstance(d, Decoded) and isinstance(d.event, OrderEvent)
+    assert str(d.event.amount) == "0.30000000000000004"
 
 
 def test_status_map_translates_channel_statuses() -> None:
@@ -184,7 +186,7 @@ def test_nginx_combined_line_with_request_time() -> None:
         b'504 12 "-" "curl/8" 3.250'
     )
     d = decode_nginx(line, "nginx", "1")
-    assert isinstance(d, Decoded)
+    assert isinstance(d, Decoded) and isinstance(d.event, AccessLogEvent)
     ev = d.event
     assert (ev.route, ev.status, ev.method) == ("/api/pay/callback", 504, "POST")
     assert ev.latency_ms == pytest.approx(3250.0)

@@ -16,7 +16,7 @@ import zstandard
 from orderwatch.domain import packing
 from orderwatch.domain.order import OrderRec, new_order
 from orderwatch.domain.packing import Packer, packed_due
-from tests.factories import trained, typical_order
+from tests.factories import order_scoped, trained, typical_order
 
 TS = 1_794_326_400_000
 
@@ -133,7 +133,7 @@ def test_a_shard_compresses_its_earlier_orders_once_it_has_trained() -> None:
             oid = f"PS20261111{i:08d}"
             lines = [order(i * MIN, oid, "created", amount="99.00"), payment(i * MIN, oid, f"P{i}")]
             for d in decode_all(lines):
-                tracker.ingest(d.ts_ms, d.event)  # type: ignore[union-attr]
+                tracker.ingest(*order_scoped(d))
             tracker.advance(BASE + i * MIN)
     blobs = [r for r in tracker.orders.values() if isinstance(r, bytes)]
     assert len(blobs) == n - 1  # all but the one the last event touched

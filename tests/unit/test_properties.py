@@ -19,11 +19,17 @@ from orderwatch.domain.order import OrderRec
 from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
-from orderwatch.events import Decoder
+from orderwatch.events import AccessLogEvent, Decoder, OrderEvent
 from orderwatch.pipelines.orders import ShardLogic
 from orderwatch.pipelines.route import Router
 from orderwatch.runtime import Runtime
-from tests.factories import pack_everything, summary, trained_packer
+from tests.factories import (
+    decoded_only,
+    order_scoped,
+    pack_everything,
+    summary,
+    trained_packer,
+)
 from tests.strategies import rules_config, streams
 
 CFG = rules_config()
@@ -33,12 +39,12 @@ def reference(lines: list[bytes]) -> list[AlertChange]:
     """Everything in one tracker at once, then the end-of-input watermark."""
     tracker = ShardTracker(RuleSet.from_config(CFG))
     dec = Decoder(CFG.status_map)
-    decoded = [dec.decode(raw, "t", "0") for raw in lines]
+    decoded = [decoded_only(dec.decode(raw, "t", "0")) for raw in lines]
     for d in decoded:
-        if d.event.__struct_config__.tag != "access_log":  # type: ignore[union-attr]
-            tracker.ingest(d.ts_ms, d.event)  # type: ignore[union-attr]
+        if not isinstance(d.event, AccessLogEvent):
+            tracker.ingest(*order_scoped(d))
     return sorted(
-        tracker.advance(max(d.ts_ms for d in decoded)),  # type: ignore[union-attr]
+        tracker.advance(max(d.ts_ms for d in decoded)),
         key=AlertChange.sort_key,
     )
 
@@ -135,10 +141,10 @@ def test_redeliveries_are_dropped_however_short_the_timeline(
         rules = dataclasses.replace(RuleSet.from_config(CFG), timeline_events=keep)
         tracker = ShardTracker(rules)
         dec = Decoder(CFG.status_map)
-        decoded = [dec.decode(raw, "t", "0") for raw in stream]
+        decoded = [decoded_only(dec.decode(raw, "t", "0")) for raw in stream]
         for d in decoded:
-            tracker.ingest(d.ts_ms, d.event)  # type: ignore[union-attr]
-        alerts = summary(tracker.advance(max(d.ts_ms for d in decoded)))  # type: ignore[union-attr]
+            tracker.ingest(*order_scoped(d))
+        alerts = summary(tracker.advance(max(d.ts_ms for d in decoded)))
         return alerts, tracker.stats.duplicates
 
     short, long = run(1), run(20)
@@ -167,8 +173,7 @@ def test_compaction_keeps_one_heap_entry_per_order() -> None:
                 f'{{"type":"payment","event_id":"p{i}","ts":{1_700_000_000_500 + i},'
                 f'"order_id":"A{i}","pay_no":"P{i}","status":"success","amount":"9.90"}}',
             ):
-                d = dec.decode(line.encode(), "t", "0")
-                tracker.ingest(d.ts_ms, d.event)  # type: ignore[union-attr]
+                tracker.ingest(*order_scoped(dec.decode(line.encode(), "t", "0")))
         tracker.advance(1_700_000_001_000)
     heap = tracker._deadlines
     assert len(heap) <= len(tracker.orders) * 3 // 2
@@ -202,9 +207,9 @@ def test_leaving_a_terminal_status_is_always_reported(lines: list[bytes]) -> Non
     dec = Decoder(CFG.status_map)
     timeline: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
     for i, raw in enumerate(lines):
-        d = dec.decode(raw, "t", "0")
-        if d.event.__struct_config__.tag == "order":  # type: ignore[union-attr]
-            timeline[d.event.order_id].append((d.ts_ms, i, d.event.status))  # type: ignore[union-attr]
+        d = decoded_only(dec.decode(raw, "t", "0"))
+        if isinstance(d.event, OrderEvent):
+            timeline[d.event.order_id].append((d.ts_ms, i, d.event.status))
     illegal = {
         a.labels["order_id"] for a in reference(lines) if a.labels["rule"] == "illegal_transition"
     }

@@ -77,6 +77,8 @@ def parse_ts(ts: str | int) -> int:
     """Epoch ms of a contract timestamp; raises on a naive or malformed one."""
     if isinstance(ts, int) and not isinstance(ts, bool):
         return ts
+    if not isinstance(ts, str):
+        raise ValueError(f"not a timestamp: {ts!r}")
     dt = datetime.fromisoformat(ts)
     if dt.tzinfo is None:
         raise ValueError(f"naive timestamp {ts!r}")
@@ -194,13 +196,13 @@ def healthy_violations(events: list[dict[str, Any]]) -> list[str]:
                 p(f"illegal {prev} -> {status}")
             if status == "shipped" and not ev.get("tracking_no"):
                 p("shipped without tracking")
-            for group in entered:
+            for group, since in entered.items():
                 inside = status in group
-                if inside and entered[group] is None:
+                if inside and since is None:
                     entered[group] = ts
-                elif not inside and entered[group] is not None:
-                    if ts - entered[group] > limits[group]:
-                        p(f"dwell {sorted(group)} {ts - entered[group]} ms")
+                elif not inside and since is not None:
+                    if ts - since > limits[group]:
+                        p(f"dwell {sorted(group)} {ts - since} ms")
                     entered[group] = None
             if status == "refund_requested" and prev != "refund_requested":
                 came_from = prev

@@ -153,8 +153,8 @@ def test_callback_delay() -> None:
         o = orders[oid]
         callback = successes(o)[0][0]
         assert 6 * MIN <= callback - o["order"][0][0] <= 15 * MIN
-        paid = next(ts for ts, ev in o["order"] if status_of(ev) == "paid")
-        assert 6 * MIN <= paid - callback <= 8 * MIN
+        paid_at = next(ts for ts, ev in o["order"] if status_of(ev) == "paid")
+        assert 6 * MIN <= paid_at - callback <= 8 * MIN
         outbound = next(ts for ts, ev in o["wms"] if ev["action"] == "outbound_created")
         assert outbound - callback < 10 * MIN  # only payment_not_applied, not paid_without_wms
 
