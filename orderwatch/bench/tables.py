@@ -142,7 +142,7 @@ def stage_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
     if one:
         whole = 1e6 / one
         rows.append(
-            ["replay, 1 worker (whole process)", f"{whole:.2f}", "", f"+{whole - total:.2f} µs"]
+            ["replay, 1 worker (whole process)", f"{whole:.2f}", "", f"{whole - total:+.2f} µs"]
         )
     return head, rows
 
