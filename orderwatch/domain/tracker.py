@@ -491,11 +491,12 @@ class ShardTracker:
             self.stats.duplicates += 1  # a redelivery: no other effect (CONTRACT §1)
             return
         if rec is None:
-            slot = self._free.pop() if self._free else len(self._slots)
-            if slot == len(self._slots):
-                self._slots.append(oid)
-            else:
+            if self._free:
+                slot = self._free.pop()
                 self._slots[slot] = oid
+            else:
+                slot = len(self._slots)
+                self._slots.append(oid)
             rec = self.orders[oid] = new_order(oid, ts, slot)
             if self._pack_after:
                 self._unpacked.add(oid)
