@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--out", type=Path, help="results directory (default bench/results/)")
     bn.add_argument("--work", type=Path, help="cache of generated inputs (default bench/work/)")
     bn.add_argument("--skip-latency", action="store_true", help="no live daemon run")
+    bn.add_argument(
+        "--skip-profile", action="store_true", help="no py-spy profile of a 1-worker replay"
+    )
     bn.add_argument("--repeat", type=int, default=1, help="throughput rounds (best and median)")
     return parser
 

@@ -31,6 +31,7 @@ def bench_command(args: argparse.Namespace) -> int:
         out=out,
         work=work,
         skip_latency=args.skip_latency,
+        skip_profile=args.skip_profile,
         repeat=args.repeat,
         command=" ".join(["orderwatch", *sys.argv[1:]]),
     )

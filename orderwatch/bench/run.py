@@ -1,8 +1,9 @@
 """`orderwatch bench`: every figure of issue 5 measured in one invocation, side by side.
 
 Order of work: generate (or reuse) the mixed stream; K rounds of [parse-only loop, plain script,
-replay on 1 worker, 2 workers, 2 processes] — interleaved so that a noisy neighbour slows all
-of them rather than one; compare the alert outputs; two open-orders replays (and two plain runs)
+replay on 1 worker, 2 workers, 2 processes, stage split] — interleaved so that a noisy
+neighbour slows all of them rather than one; compare the alert outputs; a 1-worker replay under
+py-spy (where the whole process's time goes); two open-orders replays (and two plain runs)
 for bytes per open order; the live latency run; then the table, the JSON and `latest.md`.
 """
 
@@ -27,6 +28,7 @@ from orderwatch.bench.measure import (
     parse_only,
     run_measured,
 )
+from orderwatch.bench.profile import profile
 from orderwatch.bench.report import (
     add_ratios,
     bytes_per_order,
@@ -61,6 +63,7 @@ class Options:
     out: Path
     work: Path
     skip_latency: bool
+    skip_profile: bool
     repeat: int
     command: str
 
@@ -216,6 +219,13 @@ def summarize_stages(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def profile_replay(events: Path, out: Path) -> dict[str, Any]:
+    """One more 1-worker replay, under py-spy; it must write the measured replays' alerts."""
+    p = profile(replay_argv(events, out, "profile", []), out / "profile.raw.txt")
+    p["same_alerts"] = _sha(out / "profile.alerts.jsonl") == _sha(out / "1_worker.alerts.jsonl")
+    return p
+
+
 def compare_outputs(hashes: list[tuple[str, str]], replay: Path, plain: Path) -> dict[str, Any]:
     """Replays byte-identical to each other, and equal to the plain script's minus annotations."""
     same_replays = len({h for _, h in hashes}) == 1
@@ -323,6 +333,11 @@ def run_bench(opts: Options) -> int:
     result["outputs"] = t["outputs"]
     result["stages"] = t["stages"]
     _log(f"outputs identical: {'yes' if t['outputs']['identical'] else 'no'}")
+    if opts.skip_profile:
+        result["profile"] = {"skipped": True}
+    else:
+        _log("profile of a 1-worker replay (py-spy)")
+        result["profile"] = profile_replay(events, out_runs)
     # A wide span: each shard's dict and lists double at their own sizes, so the slope
     # between close sizes swings with where the doublings fall (278 vs 451 B at 100k-300k-500k)
     sizes = (20_000, 100_000) if opts.quick else (100_000, 500_000)

@@ -26,7 +26,11 @@ two inputs whose orders all stay open; latency = from the moment the watermark p
 alert's deadline to its first sighting; where the time goes = `python -m orderwatch.bench.stages`:
 the replay's own steps called in one thread without bytewax, each over the whole input before
 the next, seconds best (median) of the rounds; its last row is the 1-worker replay's wall time
-per line, and the difference what bytewax, start-up and the alert file add.
+per line, and the difference what bytewax, start-up and the alert file add; samples = one
+more 1-worker replay under `py-spy record` (250 Hz): each sample counts for the area of its
+deepest frame that has one, µs / line = that share of the measured 1-worker replay's time; own =
+samples whose innermost Python frame is the function (C calls it makes included), with callees =
+samples with the function anywhere on the stack.
 """
 
 
@@ -147,6 +151,47 @@ def stage_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
     return head, rows
 
 
+PROFILE_LABELS = {
+    **STAGE_LABELS,
+    "alert_output": "alert file (write, then sort)",
+    "bytewax": "bytewax (engine between steps, operators)",
+    "other": "start-up (imports, config, building the flow)",
+}
+
+
+def _profiled(result: dict[str, Any]) -> dict[str, Any] | None:
+    p = result.get("profile")
+    return p if p and not p.get("skipped") and p.get("samples") else None
+
+
+def profile_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
+    """Per area of the code, its share of a 1-worker replay's samples and the µs per line that
+    share is of the measured (unprofiled) 1-worker replay."""
+    p = _profiled(result)
+    if p is None:
+        return [], []
+    head = ["where a 1-worker replay's samples fall (py-spy)", "share", "≈ µs / line"]
+    one = result["replay"].get("1_worker", {}).get("events_per_s", {}).get("best")
+    per_line = 1e6 / one if one else None
+    rows: Rows = [
+        [
+            PROFILE_LABELS.get(area, area),
+            f"{share:.1%}",
+            "—" if per_line is None else f"{share * per_line:.2f}",
+        ]
+        for area, share in p["areas"].items()
+    ]
+    return head, rows
+
+
+def function_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
+    p = _profiled(result)
+    if p is None:
+        return [], []
+    head = ["function (py-spy, heaviest own time)", "own", "with callees"]
+    return head, [[f["function"], f"{f['self']:.1%}", f"{f['total']:.1%}"] for f in p["functions"]]
+
+
 def latency_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
     lat = result.get("latency") or {}
     head = ["alert latency after the watermark", "alerts", "p50 ms", "p99 ms", "max ms"]
@@ -176,6 +221,14 @@ def footer(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"stage split: {', '.join(f'{n:,}' for n in st['alert_changes'])} alert changes "
             f"({'the same as' if same else 'NOT the same as'} the replays)"
+        )
+    p = _profiled(result)
+    if p is not None:
+        lines.append(
+            f"profile: {p['samples']:,} samples at {p['rate_hz']} Hz ({p['errors']} unreadable), "
+            f"profiled replay {p['wall_s']:.1f} s, alerts "
+            f"{'the same as' if p.get('same_alerts') else 'NOT the same as'} the replays'; "
+            f"stacks: {p['raw']} (collapsed format: speedscope.app or flamegraph.pl read it)"
         )
     cpu = (result["replay"].get("2_processes") or {}).get("children_cpu_s") or []
     if cpu and None not in cpu:
@@ -213,6 +266,8 @@ def markdown(result: dict[str, Any]) -> str:
     for head, rows in (
         throughput_rows(result),
         stage_rows(result),
+        profile_rows(result),
+        function_rows(result),
         memory_rows(result),
         latency_rows(result),
     ):
@@ -234,6 +289,8 @@ def print_tables(result: dict[str, Any]) -> None:
     for title, (head, rows) in (
         ("throughput (events/s = lines ÷ wall seconds of the process)", throughput_rows(result)),
         ("where the time goes", stage_rows(result)),
+        ("where the time goes, sampled", profile_rows(result)),
+        ("heaviest functions", function_rows(result)),
         ("memory per open order", memory_rows(result)),
         ("live alert latency", latency_rows(result)),
     ):

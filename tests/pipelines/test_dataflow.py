@@ -230,6 +230,31 @@ def test_bench_stage_split_does_the_replays_work(
     assert all(s > 0 for s in split["seconds"].values())
 
 
+def test_bench_profile_samples_a_real_replay(
+    big_stream: Path, rules_file: Path, tmp_path: Path
+) -> None:
+    """py-spy samples a real replay from outside: it runs unchanged, and its samples land in
+    the areas of the code that do the work."""
+    from orderwatch.bench.profile import AREA_NAMES, profile
+
+    plain = tmp_path / "plain.jsonl"
+    _replay(big_stream, plain, config=rules_file)
+    sampled = tmp_path / "sampled.jsonl"
+    argv = [sys.executable, "-m", "orderwatch", "replay", str(big_stream), "--quiet"]
+    argv += ["--config", str(rules_file), "--alerts-out", str(sampled)]
+    argv += ["--dead-letters", str(tmp_path / "dead.jsonl")]
+    p = profile(argv, tmp_path / "raw.txt", rate_hz=500)
+    assert sampled.read_bytes() == plain.read_bytes()
+    assert p["samples"] > 50, p
+    assert p["errors"] is not None and p["errors"] < p["samples"] / 10, p
+    assert set(p["areas"]) == set(AREA_NAMES)
+    assert sum(p["areas"].values()) == pytest.approx(1.0)
+    assert p["areas"]["track"] > 0 and p["areas"]["decode_route"] > 0, p["areas"]
+    names = [f["function"] for f in p["functions"]]
+    assert any("orderwatch/domain/tracker.py" in n for n in names), names
+    assert all(0 < f["self"] <= f["total"] <= 1 for f in p["functions"])
+
+
 def test_replay_output_lines_follow_the_contract(
     big_stream: Path, rules_file: Path, tmp_path: Path
 ) -> None:

@@ -23,6 +23,7 @@ from orderwatch.bench.measure import (
     percentile,
     run_measured,
 )
+from orderwatch.bench.profile import parse_frame, read_stacks, shares
 from orderwatch.bench.report import (
     add_ratios,
     bytes_per_order,
@@ -168,6 +169,18 @@ def fake_result() -> dict[str, Any]:
             "events_per_s_if_alone": 333_333.0,
             "alert_changes": [12, 11],
         },
+        "profile": {
+            "samples": 2000,
+            "rate_hz": 250,
+            "errors": 0,
+            "wall_s": 4.5,
+            "same_alerts": True,
+            "raw": "bench/work/out/profile.raw.txt",
+            "areas": {"read": 0.1, "track": 0.5, "bytewax": 0.25, "other": 0.15},
+            "functions": [
+                {"function": "f (orderwatch/domain/tracker.py)", "self": 0.125, "total": 0.5}
+            ],
+        },
         "open_orders": {
             "orders": [100_000, 300_000],
             "orderwatch": {"peak_rss_mib": [100.0, 160.0], "bytes_per_order": 314.5728},
@@ -223,6 +236,62 @@ def test_result_name_and_markdown() -> None:
     assert "| replay, 1 worker (whole process) | 4.00 |  | +1.00 µs |" in md
     assert "stage split: 12, 11 alert changes (NOT the same as the replays)" in md
     assert "CPU seconds each (first round): process 0 7.50, process 1 6.25" in md
+    # sampled shares, as µs of the 1-worker replay's 4 µs per line
+    assert "| shard trackers (the rules) | 50.0% | 2.00 |" in md
+    assert "| bytewax (engine between steps, operators) | 25.0% | 1.00 |" in md
+    assert "| f (orderwatch/domain/tracker.py) | 12.5% | 50.0% |" in md
+    assert "profile: 2,000 samples at 250 Hz (0 unreadable)" in md
+    assert "the same as the replays'" in md
+
+
+COLLAPSED = """\
+<module> (orderwatch/__main__.py);run_flow (orderwatch/cluster.py) 3
+<module> (orderwatch/__main__.py);run_flow (orderwatch/cluster.py);on_batch (orderwatch/pipelines/orders.py);_apply (orderwatch/domain/tracker.py) 5
+<module> (orderwatch/__main__.py);run_flow (orderwatch/cluster.py);route (orderwatch/pipelines/route.py);decode_lines (orderwatch/events.py) 2
+<module> (orderwatch/__main__.py);_find_and_load (<frozen importlib._bootstrap>) 1
+<module> (orderwatch/__main__.py);run_flow (orderwatch/cluster.py);f (orderwatch/domain/x.py);f (orderwatch/domain/x.py);heappush (heapq.py) 1
+<module> (orderwatch/__main__.py);run_flow (orderwatch/cluster.py);g (orderwatch/domain/x.py);g (orderwatch/domain/x.py) 1
+a line that is not a stack
+"""  # noqa: E501
+
+
+def test_profile_sums_collapsed_stacks_by_area_and_function() -> None:
+    assert parse_frame("sort.<locals>.key (orderwatch/replay.py)") == (
+        "sort.<locals>.key",
+        "orderwatch/replay.py",
+    )
+    assert parse_frame("<frozen runpy>") == ("<frozen runpy>", "")
+    stacks = read_stacks(COLLAPSED)
+    assert [n for _, n in stacks] == [3, 5, 2, 1, 1, 1]
+    p = shares(stacks, top=3)
+    assert p["samples"] == 13
+    # the deepest frame with an area decides: heapq called from the domain is tracking
+    assert p["areas"] == {
+        "read": 0,
+        "decode_route": 2 / 13,
+        "track": 7 / 13,
+        "alert_output": 0,
+        "bytewax": 3 / 13,
+        "other": 1 / 13,
+    }
+    assert p["functions"] == [
+        {"function": "_apply (orderwatch/domain/tracker.py)", "self": 5 / 13, "total": 5 / 13},
+        {"function": "run_flow (orderwatch/cluster.py)", "self": 3 / 13, "total": 12 / 13},
+        {"function": "decode_lines (orderwatch/events.py)", "self": 2 / 13, "total": 2 / 13},
+    ]
+    whole = {f["function"]: f for f in shares(stacks, top=10)["functions"]}
+    assert whole["heappush (heapq.py)"] == {
+        "function": "heappush (heapq.py)",
+        "self": 1 / 13,
+        "total": 1 / 13,
+    }
+    # a recursive function counts once per sample
+    assert whole["g (orderwatch/domain/x.py)"]["total"] == 1 / 13
+    assert shares([], top=3) == {
+        "samples": 0,
+        "areas": dict.fromkeys(p["areas"], 0.0),
+        "functions": [],
+    }
 
 
 def test_outputs_compared_byte_for_byte_and_without_annotations(tmp_path: Path) -> None:
