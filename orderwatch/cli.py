@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orderwatch.config import Config, ConfigError, load_config
+from orderwatch.config import REPLAY_BATCH_LINES, Config, ConfigError, load_config
 
 
 def _load(path: str | None) -> Config:
@@ -44,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--dead-letters", type=Path, help="rejected lines (default: <state.dir>/dead-letters.jsonl)"
     )
-    rp.add_argument("--batch-size", type=int, default=2000, help="lines read per batch")
+    rp.add_argument(
+        "--batch-size",
+        type=int,
+        default=REPLAY_BATCH_LINES,
+        help=f"lines read per batch ({REPLAY_BATCH_LINES:,})",
+    )
     rp.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
     rp.add_argument("--summary-json", type=Path, help="also write the summary as JSON")
     rp.add_argument("--progress-file", type=Path, help=argparse.SUPPRESS)

@@ -67,6 +67,13 @@ class KafkaSource(_Model):
     add_config: dict[str, str] = Field(default_factory=dict)
 
 
+# Lines per chunk of a replay. Bigger chunks give each shard longer runs of its own events
+# between switches, which keeps its state in the CPU caches: the trackers take ~17% less time
+# per event at 16,000 than at 2,000 (same alerts). Live sources keep `batch_size` (2,000): a
+# chunk is only as big as what has arrived, and a smaller one bounds the delay it adds.
+REPLAY_BATCH_LINES = 16_000
+
+
 class FileSource(_Model):
     kind: Literal["file"]
     name: str | None = None

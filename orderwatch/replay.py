@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from orderwatch.cluster import free_ports, run_flow, supervise
-from orderwatch.config import Config
+from orderwatch.config import REPLAY_BATCH_LINES, Config
 from orderwatch.connectors.files import JsonlSource
 from orderwatch.connectors.sinks import AlertFileSink, DeadLetterSink
 from orderwatch.pipelines.orders import Outputs, build_flow
@@ -149,7 +149,7 @@ def run_here(
     dead_letters: Path,
     *,
     workers: int = 1,
-    batch_size: int = 2000,
+    batch_size: int = REPLAY_BATCH_LINES,
     addresses: list[str] | None = None,
     process_id: int | None = None,
     progress_file: Path | None = None,
@@ -193,7 +193,7 @@ def run_cluster(
     *,
     processes: int,
     workers: int = 1,
-    batch_size: int = 2000,
+    batch_size: int = REPLAY_BATCH_LINES,
     on_progress: Any = None,
 ) -> Summary:
     """Start `processes` copies of `orderwatch replay` as a local cluster and merge them."""

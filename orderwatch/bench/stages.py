@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orderwatch.config import load_config
+from orderwatch.config import REPLAY_BATCH_LINES, load_config
 from orderwatch.connectors.files import JsonlSource
 from orderwatch.connectors.raw import RawChunk
 from orderwatch.pipelines.orders import ShardLogic, flow_steps
@@ -30,7 +30,9 @@ from orderwatch.runtime import Runtime, tune_gc
 STAGES = ("read", "decode_route", "track")
 
 
-def split(events: Path, config: Path | None, batch_size: int = 2000) -> dict[str, Any]:
+def split(
+    events: Path, config: Path | None, batch_size: int = REPLAY_BATCH_LINES
+) -> dict[str, Any]:
     """Seconds per stage, lines, and the alert changes the shards emitted."""
     cfg = load_config(config)
     runtime = Runtime(shards=cfg.engine.shards)
