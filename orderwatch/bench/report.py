@@ -122,6 +122,17 @@ def bytes_per_order(rss1_mib: float, rss2_mib: float, orders1: int, orders2: int
     return (rss2_mib - rss1_mib) * MIB / (orders2 - orders1)
 
 
+def slopes(rss_mib: list[float], orders: list[int]) -> dict[str, Any]:
+    """Bytes per order over the whole span (first to last run) and over each step between runs."""
+    return {
+        "bytes_per_order": bytes_per_order(rss_mib[0], rss_mib[-1], orders[0], orders[-1]),
+        "steps": [
+            bytes_per_order(rss_mib[i], rss_mib[i + 1], orders[i], orders[i + 1])
+            for i in range(len(orders) - 1)
+        ],
+    }
+
+
 def add_ratios(result: dict[str, Any]) -> dict[str, Any]:
     """Fill `ratios` of the plain script and of every replay from the figures in `result`."""
     parse = result["yardsticks"]["parse_only"]["lines_per_s"]

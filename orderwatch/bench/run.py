@@ -31,11 +31,11 @@ from orderwatch.bench.measure import (
 from orderwatch.bench.profile import profile
 from orderwatch.bench.report import (
     add_ratios,
-    bytes_per_order,
     git_commit,
     goals,
     machine_info,
     result_name,
+    slopes,
     tree_fingerprint,
 )
 from orderwatch.bench.tables import markdown, print_tables
@@ -256,8 +256,8 @@ def compare_outputs(hashes: list[tuple[str, str]], replay: Path, plain: Path) ->
     }
 
 
-def open_orders(work: Path, out: Path, sizes: tuple[int, int]) -> dict[str, Any]:
-    """Peak RSS of replay and plain script on N1 and N2 open orders; bytes per open order."""
+def open_orders(work: Path, out: Path, sizes: tuple[int, ...]) -> dict[str, Any]:
+    """Peak RSS of replay and plain script on inputs of N open orders; bytes per open order."""
     ours: list[Measured] = []
     theirs: list[Measured] = []
     summaries: list[dict[str, Any]] = []
@@ -278,20 +278,20 @@ def open_orders(work: Path, out: Path, sizes: tuple[int, int]) -> dict[str, Any]
             f"open orders {n:,}: replay {ours[-1].maxrss_mib:.0f} MiB, "
             f"plain {theirs[-1].maxrss_mib:.0f} MiB"
         )
-    n1, n2 = sizes
+    orders = list(sizes)
     return {
-        "orders": list(sizes),
+        "orders": orders,
         "inputs": inputs_info,
         "orderwatch": {
             "peak_rss_mib": [m.maxrss_mib for m in ours],
-            "bytes_per_order": bytes_per_order(ours[0].maxrss_mib, ours[1].maxrss_mib, n1, n2),
+            **slopes([m.maxrss_mib for m in ours], orders),
             "orders_still_tracked": [s["orders_open"] for s in summaries],
             "alert_changes": [sum(s["alerts"].values()) for s in summaries],
             "command": ours[0].argv[1:],
         },
         "plain": {
             "peak_rss_mib": [m.maxrss_mib for m in theirs],
-            "bytes_per_order": bytes_per_order(theirs[0].maxrss_mib, theirs[1].maxrss_mib, n1, n2),
+            **slopes([m.maxrss_mib for m in theirs], orders),
             "command": theirs[0].argv[1:],
             "note": "the plain script keeps every decoded event until it has sorted them, so "
             "its figure includes the input as well as the per-order state",
@@ -338,9 +338,10 @@ def run_bench(opts: Options) -> int:
     else:
         _log("profile of a 1-worker replay (py-spy)")
         result["profile"] = profile_replay(events, out_runs)
-    # A wide span: each shard's dict and lists double at their own sizes, so the slope
-    # between close sizes swings with where the doublings fall (278 vs 451 B at 100k-300k-500k)
-    sizes = (20_000, 100_000) if opts.quick else (100_000, 500_000)
+    # A wide span, up to the millions a promotion holds open: each shard's dict and lists
+    # double at their own sizes, so the slope between close sizes swings with where the
+    # doublings fall (278 vs 451 B at 100k-300k-500k); the steps between runs show it.
+    sizes = (20_000, 100_000) if opts.quick else (100_000, 500_000, 1_000_000)
     result["open_orders"] = open_orders(opts.work, out_runs, sizes)
     if opts.skip_latency:
         result["latency"] = {"skipped": True}

@@ -21,16 +21,17 @@ events/s = input lines ÷ wall seconds of the whole process (start-up, sorting t
 included); *in-process /s* = the replay's own summary (`lines ÷ seconds`) or the plain script's
 own figure; × = ratio to the yardstick of the same run, best (median) when repeated; peak RSS =
 `ru_maxrss` of the process (`os.wait4`), for 2 processes the largest one, then the parent's and
-each worker's VmHWM sampled from /proc; bytes / order = (peak RSS₂ − peak RSS₁) ÷ (N₂ − N₁) on
-two inputs whose orders all stay open; latency = from the moment the watermark passes an
-alert's deadline to its first sighting; where the time goes = `python -m orderwatch.bench.stages`:
-the replay's own steps called in one thread without bytewax, each over the whole input before
-the next, seconds best (median) of the rounds; its last row is the 1-worker replay's wall time
-per line, and the difference what bytewax, start-up and the alert file add; samples = one
-more 1-worker replay under `py-spy record` (250 Hz): each sample counts for the area of its
-deepest frame that has one, µs / line = that share of the measured 1-worker replay's time; own =
-samples whose innermost Python frame is the function (C calls it makes included), with callees =
-samples with the function anywhere on the stack.
+each worker's VmHWM sampled from /proc; bytes / order = (peak RSS₂ − peak RSS₁) ÷ (N₂ − N₁) from
+the smallest to the largest input whose orders all stay open, each step between neighbours;
+latency = from the moment the watermark passes an alert's deadline to its first sighting; where
+the time goes = `python -m orderwatch.bench.stages`: the replay's own steps called in one thread
+without bytewax, each over the whole input before the next, seconds best (median) of the rounds;
+its last row is the 1-worker replay's wall time per line, and the difference what bytewax,
+start-up and the alert file add; samples = one more 1-worker replay under `py-spy record` (250
+Hz): each sample counts for the area of its deepest frame that has one, µs / line = that share
+of the measured 1-worker replay's time; own = samples whose innermost Python frame is the
+function (C calls it makes included), with callees = samples with the function anywhere on the
+stack.
 """
 
 
@@ -102,19 +103,19 @@ def memory_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
     oo = result.get("open_orders")
     if not oo:
         return [], []
-    n1, n2 = oo["orders"]
-    head = ["open orders", f"peak RSS, {n1:,} (MiB)", f"peak RSS, {n2:,} (MiB)", "bytes / order"]
+    sizes = oo["orders"]
+    head = ["open orders", *(f"peak RSS, {n:,} (MiB)" for n in sizes)]
+    head.append(f"bytes / order, {sizes[0]:,} → {sizes[-1]:,}")
+    steps = len(sizes) > 2
+    if steps:
+        head.append("each step")
     rows: Rows = []
     for key, label in (("orderwatch", "orderwatch replay, 1 worker"), ("plain", "plain_rules.py")):
         e = oo[key]
-        rows.append(
-            [
-                label,
-                _num(e["peak_rss_mib"][0], ".1f"),
-                _num(e["peak_rss_mib"][1], ".1f"),
-                _num(e["bytes_per_order"]),
-            ]
-        )
+        row = [label, *(_num(v, ".1f") for v in e["peak_rss_mib"]), _num(e["bytes_per_order"])]
+        if steps:
+            row.append(" / ".join(_num(v) for v in e.get("steps", [])))
+        rows.append(row)
     return head, rows
 
 

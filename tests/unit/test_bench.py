@@ -31,6 +31,7 @@ from orderwatch.bench.report import (
     machine_info,
     ratios,
     result_name,
+    slopes,
 )
 from orderwatch.bench.run import compare_outputs
 from orderwatch.bench.tables import markdown
@@ -182,9 +183,17 @@ def fake_result() -> dict[str, Any]:
             ],
         },
         "open_orders": {
-            "orders": [100_000, 300_000],
-            "orderwatch": {"peak_rss_mib": [100.0, 160.0], "bytes_per_order": 314.5728},
-            "plain": {"peak_rss_mib": [300.0, 700.0], "bytes_per_order": 2097.152},
+            "orders": [100_000, 300_000, 500_000],
+            "orderwatch": {
+                "peak_rss_mib": [100.0, 160.0, 250.0],
+                "bytes_per_order": 393.216,
+                "steps": [314.5728, 471.8592],
+            },
+            "plain": {
+                "peak_rss_mib": [300.0, 700.0, 1100.0],
+                "bytes_per_order": 2097.152,
+                "steps": [2097.152, 2097.152],
+            },
         },
         "latency": {
             "api": {"count": 10, "missing": 0, "p50_ms": 120.0, "p99_ms": 1200.0, "max_ms": 1300},
@@ -217,6 +226,10 @@ def test_bytes_per_order_is_the_slope_of_two_runs() -> None:
     assert bytes_per_order(100.0, 160.0, 100_000, 300_000) == pytest.approx(314.5728)
     with pytest.raises(ValueError):
         bytes_per_order(1.0, 2.0, 5, 5)
+    # over the whole span, and each step: 60 MiB per 200k orders, then 90 MiB per 200k
+    s = slopes([100.0, 160.0, 250.0], [100_000, 300_000, 500_000])
+    assert s["bytes_per_order"] == pytest.approx(150 * 2**20 / 400_000)
+    assert s["steps"] == pytest.approx([60 * 2**20 / 200_000, 90 * 2**20 / 200_000])
 
 
 def test_result_name_and_markdown() -> None:
@@ -228,6 +241,8 @@ def test_result_name_and_markdown() -> None:
     assert "100 (parent 40; 90 + 80)" in md
     assert "outputs identical: no" in md
     assert "9 (1 missing)" in md
+    assert "| orderwatch replay, 1 worker | 100.0 | 160.0 | 250.0 | 393 | 315 / 472 |" in md
+    assert "bytes / order, 100,000 → 500,000 | each step |" in md
     assert "not measured: notifiers not built yet" in md
     assert "Test CPU 9000" in md and "abc1234-dirty" in md
     # where the time goes: shares of the sum, and what the whole replay adds (4 µs at 250k/s)
