@@ -78,15 +78,19 @@ _AFTER_ANY_RANK = 9  # (watermark, 9) sorts after every (watermark, rank, seq, e
 _AMOUNT_SETTLED = AMOUNT_OK | _ANOMALY_FLAG[AMOUNT_MISMATCH]
 _COLLECT_STATUSES = frozenset({"shipped", "in_transit", "delivered", "completed"})
 _HEAP_SLACK = 4096  # superseded deadline-heap entries tolerated beyond 1.5 per live one
-# A deadline-heap entry is one int, `due << _SLOT_BITS | slot`: it sorts by due time, and
-# costs ~45 bytes where a (due, order id) tuple cost ~100 (a tuple, an int, often an id copy).
-_SLOT_BITS = 32
-_SLOT_MASK = (1 << _SLOT_BITS) - 1
+# A deadline-heap entry is one int, `(due - _EPOCH) << bits | slot`: it sorts by due time,
+# and costs ~40 bytes where a (due, order id) tuple cost ~100 (a tuple, an int, often an id
+# copy). Counted from 2025 with 20 slot bits it stays below 2**60, a two-digit int (32 bytes
+# where an epoch-ms one took 48) for due times within ±34 years of then; later or earlier ones
+# are still exact, only bigger. A shard that needs more than 2**20 slots widens its entries.
+_EPOCH = 1_735_689_600_000  # 2025-01-01T00:00:00Z in ms
+_SLOT_BITS = 20
+_WIDEN_BY = 4
 
 
-def heap_entry(entry: int) -> tuple[int, int]:
-    """(due, slot) of a deadline-heap entry."""
-    return entry >> _SLOT_BITS, entry & _SLOT_MASK
+def heap_entry(entry: int, bits: int = _SLOT_BITS) -> tuple[int, int]:
+    """(due, slot) of a deadline-heap entry made with `bits` slot bits."""
+    return (entry >> bits) + _EPOCH, entry & ((1 << bits) - 1)
 
 
 def _seen(oid: str, rec: OrderRec, event_id: str) -> bool:
@@ -122,6 +126,8 @@ class ShardTracker:
         # entry has the same due time, where it does exactly what that entry would.
         self._slots: list[str | None] = []
         self._free: list[int] = []
+        self._bits = _SLOT_BITS  # slot bits of a heap entry (`_widen`)
+        self._mask = (1 << _SLOT_BITS) - 1
         self._heap_limit = _HEAP_SLACK
         self._seq = 0
         self._dedup = Deduper(rules.dedup_horizon_ms)
@@ -200,7 +206,7 @@ class ShardTracker:
             deadlines = self._deadlines
             apply = self._apply
             for ts, _, _, ev in pending[:cut]:
-                if deadlines and deadlines[0] < ts << _SLOT_BITS:  # a due time before ts
+                if deadlines and deadlines[0] < (ts - _EPOCH) << self._bits:  # due before ts
                     self._fire_due(ts - 1, out)
                 apply(ts, ev, out)
             del pending[:cut]
@@ -257,7 +263,7 @@ class ShardTracker:
         """The earliest event time at which something may happen (a buffered event or deadline)."""
         times = [min(p[0] for p in self._pending)] if self._pending else []
         if self._deadlines:
-            times.append(self._deadlines[0] >> _SLOT_BITS)
+            times.append(heap_entry(self._deadlines[0], self._bits)[0])
         return min(times) if times else None
 
     # --- deadlines ---------------------------------------------------------------------------
@@ -265,11 +271,12 @@ class ShardTracker:
     def _fire_due(self, limit: int, out: list[AlertChange]) -> None:
         heap = self._deadlines
         orders, slots = self.orders, self._slots
-        bound = limit << _SLOT_BITS | _SLOT_MASK  # the last entry due at `limit`
+        bits, mask = self._bits, self._mask  # firing adds no order, so they stay as they are
+        bound = (limit - _EPOCH) << bits | mask  # the last entry due at `limit`
         while heap and heap[0] <= bound:
             entry = heapq.heappop(heap)
-            due = entry >> _SLOT_BITS
-            oid = slots[entry & _SLOT_MASK]
+            due = (entry >> bits) + _EPOCH
+            oid = slots[entry & mask]
             if oid is None:
                 continue  # its order was forgotten
             rec = orders[oid]
@@ -301,7 +308,7 @@ class ShardTracker:
     def _push(self, oid: str, rec: OrderRec, due: int) -> None:
         rec.due = due
         heap = self._deadlines
-        heapq.heappush(heap, due << _SLOT_BITS | rec.slot)
+        heapq.heappush(heap, (due - _EPOCH) << self._bits | rec.slot)
         if len(heap) > self._heap_limit:
             self._compact()
 
@@ -313,18 +320,28 @@ class ShardTracker:
         half keeps the cost amortised O(1) per push.
         """
         orders, slots = self.orders, self._slots
+        bits, mask = self._bits, self._mask
         live = []
         for entry in self._deadlines:
-            oid = slots[entry & _SLOT_MASK]
+            oid = slots[entry & mask]
             if oid is None:
                 continue
             rec = orders[oid]
             due = packed_due(rec) if isinstance(rec, bytes) else rec.due
-            if due == entry >> _SLOT_BITS:
+            if due == (entry >> bits) + _EPOCH:
                 live.append(entry)
         heapq.heapify(live)
         self._deadlines[:] = live  # in place: `_fire_due` holds the list while it pops
         self._heap_limit = len(live) + len(live) // 2 + _HEAP_SLACK
+
+    def _widen(self) -> None:
+        """More orders than the slot bits can name: give every heap entry more of them. Rare
+        (at 2**20 orders in one shard, then every 16× more); the order of entries is kept, so
+        the list stays a heap, changed in place as `advance` holds it."""
+        old, mask = self._bits, self._mask
+        new = old + _WIDEN_BY
+        self._deadlines[:] = [(e >> old) << new | (e & mask) for e in self._deadlines]
+        self._bits, self._mask = new, (1 << new) - 1
 
     def _next_due(self, rec: OrderRec) -> int | None:
         best: int | None = None
@@ -496,6 +513,8 @@ class ShardTracker:
                 self._slots[slot] = oid
             else:
                 slot = len(self._slots)
+                if slot > self._mask:
+                    self._widen()
                 self._slots.append(oid)
             rec = self.orders[oid] = new_order(oid, ts, slot)
             if self._pack_after:

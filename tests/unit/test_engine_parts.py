@@ -283,6 +283,52 @@ def test_redelivery_after_the_order_was_forgotten_is_still_dropped() -> None:
     assert "A" not in tracker.orders
 
 
+@pytest.mark.parametrize("when", [631_152_000_000, 4_000_000_000_000], ids=["1990", "2096"])
+def test_deadlines_decades_from_the_heap_epoch_fire_on_time(when: int) -> None:
+    """Heap entries count from 2025; a due time decades away makes a bigger int, not a wrong
+    one, and sorts with the others."""
+    from tests.factories import BASE, payment
+
+    cfg = config({"gaps": {"paid_without_wms": {"within": "10m"}}})
+    at = when - BASE
+    lines = [order(at, "A", "paid"), payment(at, "A"), order(at + MIN, "B", "paid")]
+    lines.append(payment(at + MIN, "B", "PB"))
+    got = summary(track(lines, cfg, until=when + HOUR))
+    assert got == [
+        ("firing", "paid_without_wms", "A", at + 10 * MIN, None),
+        ("firing", "paid_without_wms", "B", at + 11 * MIN, None),
+    ]
+
+
+def test_a_shard_with_more_orders_than_slot_bits_widens_its_heap_entries() -> None:
+    """Past 2**bits orders every heap entry gets more slot bits, mid-advance, in place."""
+    from unittest import mock
+
+    from orderwatch.domain import tracker as tracker_module
+    from orderwatch.domain.order import OrderRec
+    from orderwatch.domain.rules import RuleSet
+    from orderwatch.domain.tracker import ShardTracker
+    from tests.factories import BASE, decode_all, payment
+
+    cfg = config({"gaps": {"paid_without_wms": {"within": "10m"}}})
+    with mock.patch.object(tracker_module, "_SLOT_BITS", 1):
+        tracker = ShardTracker(RuleSet.from_config(cfg))
+    heap = tracker._deadlines
+    lines = [order(i, f"A{i}", "paid") for i in range(40)]
+    lines += [payment(i, f"A{i}", f"P{i}") for i in range(40)]
+    for d in decode_all(lines, cfg):
+        tracker.ingest(*order_scoped(d))
+    assert tracker.advance(BASE + MIN) == []
+    assert tracker._bits == 1 + 2 * tracker_module._WIDEN_BY  # 2 slots, then 32, then 512
+    assert tracker._deadlines is heap
+    entries = {tracker_module.heap_entry(e, tracker._bits) for e in heap}
+    for rec in tracker.orders.values():
+        assert isinstance(rec, OrderRec) and (rec.due, rec.slot) in entries
+    fired = summary(tracker.advance(BASE + HOUR))
+    assert sorted(f[2] for f in fired) == sorted(f"A{i}" for i in range(40))
+    assert all(f[3] == int(f[2][1:]) + 10 * MIN for f in fired)  # each at its own due time
+
+
 def test_a_reused_slot_with_a_stale_heap_entry_fires_once_on_time() -> None:
     """A forgotten order's slot goes to the next new order while the forgotten one's
     superseded heap entry is still queued, here for the very time the new order is due."""

@@ -161,6 +161,15 @@ def test_compacting_the_deadline_heap_changes_nothing(lines: list[bytes]) -> Non
     assert compacted == reference(lines)
 
 
+@settings(max_examples=100, deadline=None)
+@given(lines=streams())
+def test_widening_heap_entries_changes_nothing(lines: list[bytes]) -> None:
+    """With one slot bit to start from, the heap is widened as orders arrive, mid-advance."""
+    with mock.patch.object(tracker_module, "_SLOT_BITS", 1):
+        widened = reference(lines)
+    assert widened == reference(lines)
+
+
 def test_compaction_keeps_one_heap_entry_per_order() -> None:
     """An order whose next deadline moves earlier leaves a superseded entry; compaction drops it."""
     with mock.patch.object(tracker_module, "_HEAP_SLACK", 0):
