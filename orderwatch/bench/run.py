@@ -3,8 +3,9 @@
 Order of work: generate (or reuse) the mixed stream; K rounds of [parse-only loop, plain script,
 replay on 1 worker, 2 workers, 2 processes, stage split] — interleaved so that a noisy
 neighbour slows all of them rather than one; compare the alert outputs; a 1-worker replay under
-py-spy (where the whole process's time goes); two open-orders replays (and two plain runs)
-for bytes per open order; the live latency run; then the table, the JSON and `latest.md`.
+py-spy (where the whole process's time goes); replays (and plain runs) of 100k, 500k and 1M
+open orders for bytes per open order; the live latency run; then the tables, the JSON and
+`latest.md`.
 """
 
 from __future__ import annotations
