@@ -257,6 +257,11 @@ def test_result_name_and_markdown() -> None:
     assert "| f (orderwatch/domain/tracker.py) | 12.5% | 50.0% |" in md
     assert "profile: 2,000 samples at 250 Hz (0 unreadable)" in md
     assert "the same as the replays'" in md
+    empty = fake_result()
+    empty["profile"].update(
+        samples=0, functions=[], areas=dict.fromkeys(empty["profile"]["areas"], 0.0)
+    )
+    assert "profile: 0 samples at 250 Hz" in markdown(add_ratios(empty))
 
 
 COLLAPSED = """\
