@@ -14,9 +14,10 @@ from typing import Any
 from orderwatch.config import REPLAY_BATCH_LINES, Config, ConfigError, load_config
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, *, check_files: bool = False) -> Config:
+    """The config or exit 2; `check_files` where the file sources will be read (`run`)."""
     try:
-        return load_config(path)
+        return load_config(path, check_files=check_files)
     except ConfigError as exc:
         print(f"orderwatch: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -115,7 +116,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from orderwatch.describe import describe
 
     try:
-        cfg = load_config(args.file)
+        cfg = load_config(args.file, check_files=True)
     except ConfigError as exc:
         print(f"{args.file}: invalid config", file=sys.stderr)
         for line in exc.errors:
@@ -235,7 +236,7 @@ def _print_summary(summary: Any, alerts_out: Path, dead_letters: Path) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from orderwatch.daemon import run_daemon
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, check_files=True)
     return run_daemon(
         cfg,
         workers=args.workers,

@@ -8,24 +8,27 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from orderwatch.domain.lifecycle import STATUSES
 from orderwatch.durations import parse_duration_ms
+from orderwatch.simulate.scenarios import ORDER_FAULTS, SCENARIOS
 
 Severity = Literal["info", "warning", "critical"]
 EventType = Literal["order", "payment", "wms", "logistics", "access_log"]
@@ -83,11 +86,34 @@ class FileSource(_Model):
     format: Literal["jsonl", "nginx"] = "jsonl"
     batch_size: int = Field(default=2000, ge=1, le=100_000)
 
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, v: Path, info: ValidationInfo) -> Path:
+        """Only when asked (`check_files`): `run` and `check-config`, not a replay's rules."""
+        if info.context and info.context.get("check_files"):
+            if not v.exists():
+                raise ValueError(f"file not found: {v.absolute()}")
+            if not v.is_file() or not os.access(v, os.R_OK):
+                raise ValueError(f"not a readable file: {v.absolute()}")
+        return v
+
     @model_validator(mode="after")
     def _nginx_is_access_log(self) -> FileSource:
         if self.format == "nginx" and self.type not in (None, "access_log"):
             raise ValueError("format 'nginx' carries access_log events only")
         return self
+
+
+def _scenario(name: str) -> str:
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    return name
+
+
+def _share(value: float) -> float:
+    if not 0.0 <= value <= 1.0:  # also rejects nan
+        raise ValueError(f"share must be within 0..1, got {value:g}")
+    return value
 
 
 class SimulatorSource(_Model):
@@ -96,8 +122,29 @@ class SimulatorSource(_Model):
     rate: float = Field(default=200.0, gt=0)  # events per wall second
     speed: float = Field(default=60.0, gt=0)  # simulated seconds per wall second
     seed: int = 1
-    scenarios: dict[str, float] = Field(default_factory=dict)
+    # Names and rules from orderwatch.simulate.scenarios (what `simulate --scenario` takes).
+    scenarios: dict[
+        Annotated[str, AfterValidator(_scenario)], Annotated[float, AfterValidator(_share)]
+    ] = Field(default_factory=dict)
     start: str | None = None  # RFC 3339 start of simulated time; default: now
+
+    @field_validator("scenarios")
+    @classmethod
+    def _order_shares(cls, v: dict[str, float]) -> dict[str, float]:
+        total = sum(share for name, share in v.items() if name in ORDER_FAULTS)
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"the per-order scenario shares add up to {total:g}, more than 1")
+        return v
+
+    @field_validator("start")
+    @classmethod
+    def _instant(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                datetime.fromisoformat(v)
+            except ValueError:
+                raise ValueError(f"expected an RFC 3339 time, got {v!r}") from None
+        return v
 
 
 Source = Annotated[KafkaSource | FileSource | SimulatorSource, Field(discriminator="kind")]
@@ -357,21 +404,38 @@ def parse_zone(text: str) -> timezone | ZoneInfo:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand(node: Any, path: str, env: dict[str, str], errors: list[str]) -> Any:
-    """Replace `${VAR}` / `${VAR:-default}` in every string, recording unset variables."""
+class _Expansion:
+    """What `_expand` did: unset variables by path, and the values it put in (never shown)."""
+
+    def __init__(self) -> None:
+        self.unset: dict[str, list[str]] = {}
+        self.used: list[tuple[str, str, str]] = []  # (path, variable, value)
+
+    def redact(self, path: str, message: str) -> str:
+        """`message` with the value of any variable used at or under `path` as `${NAME}`."""
+        for where, name, value in self.used:
+            under = where == path or where.startswith((f"{path}.", f"{path}["))
+            if value and (under or path == "(top level)"):
+                message = message.replace(value, f"${{{name}}}")
+        return message
+
+
+def _expand(node: Any, path: str, env: dict[str, str], done: _Expansion) -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in every string (an unset one by "")."""
     if isinstance(node, dict):
-        return {k: _expand(v, _join(path, str(k)), env, errors) for k, v in node.items()}
+        return {k: _expand(v, _join(path, str(k)), env, done) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand(v, f"{path}[{i}]", env, errors) for i, v in enumerate(node)]
+        return [_expand(v, f"{path}[{i}]", env, done) for i, v in enumerate(node)]
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in env:
+                done.used.append((path, name, env[name]))
                 return env[name]
             if default is not None:
                 return default
-            errors.append(f"{path}: environment variable {name} is not set")
+            done.unset.setdefault(path, []).append(name)
             return ""
 
         return _VAR.sub(sub, node)
@@ -389,29 +453,49 @@ def _loc(loc: tuple[int | str, ...]) -> str:
             out += f"[{part}]"
         elif part in ("kafka", "file", "simulator") and out.endswith("]"):
             continue  # pydantic's discriminator tag, not a key the user wrote
+        elif part == "[key]":
+            continue  # pydantic's marker of a bad mapping key; the key itself came before
         else:
             out = _join(out, str(part))
     return out or "(top level)"
 
 
-def validate_config(data: Any, env: dict[str, str] | None = None) -> Config:
-    """Validate an already-parsed YAML document."""
+def validate_config(
+    data: Any, env: dict[str, str] | None = None, *, check_files: bool = False
+) -> Config:
+    """Validate an already-parsed YAML document; `check_files`: file sources must exist.
+
+    All problems come together: unset `${VAR}`s after the other errors (an error at the path
+    of an unset variable is left out, it is about the "" put in its place).
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(["(top level): expected a mapping of keys"])
+    done = _Expansion()
+    data = _expand(data, "", dict(os.environ if env is None else env), done)
     errors: list[str] = []
-    data = _expand(data, "", dict(os.environ if env is None else env), errors)
+    try:
+        cfg = Config.model_validate(data, context={"check_files": check_files})
+    except ValidationError as exc:
+        for e in exc.errors():
+            path = _loc(e["loc"])
+            if path not in done.unset:
+                errors.append(f"{path}: {done.redact(path, e['msg'])}")
+    for path, names in done.unset.items():
+        errors += [f"{path}: environment variable {name} is not set" for name in names]
     if errors:
         raise ConfigError(errors)
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError([f"{_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
+    return cfg
 
 
-def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> Config:
-    """Load and validate a config file; None gives the embedded default (simulator demo)."""
+def load_config(
+    path: str | Path | None, env: dict[str, str] | None = None, *, check_files: bool = False
+) -> Config:
+    """Load and validate a config file; None gives the embedded default (simulator demo).
+
+    `check_files` (for `run` and `check-config`): a file source must name a readable file.
+    """
     if path is None:
         from importlib.resources import files
 
@@ -429,4 +513,4 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> C
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         raise ConfigError([f"{source}: not valid YAML at {where}: {exc}"]) from None
-    return validate_config(data, env)
+    return validate_config(data, env, check_files=check_files)

@@ -1,0 +1,204 @@
+"""A bad config fails at load, before any port opens, listing every error with its key's path."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orderwatch.cli import main
+from orderwatch.config import ConfigError, load_config, validate_config
+from orderwatch.simulate import SCENARIOS
+
+
+def errors_of(doc: dict[str, Any], env: dict[str, str] | None = None, **kw: Any) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        validate_config(doc, env={} if env is None else env, **kw)
+    return err.value.errors
+
+
+def simulator(**scenarios: Any) -> dict[str, Any]:
+    return {"sources": [{"kind": "simulator", "scenarios": scenarios}]}
+
+
+# --- simulator scenarios -----------------------------------------------------------------------
+
+
+def test_every_simulator_scenario_is_accepted() -> None:
+    """The config takes exactly the names `orderwatch simulate --scenario` takes."""
+    cfg = validate_config(simulator(**{name: 0.01 for name in SCENARIOS}))
+    assert list(cfg.sources[0].scenarios) == list(SCENARIOS)  # type: ignore[union-attr]
+
+
+def test_unknown_scenario_is_an_error_at_its_key() -> None:
+    """`scenarios: {nope: 0.1}` used to pass and crash the bytewax source at run time."""
+    (line,) = errors_of(simulator(nope=0.1, wms_push_lost=0.1))
+    assert line.startswith("sources[0].scenarios.nope: ")
+    assert "unknown scenario 'nope'" in line and "wms_push_lost" in line
+
+
+@pytest.mark.parametrize("share", [2, -0.1, float("nan")])
+def test_share_out_of_range_is_an_error_at_its_key(share: float) -> None:
+    """A share is 0..1; the error names the share's path and the allowed range."""
+    (line,) = errors_of(simulator(wms_push_lost=share, callback_storm=0.1))
+    assert line.startswith("sources[0].scenarios.wms_push_lost: ")
+    assert "within 0..1" in line
+
+
+def test_per_order_shares_may_not_add_up_to_more_than_one() -> None:
+    """Each order gets at most one fault; window faults do not count."""
+    (line,) = errors_of(simulator(double_ship=0.7, status_jump=0.6, callback_storm=0.9))
+    assert line.startswith("sources[0].scenarios: ") and "1.3" in line
+    validate_config(simulator(double_ship=0.5, status_jump=0.5, callback_storm=0.9))
+
+
+def test_bad_simulator_start_is_an_error() -> None:
+    """An unparsable `start` used to crash the bytewax source at run time."""
+    doc = {"sources": [{"kind": "simulator", "start": "tomorrow"}]}
+    (line,) = errors_of(doc)
+    assert line.startswith("sources[0].start: ") and "RFC 3339" in line
+    validate_config({"sources": [{"kind": "simulator", "start": "2026-11-11T00:00:00+08:00"}]})
+
+
+# --- environment variables ---------------------------------------------------------------------
+
+README_BAD = """\
+rules:
+  stuck:
+    - {name: a, statuses: [paid], max_dwell: 30m, severity: warning}
+    - {name: b, statuses: [payed], max_dwell: 2x, severity: critical}
+notifiers:
+  - {kind: dingtalk, url: "https://oapi.dingtalk.com/robot/send?access_token=${DINGTALK_TOKEN}"}
+"""
+
+
+def test_unset_variable_does_not_hide_the_other_errors() -> None:
+    """An unset ${VAR} used to be the only error reported."""
+    paths = [e.partition(": ")[0] for e in errors_of(yaml.safe_load(README_BAD))]
+    assert paths == ["rules.stuck[1].statuses[0]", "rules.stuck[1].max_dwell", "notifiers[0].url"]
+
+
+def test_unset_variable_is_not_also_reported_as_a_bad_value() -> None:
+    """The "" put in place of an unset variable is not blamed on the user."""
+    assert errors_of({"lateness": "${LATE}"}) == ["lateness: environment variable LATE is not set"]
+
+
+def test_errors_never_show_the_value_of_a_variable() -> None:
+    """A value from the environment (maybe a secret) is shown as `${NAME}` in errors."""
+    env = {"LISTEN": "s3cr3t-listen", "ZONE": "s3cr3t-zone"}
+    text = "\n".join(errors_of({"http": {"listen": "${LISTEN}"}, "timezone": "${ZONE}"}, env))
+    assert "s3cr3t" not in text
+    assert "http.listen:" in text and "${LISTEN}" in text and "${ZONE}" in text
+
+
+# --- file sources ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_missing_source_file_is_an_error_when_files_are_checked(
+    tmp_path: Path, follow: bool
+) -> None:
+    """`run` and `check-config` check file sources; even `follow` opens the file at start."""
+    doc = {"sources": [{"kind": "file", "path": str(tmp_path / "none.jsonl"), "follow": follow}]}
+    (line,) = errors_of(doc, check_files=True)
+    assert line.startswith("sources[0].path: ") and "file not found" in line
+    validate_config(doc)  # a replay only uses the rules: its config may name files elsewhere
+    (tmp_path / "none.jsonl").write_text("")
+    validate_config(doc, check_files=True)
+
+
+def test_a_directory_is_not_a_source_file(tmp_path: Path) -> None:
+    (line,) = errors_of({"sources": [{"kind": "file", "path": str(tmp_path)}]}, check_files=True)
+    assert line.startswith("sources[0].path: ") and "not a readable file" in line
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def test_check_config_output_is_the_readme_example(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README "Command line" shows check-config's output for this file; keep it true."""
+    monkeypatch.delenv("DINGTALK_TOKEN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    Path("bad.yaml").write_text(README_BAD)
+    assert main(["check-config", "bad.yaml"]) == 2
+    got = capsys.readouterr().err.splitlines()
+    readme = (Path(__file__).parents[2] / "README.md").read_text("utf-8")
+    block = re.search(r"\$ orderwatch check-config bad.yaml\n(.*?)\n```", readme, re.S)
+    assert block is not None
+    shown = block.group(1).splitlines()
+    assert len(got) == len(shown), got
+    for line, example in zip(got, shown, strict=True):
+        assert line.startswith(example.rstrip("…").rstrip(" ,'")), (line, example)
+
+
+def test_check_config_lists_every_error_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad scenario, bad share and a missing file together: `check-config` used to say OK."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "sources:\n"
+        "  - {kind: simulator, scenarios: {nope: 0.1, wms_push_lost: 2}}\n"
+        f"  - {{kind: file, path: {tmp_path / 'none.jsonl'}}}\n"
+    )
+    assert main(["check-config", str(path)]) == 2
+    paths = [ln.split(": ")[0].strip() for ln in capsys.readouterr().err.splitlines()[1:]]
+    assert paths == [
+        "sources[0].scenarios.nope",
+        "sources[0].scenarios.wms_push_lost",
+        "sources[1].path",
+    ]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"kind": "simulator", "scenarios": {"nope": 0.1}},
+        {"kind": "file", "path": "/nonexistent/orderwatch-test.jsonl"},
+    ],
+)
+def test_run_refuses_a_bad_source_before_opening_its_port(
+    tmp_path: Path, source: dict[str, Any]
+) -> None:
+    """`orderwatch run` exits 2 naming the key; it used to start, then panic in bytewax."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [source],
+                "http": {"listen": f"127.0.0.1:{port}"},
+                "state": {"dir": str(tmp_path / "state")},
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "orderwatch", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode == 2, said
+    assert "sources[0]." in said and "invalid config" in said
+    assert "control_plane_started" not in said
+    assert "panicked" not in said and "Traceback" not in said
+    assert not (tmp_path / "state").exists()
+
+
+def test_files_are_checked_only_when_asked(tmp_path: Path) -> None:
+    """Replay reads its events argument, not `sources`: a config from the server still works."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"sources": [{"kind": "file", "path": "/srv/none.jsonl"}]}))
+    cfg = load_config(config)
+    assert str(cfg.sources[0].path) == "/srv/none.jsonl"  # type: ignore[union-attr]
