@@ -190,8 +190,9 @@ def run_daemon(
         if primary
         else AlertStore(None, channels=channels)
     )
-    registry = build_registry(runtime, store, cfg.metrics, rules=RuleSet.from_config(cfg))
-    app = build_app(runtime, store, registry, timezone=cfg.timezone)
+    rules = RuleSet.from_config(cfg)
+    registry = build_registry(runtime, store, cfg.metrics, rules=rules)
+    app = build_app(runtime, store, registry, timezone=cfg.timezone, rules=rules)
     printer = ConsolePrinter(cfg.timezone)
     control = ControlPlane(app, cfg.http.host, cfg.http.port + pid, runtime, store, printer)
     control.start()

@@ -3,15 +3,19 @@
 Handlers run on the control plane's asyncio loop and only read: the alert store, the
 injected Prometheus registry and the trackers of this process. Every error, including an
 unknown path, a wrong method and an unexpected exception, is JSON `{"error": "..."}`.
+
+Query parameters are checked in one place, `checked_query`, against `PARAMETERS`: a /v1
+endpoint takes only the parameters listed for it, each once, non-empty and well-formed, and a
+name (rule, severity, alertname) only from the values the running config can produce.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import quote
 
 import aiohttp
@@ -21,9 +25,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from orderwatch.alerts.store import AlertStore
+from orderwatch.config import Severity
 from orderwatch.control.timeline import MAX_ORDER_ID, find_order, local_iso, timeline
 from orderwatch.domain.alert import AlertChange, rfc3339_ms
-from orderwatch.domain.rules import STUCK_ALERT
+from orderwatch.domain.rules import ANOMALY_ALERT, GAP_ALERT, STUCK_ALERT, RuleSet
 from orderwatch.metrics import event_clock_ms, rule_windows
 from orderwatch.runtime import Runtime
 
@@ -32,7 +37,8 @@ log = structlog.get_logger(__name__)
 STUCK_LIMIT_DEFAULT = 50
 STUCK_LIMIT_MAX = 1000
 RECENT_ANOMALIES = 100
-_ALERT_FILTERS = ("alertname", "rule", "severity", "order_id")
+SEVERITIES: tuple[str, ...] = get_args(Severity)
+ALERTNAMES = (STUCK_ALERT, GAP_ALERT, ANOMALY_ALERT)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _dumps = functools.partial(json.dumps, ensure_ascii=False)
@@ -44,6 +50,7 @@ class Context:
     store: AlertStore
     registry: CollectorRegistry
     timezone: str
+    rules: RuleSet | None = None  # the running config's; None: read from a tracker
 
 
 CONTEXT = web.AppKey("orderwatch", Context)
@@ -95,12 +102,124 @@ def _ctx(request: web.Request) -> Context:
     return request.app[CONTEXT]
 
 
-def _only(request: web.Request, allowed: tuple[str, ...]) -> None:
-    """Reject unknown query parameters: a typo must not silently return unfiltered data."""
-    for name in request.query:
-        if name not in allowed:
-            names = ", ".join(allowed) or "none"
-            raise ApiError(400, f"unknown query parameter {name!r} (accepted: {names})")
+def _rules(ctx: Context) -> RuleSet | None:
+    """The running config's rules: given to `build_app`, else those of any tracker here."""
+    if ctx.rules is not None:
+        return ctx.rules
+    trackers = list(ctx.runtime.trackers.values())  # one C call: safe while workers register
+    return trackers[0].rules if trackers else None
+
+
+# --- query parameters ------------------------------------------------------------------------
+
+Reader = Callable[[Context, str], object]
+"""Reads one query parameter's non-empty text into its value; raises `BadValue` if it is bad."""
+
+
+class BadValue(ValueError):
+    """A query parameter's value is wrong: the message says why, `allowed` lists the choices."""
+
+    def __init__(self, message: str, allowed: Iterable[str] | None = None) -> None:
+        super().__init__(message)
+        self.allowed = None if allowed is None else list(allowed)
+
+
+def _bad(name: str, message: str, allowed: Iterable[str] | None = None) -> ApiError:
+    extra: dict[str, Any] = {"parameter": name}
+    if allowed is not None:
+        extra["allowed"] = list(allowed)
+    return ApiError(400, message, **extra)
+
+
+def _show(raw: str, width: int = 40) -> str:
+    return repr(raw if len(raw) <= width else raw[:width] + "…")
+
+
+def _one_of(names: Callable[[Context], Sequence[str] | None], why: str) -> Reader:
+    """A reader accepting only `names(ctx)`; when that is None (not known yet) anything goes."""
+
+    def read(ctx: Context, raw: str) -> str:
+        allowed = names(ctx)
+        if allowed is not None and raw not in allowed:
+            raise BadValue(f"{why} (allowed: {', '.join(allowed) or 'none'})", allowed)
+        return raw
+
+    return read
+
+
+def _rule_names(ctx: Context) -> list[str] | None:
+    rules = _rules(ctx)
+    if rules is None:
+        return None
+    return list(dict.fromkeys([*(s.name for s in rules.stuck), *rules.gaps, *rules.anomalies]))
+
+
+def _stuck_rule_names(ctx: Context) -> list[str] | None:
+    rules = _rules(ctx)
+    return None if rules is None else list(dict.fromkeys(s.name for s in rules.stuck))
+
+
+def _limit(ctx: Context, raw: str) -> int:
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else 0  # no "+1", " 1"
+    if not 1 <= value <= STUCK_LIMIT_MAX:
+        raise BadValue(f"must be an integer from 1 to {STUCK_LIMIT_MAX}")
+    return value
+
+
+def _order_id(ctx: Context, raw: str) -> str:
+    if len(raw) > MAX_ORDER_ID:
+        raise BadValue(f"{len(raw)} characters; at most {MAX_ORDER_ID} allowed")
+    return raw
+
+
+PARAMETERS: dict[str, dict[str, Reader]] = {
+    "/v1/alerts": {
+        "alertname": _one_of(lambda ctx: ALERTNAMES, "not an alertname"),
+        "rule": _one_of(_rule_names, "no rule of that name in the running config"),
+        "severity": _one_of(lambda ctx: SEVERITIES, "not a severity"),
+        "order_id": _order_id,
+    },
+    "/v1/orders/stuck": {
+        "rule": _one_of(_stuck_rule_names, "no stuck rule of that name in the running config"),
+        "limit": _limit,
+    },
+    "/v1/orders/{order_id}": {},
+}
+"""The query parameters each /v1 route accepts (a /v1 route not listed accepts none)."""
+
+QUERY = web.RequestKey("query", dict[str, Any])  # a /v1 request's checked parameters
+
+
+def _read_query(request: web.Request, readers: dict[str, Reader]) -> dict[str, Any]:
+    """The request's query parameters read by `readers`; any unknown, repeated, empty or bad
+    one is a 400 naming it (a typo must not silently return unfiltered data)."""
+    ctx = _ctx(request)
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(request.query):
+        if name not in readers:
+            accepted = ", ".join(readers) or "none"
+            raise _bad(name, f"unknown query parameter {name!r} (accepted: {accepted})", readers)
+        values = request.query.getall(name)
+        if len(values) > 1:
+            raise _bad(name, f"query parameter {name!r} is given {len(values)} times; give it once")
+        raw = values[0]
+        if not raw:
+            raise _bad(name, f"query parameter {name!r} is empty; give a value or leave it out")
+        try:
+            out[name] = readers[name](ctx, raw)
+        except BadValue as exc:
+            raise _bad(name, f"bad {name} {_show(raw)}: {exc}", exc.allowed) from None
+    return out
+
+
+@web.middleware
+async def checked_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check a /v1 request's query against `PARAMETERS` before its handler runs."""
+    resource = request.match_info.route.resource
+    path = "" if resource is None else resource.canonical
+    if path.startswith("/v1/"):
+        request[QUERY] = _read_query(request, PARAMETERS.get(path, {}))
+    return await handler(request)
 
 
 # --- health and metrics ----------------------------------------------------------------------
@@ -143,8 +262,7 @@ def _matches(alert: AlertChange, filters: dict[str, str]) -> bool:
 
 
 async def alerts(request: web.Request) -> web.Response:
-    _only(request, _ALERT_FILTERS)
-    filters = {k: v for k, v in request.query.items() if k in _ALERT_FILTERS}
+    filters: dict[str, str] = request[QUERY]
     store = _ctx(request).store
     firing = [a.to_json() for a in store.firing() if _matches(a, filters)]
     shots = [a.to_json() for a in store.recent_one_shots(RECENT_ANOMALIES) if _matches(a, filters)]
@@ -153,23 +271,10 @@ async def alerts(request: web.Request) -> web.Response:
     )
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit")
-    if raw is None:
-        return STUCK_LIMIT_DEFAULT
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= STUCK_LIMIT_MAX:
-        raise ApiError(400, f"limit must be an integer from 1 to {STUCK_LIMIT_MAX}, got {raw!r}")
-    return value
-
-
 async def stuck_orders(request: web.Request) -> web.Response:
-    _only(request, ("rule", "limit"))
-    limit = _limit(request)
-    rule = request.query.get("rule") or None
+    query = request[QUERY]
+    limit: int = query.get("limit", STUCK_LIMIT_DEFAULT)
+    rule: str | None = query.get("rule")
     ctx = _ctx(request)
     stuck = ctx.store.stuck(rule)
     clock = event_clock_ms(ctx.runtime)
@@ -258,10 +363,13 @@ def build_app(
     registry: CollectorRegistry,
     *,
     timezone: str = "Asia/Shanghai",
+    rules: RuleSet | None = None,
 ) -> web.Application:
-    """The aiohttp application serving the read API; other modules add their routes to it."""
-    app = web.Application(middlewares=[json_errors])
-    app[CONTEXT] = Context(runtime, store, registry, timezone)
+    """The aiohttp application serving the read API; other modules add their routes to it
+    (a /v1 one with its query parameters in `PARAMETERS`). Without `rules`, rule names are
+    checked against a tracker's rules, so not before this process has a shard."""
+    app = web.Application(middlewares=[json_errors, checked_query])
+    app[CONTEXT] = Context(runtime, store, registry, timezone, rules)
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/readyz", readyz, allow_head=True)
     app.router.add_get("/metrics", metrics)

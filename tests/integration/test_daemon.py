@@ -65,6 +65,14 @@ def test_daemon_serves_alerts_timelines_and_metrics(tmp_path: Path) -> None:
         status, stuck = d.get("/v1/orders/stuck?rule=paid_not_shipped")
         assert status == 200
         assert [o["order_id"] for o in stuck["orders"]] == ["O1002", "O1005", "O1008"]
+        for bad, word in [
+            ("/v1/orders/O1002?x=1", "'x'"),
+            ("/v1/alerts?severity=bogus", "info, warning, critical"),
+            ("/v1/orders/stuck?rule=nope", "paid_not_allocated"),
+            ("/v1/orders/stuck?limit=1&limit=2", "limit"),
+        ]:
+            status, err = d.get(bad)
+            assert status == 400 and word in err["error"], (bad, err)
 
         status, text = d.get("/metrics")
         assert status == 200

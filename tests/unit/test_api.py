@@ -169,8 +169,8 @@ def test_stuck_orders_oldest_first_with_limit() -> None:
         body = await (await client.get("/v1/orders/stuck?rule=paid_not_allocated&limit=2")).json()
         assert [o["order_id"] for o in body["orders"]] == ["A", "B"]
         assert body["total"] == 3
-        body = await (await client.get("/v1/orders/stuck?rule=nope")).json()
-        assert body["orders"] == []
+        body = await (await client.get("/v1/orders/stuck?rule=paid_not_shipped")).json()
+        assert body["orders"] == []  # a rule of the config that has not fired
 
     serve(d.app(), check)
 
@@ -180,13 +180,131 @@ def test_stuck_orders_rejects_a_bad_limit() -> None:
     d = Daemon()
 
     async def check(client: TestClient[Any, Any]) -> None:
-        for bad in ("0", "1001", "abc", "-3"):
+        for bad in ("0", "1001", "abc", "-3", "+5", "%205", "1_0", "%D9%A3", "9" * 5000):
             r = await client.get(f"/v1/orders/stuck?limit={bad}")
             assert r.status == 400, bad
             assert "limit" in (await r.json())["error"]
         assert (await client.get("/v1/orders/stuck?limit=1000")).status == 200
+        assert (await client.get("/v1/orders/stuck?limit=007")).status == 200
 
     serve(d.app(), check)
+
+
+async def _rejected(client: TestClient[Any, Any], url: str, *words: str) -> dict[str, Any]:
+    """GET `url`, expect a JSON 400 whose error mentions every one of `words`."""
+    r = await client.get(url)
+    assert (r.status, r.content_type) == (400, "application/json"), url
+    body: dict[str, Any] = await r.json()
+    for word in words:
+        assert word in body["error"], (url, word, body)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [("/v1/alerts", "severity=info"), ("/v1/orders/stuck", "limit=1"), ("/v1/orders/A", None)],
+)
+def test_every_v1_endpoint_rejects_unknown_repeated_and_empty_parameters(
+    path: str, param: str | None
+) -> None:
+    """Unknown, repeated and empty query parameters are a JSON 400 naming the parameter on
+    every /v1 endpoint, the order timeline included; the same request without them works."""
+    d = Daemon().feed(SCENARIO, until=HOUR)
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        name = "" if param is None else param.partition("=")[0]
+        if param is not None:
+            await _rejected(client, f"{path}?{param}&{param}", name, "2 times")
+            await _rejected(client, f"{path}?{param}&{name}=2", name, "2 times")
+            await _rejected(client, f"{path}?{name}=", name, "empty")
+            await _rejected(client, f"{path}?{name}", name, "empty")
+        await _rejected(client, f"{path}?x=1&x=2", "'x'")
+        body = await _rejected(client, f"{path}?x=1", "unknown query parameter 'x'")
+        assert body["parameter"] == "x"
+        assert (body["allowed"] == []) if param is None else (name in body["allowed"])
+        ok = await client.get(path if param is None else f"{path}?{param}")
+        assert ok.status == 200
+        assert (await client.get("/healthz?x=1")).status == 200  # only /v1 is checked
+
+    serve(d.app(), check)
+
+
+def test_alerts_rejects_names_the_config_cannot_produce() -> None:
+    """A severity, alertname or rule outside what the running config can produce is a 400
+    listing the allowed values; an allowed one that matches nothing is an empty 200."""
+    d = Daemon().feed(SCENARIO, until=HOUR)
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        body = await _rejected(client, "/v1/alerts?severity=bogus", "severity", "'bogus'")
+        assert body["allowed"] == ["info", "warning", "critical"]
+        assert "info, warning, critical" in body["error"]
+        body = await _rejected(client, "/v1/alerts?alertname=OrderStuk", "alertname")
+        assert body["allowed"] == ["OrderStuck", "OrderGap", "OrderAnomaly"]
+        body = await _rejected(client, "/v1/alerts?rule=nope", "rule", "'nope'", "running config")
+        assert body["allowed"] == [
+            "paid_not_allocated",
+            "paid_not_shipped",
+            "logistics_stalled",
+            "paid_without_wms",
+            "wms_without_payment",
+            "payment_not_applied",
+            "illegal_transition",
+            "shipped_without_tracking",
+            "conflicting_tracking",
+            "amount_mismatch",
+            "duplicate_payment",
+        ]
+        await _rejected(client, "/v1/alerts?order_id=" + "x" * 129, "order_id", "128")
+        await _rejected(client, "/v1/alerts?alertname=OrderGap&rule=nope", "'nope'")
+        for fine in (
+            "severity=info",
+            "rule=logistics_stalled",
+            "alertname=OrderAnomaly&severity=critical",
+        ):
+            r = await client.get(f"/v1/alerts?{fine}")
+            body = await r.json()
+            assert r.status == 200, fine
+            assert body["alerts"] == body["anomalies"] == []
+        body = await (await client.get("/v1/alerts?rule=amount_mismatch")).json()
+        assert [a["labels"]["order_id"] for a in body["anomalies"]] == ["A"]
+
+    serve(d.app(), check)
+
+
+def test_stuck_orders_rejects_a_rule_that_is_not_a_stuck_rule_of_the_config() -> None:
+    """`rule` on /v1/orders/stuck must name a stuck rule of the running config: anything else
+    (a typo, a gap rule) is a 400 listing the stuck rules."""
+    d = Daemon().feed(SCENARIO, until=HOUR)
+    stuck_rules = ["paid_not_allocated", "paid_not_shipped", "logistics_stalled"]
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        for bad in ("nope", "paid_without_wms", "Paid_Not_Allocated"):
+            body = await _rejected(client, f"/v1/orders/stuck?rule={bad}", "rule", repr(bad))
+            assert body["allowed"] == stuck_rules
+            assert ", ".join(stuck_rules) in body["error"]
+        r = await client.get("/v1/orders/stuck?rule=logistics_stalled")
+        assert r.status == 200 and (await r.json())["orders"] == []
+
+    serve(d.app(), check)
+
+
+def test_rule_names_are_checked_before_any_shard_when_the_rules_are_given() -> None:
+    """`build_app(rules=...)` checks rule names from the start; without it they are checked
+    against a tracker's rules, so only once this process has a shard."""
+    d = Daemon()
+    given = build_app(d.runtime, d.store, d.registry, timezone=ZONE, rules=d.rules)
+
+    async def strict(client: TestClient[Any, Any]) -> None:
+        await _rejected(client, "/v1/orders/stuck?rule=nope", "paid_not_allocated")
+        await _rejected(client, "/v1/alerts?rule=nope", "duplicate_payment")
+        assert (await client.get("/v1/alerts?rule=duplicate_payment")).status == 200
+
+    async def lenient(client: TestClient[Any, Any]) -> None:
+        assert (await client.get("/v1/orders/stuck?rule=nope")).status == 200
+        await _rejected(client, "/v1/alerts?severity=bogus", "severity")  # fixed vocabulary
+
+    serve(given, strict)
+    serve(d.app(), lenient)
 
 
 @pytest.mark.parametrize("packed", [False, True])
