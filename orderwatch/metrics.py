@@ -160,11 +160,12 @@ def _values(d: Mapping[K, V]) -> list[V]:
     return [v for _, v in _items(d)]
 
 
-def _watermark(runtime: Runtime) -> int | None:
+def _watermark(runtime: Runtime, now: Callable[[], float] = time.time) -> int | None:
+    wall = int(now() * 1000)
     try:
-        return runtime.watermark()
+        return runtime.watermark(wall)
     except RuntimeError:
-        return runtime.watermark()
+        return runtime.watermark(wall)
 
 
 def _buckets(hists: Iterable[Histogram], bounds: Sequence[float]) -> tuple[list[Any], float]:
@@ -204,7 +205,7 @@ def rule_windows(runtime: Runtime, rules: RuleSet | None = None) -> dict[tuple[s
 
 def event_clock_ms(runtime: Runtime, now: Callable[[], float] = time.time) -> int:
     """The process watermark, or the wall clock before any shard has one."""
-    mark = _watermark(runtime)
+    mark = _watermark(runtime, now)
     return mark if mark is not None else int(now() * 1000)
 
 
@@ -327,7 +328,7 @@ class OrderwatchCollector(Collector):
         yield from self._watermark()
 
     def _watermark(self) -> Iterator[Metric]:
-        mark = _watermark(self.runtime)
+        mark = _watermark(self.runtime, self.now)
         ts = {(): mark / 1000} if mark is not None else {}
         yield self._gauge("orderwatch_watermark_timestamp_seconds", ts)
         lag = {(): max(self.now() - mark / 1000, 0.0)} if mark is not None else {}

@@ -18,6 +18,7 @@ from orderwatch.domain.stats import LAG_BUCKETS, Histogram, LabelCap
 
 if TYPE_CHECKING:
     from orderwatch.domain.tracker import ShardTracker
+    from orderwatch.domain.watermark import WatermarkClock
 
 
 def tune_gc() -> None:
@@ -57,6 +58,7 @@ class Runtime:
     shards: int = 32
     process_id: int = 0
     trackers: dict[str, ShardTracker] = field(default_factory=dict)
+    clocks: dict[str, WatermarkClock] = field(default_factory=dict)  # by shard, as trackers
     alert_queue: queue.Queue[Any] | None = None
     route_cap: LabelCap = field(default_factory=lambda: LabelCap(50))
     channel_cap: LabelCap = field(default_factory=lambda: LabelCap(50))
@@ -83,7 +85,18 @@ class Runtime:
         with self._lock:
             return list(self._intakes)
 
-    def watermark(self) -> int | None:
-        """The lowest shard watermark (the one every shard has reached)."""
-        marks = [t.watermark for t in list(self.trackers.values()) if t.watermark is not None]
+    def watermark(self, wall_ms: int | None = None) -> int | None:
+        """The lowest shard watermark (the one every shard has reached) at `wall_ms` (now).
+
+        Read from each shard's clock where it has one: live and idle, a clock moves on with
+        the wall clock even when its shard has nothing due that would wake it to advance.
+        """
+        wall = int(time.time() * 1000) if wall_ms is None else wall_ms
+        clocks = self.clocks
+        marks = []
+        for key, tracker in list(self.trackers.items()):
+            clock = clocks.get(key)
+            mark = tracker.watermark if clock is None else clock.peek(wall)
+            if mark is not None:
+                marks.append(mark)
         return min(marks) if marks else None

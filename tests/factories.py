@@ -129,14 +129,16 @@ def track(
     until: int | None = None,
     tracker: ShardTracker | None = None,
 ) -> list[AlertChange]:
-    """Feed lines into one tracker, then move the watermark to `until` (ms after T0) or the end."""
+    """Feed lines into one tracker, then move the watermark to `until` (ms after T0; what is
+    due before it fires) or to the end of the input (what is due at or before it fires)."""
     cfg = cfg or config()
     tracker = tracker or ShardTracker(RuleSet.from_config(cfg))
     events = decode_all(lines, cfg)
     for d in events:
         tracker.ingest(*order_scoped(d))
-    end = BASE + until if until is not None else max(d.ts_ms for d in events)
-    return tracker.advance(end)
+    if until is not None:
+        return tracker.advance(BASE + until)
+    return tracker.advance(max(d.ts_ms for d in events), final=True)
 
 
 _PACK_IDLE = ShardTracker._pack_idle  # as defined, even while a test patches it

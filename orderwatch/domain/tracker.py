@@ -1,10 +1,16 @@
 """The orders of one shard, driven in event time by a watermark (CONTRACT §2-§3).
 
-Events are buffered in a heap and applied in event-time order (ties: order, payment, WMS,
-logistics, then arrival) once the watermark reaches them. Before an event at `t` is applied,
-every deadline `T < t` fires, so a condition ended by an event at exactly `T` never fires,
-and one ended later fires at `T` and resolves at the event's time. Each order has at most one
-live entry in the deadline heap: its earliest due time, re-computed after every change.
+Events are buffered and applied in event-time order (ties: order, payment, WMS, logistics,
+then arrival) once the watermark has passed them. Before an event at `t` is applied, every
+deadline `T < t` fires, so a condition ended by an event at exactly `T` never fires, and one
+ended later fires at `T` and resolves at the event's time. A deadline fires once the watermark
+is past it (at the end of the input: once it reaches it), so an event exactly `lateness`
+behind the newest one is still in time. Each order has at most one live entry in the deadline
+heap: its earliest due time, re-computed after every change.
+
+A late event (behind the watermark when it arrived) is applied at its arrival, after every
+deadline that watermark had passed: `arrive` takes each one's arrival watermark, so where a
+chunk of input happens to end never changes what a late event does.
 
 Pure logic: no bytewax, no wall clock. The result depends only on the events and the
 watermarks fed in, which is what makes replays exact and worker counts irrelevant.
@@ -118,6 +124,7 @@ class ShardTracker:
         self.packed_bytes = 0  # their blobs' length
         self.firing: dict[tuple[str, str], AlertChange] = {}
         self.watermark: int | None = None
+        self._settled: int | None = None  # events and deadlines at or before it are done
         self._pending: list[tuple[int, int, int, Any]] = []
         self._deadlines: list[int] = []  # heap entries (`heap_entry`)
         # Order ids by slot: each order holds one slot for life (its heap entries name it).
@@ -177,14 +184,14 @@ class ShardTracker:
     # --- intake ------------------------------------------------------------------------------
 
     def ingest(self, ts: int, ev: OrderEvent | PaymentEvent | WmsEvent | LogisticsEvent) -> bool:
-        """Buffer one event until the watermark reaches it."""
+        """Buffer one event until the watermark passes it."""
         return self.ingest_many([(ts, ev)]) == 1
 
     def ingest_many(self, events: list[tuple[int, Any]]) -> int:
-        """Buffer `(ts, event)` pairs until the watermark reaches them; returns the count."""
-        w = self.watermark
-        if w is not None:
-            self.stats.late += sum(1 for ts, _ in events if ts <= w)
+        """Buffer `(ts, event)` pairs until the watermark passes them; returns the count."""
+        settled = self._settled
+        if settled is not None:
+            self.stats.late += sum(1 for ts, _ in events if ts <= settled)
         seq = self._seq
         append = self._pending.append
         for ts, ev in events:
@@ -193,16 +200,35 @@ class ShardTracker:
         self._seq = seq
         return len(events)
 
-    def advance(self, watermark: int) -> list[AlertChange]:
-        """Apply buffered events up to `watermark` and fire deadlines at or before it."""
+    def arrive(
+        self, events: list[tuple[int, Any]], late: list[tuple[int, int]]
+    ) -> list[AlertChange]:
+        """Buffer `events` (in arrival order); `late` lists `(index, watermark at its arrival)`
+        of those that came behind the watermark, by index. Each late one is applied as if it
+        had come alone: after every deadline its arrival watermark had passed."""
         out: list[AlertChange] = []
-        if self.watermark is not None and watermark < self.watermark:
-            watermark = self.watermark
+        start = 0
+        for i, mark in late:
+            self.ingest_many(events[start:i])
+            out += self.advance(mark)
+            self.ingest_many(events[i : i + 1])
+            out += self.advance(mark)
+            start = i + 1
+        self.ingest_many(events[start:] if start else events)
+        return out
+
+    def advance(self, watermark: int, *, final: bool = False) -> list[AlertChange]:
+        """Apply buffered events and fire deadlines before `watermark` (`final`: at or before
+        it, for the end of the input, when nothing can come any more)."""
+        out: list[AlertChange] = []
+        settled = watermark if final else watermark - 1
+        if self._settled is not None and settled < self._settled:
+            settled = self._settled
         pending = self._pending
         if pending:
             # Input is nearly in time order, so this sort is close to linear (timsort runs).
             pending.sort()
-            cut = bisect_right(pending, (watermark, _AFTER_ANY_RANK))
+            cut = bisect_right(pending, (settled, _AFTER_ANY_RANK))
             deadlines = self._deadlines
             apply = self._apply
             for ts, _, _, ev in pending[:cut]:
@@ -210,9 +236,11 @@ class ShardTracker:
                     self._fire_due(ts - 1, out)
                 apply(ts, ev, out)
             del pending[:cut]
-        self._fire_due(watermark, out)
-        self.watermark = watermark
-        self._dedup.expire(watermark)
+        self._fire_due(settled, out)
+        self._settled = settled
+        if self.watermark is None or watermark > self.watermark:
+            self.watermark = watermark
+        self._dedup.expire(settled)
         if self._pack_after and len(self._unpacked) >= self._pack_at:
             self._pack_idle()
         return out
@@ -532,7 +560,7 @@ class ShardTracker:
             if dropped.event_id is not None:  # its id now only lives on as a hash
                 rec.eids += event_key(oid, dropped.event_id)
         note = self._handlers[type(ev)](oid, rec, ev, ts, out)
-        if self.watermark is not None and ts <= self.watermark:
+        if self._settled is not None and ts <= self._settled:
             note = f"{note}; late" if note else "late"
         if note is not None:
             rec.log = timeline.renote(rec.log, record, ts, ev, note)

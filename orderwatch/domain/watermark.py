@@ -32,15 +32,19 @@ class WatermarkClock:
 
     def current(self, wall_ms: int) -> int | None:
         """The watermark now (never moves back)."""
+        self.value = self.peek(wall_ms)
+        return self.value
+
+    def peek(self, wall_ms: int) -> int | None:
+        """What `current` would say, without moving the watermark (for readers elsewhere)."""
         if self.max_ts is None:
             return self.value
         w = self.max_ts - self._lateness
         idle = self._idle_for(wall_ms)
         if idle is not None and idle >= self._idle_after:  # type: ignore[operator]
             w += idle
-        if self.value is None or w > self.value:
-            self.value = w
-        return self.value
+        value = self.value
+        return w if value is None or w > value else value
 
     def final(self) -> int | None:
         """End of a finite input: deadlines at or before the largest event time fire."""

@@ -61,18 +61,23 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
 
     def on_batch(self, values: list[ShardBatch]) -> tuple[list[AlertChange], bool]:
         if self.runtime is not None:
+            self.runtime.clocks[values[0].key] = self.clock
             self.runtime.trackers[values[0].key] = self.tracker
             self.runtime = None
         wall = self.now_ms()
+        out: list[AlertChange] = []
         for batch in values:
-            self._take(self.order.ready(batch), wall)
-        return self._advance(self.clock.current(wall)), StatefulBatchLogic.RETAIN
+            out += self._take(self.order.ready(batch), wall)
+        return out + self._advance(self.clock.current(wall)), StatefulBatchLogic.RETAIN
 
-    def _take(self, batches: list[ShardBatch], wall: int) -> None:
+    def _take(self, batches: list[ShardBatch], wall: int) -> list[AlertChange]:
+        out: list[AlertChange] = []
         for batch in batches:
             if batch.events:
-                self.tracker.ingest_many(batch.events)
+                marks = late_marks(batch, self.clock.current(wall))
+                out += self.tracker.arrive(batch.events, marks)
             self.clock.observe(batch.max_ts if batch.max_ts >= 0 else None, wall)
+        return out
 
     def on_notify(self) -> tuple[list[AlertChange], bool]:
         return self._advance(self.clock.current(self.now_ms())), StatefulBatchLogic.RETAIN
@@ -80,8 +85,11 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
     def on_eof(self) -> tuple[list[AlertChange], bool]:
         if self.stopping is not None and self.stopping.is_set():
             return [], StatefulBatchLogic.RETAIN  # a shutdown is not the end of the input
-        self._take(self.order.leftovers(), self.now_ms())
-        return self._advance(self.clock.final()), StatefulBatchLogic.RETAIN
+        out = self._take(self.order.leftovers(), self.now_ms())
+        final = self.clock.final()
+        if final is not None:
+            out += self.tracker.advance(final, final=True)
+        return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         if not self.clock.live:
@@ -103,6 +111,18 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
         return self.tracker.advance(watermark)
 
 
+def late_marks(batch: ShardBatch, watermark: int | None) -> list[tuple[int, int]]:
+    """`(index, watermark at its arrival)` of each of the batch's events that came behind the
+    watermark: behind the one the batch found (`watermark`), or behind the newest event before
+    it in its chunk minus the lateness (the router marked those)."""
+    marks = dict(batch.late)
+    if watermark is not None:
+        for i, (ts, _) in enumerate(batch.events):
+            if ts < watermark:
+                marks[i] = max(marks.get(i, watermark), watermark)
+    return sorted(marks.items())
+
+
 @dataclass
 class Outputs:
     alerts: Sink[Any]
@@ -122,7 +142,14 @@ def flow_steps(
     rules = RuleSet.from_config(cfg)
     assume = parse_zone(cfg.assume_timezone) if cfg.assume_timezone else None
     decoder = Decoder(cfg.status_map, assume, cfg.engine.max_event_bytes)
-    router = Router(decoder, runtime, live=live, max_future_ms=cfg.engine.max_future, now_ms=now_ms)
+    router = Router(
+        decoder,
+        runtime,
+        lateness_ms=cfg.lateness,
+        live=live,
+        max_future_ms=cfg.engine.max_future,
+        now_ms=now_ms,
+    )
     channels = LabelCap(cfg.metrics.max_label_values, cfg.metrics.channels)
     warehouses = LabelCap(cfg.metrics.max_label_values)
     idle_after = cfg.idle_after if live else None

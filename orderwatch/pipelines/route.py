@@ -47,10 +47,12 @@ class ShardBatch:
     """One shard's share of a chunk: (ts, event) pairs and the chunk's largest event time.
 
     `part`, `first` and `next` place the chunk in its source: chunks are decoded on any
-    worker, and a shard applies them in source order again (`ChunkOrder`).
+    worker, and a shard applies them in source order again (`ChunkOrder`). `late` holds
+    `(index, watermark at its arrival)` for each event more than the lateness behind the
+    newest event before it in the chunk; the shard adds those behind the watermark it had.
     """
 
-    __slots__ = ("events", "first", "key", "max_ts", "next", "part")
+    __slots__ = ("events", "first", "key", "late", "max_ts", "next", "part")
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class ShardBatch:
         part: str = "",
         first: int = 1,
         next_first: int = 1,
+        late: list[tuple[int, int]] | None = None,
     ) -> None:
         self.key = key
         self.events = events
@@ -67,14 +70,16 @@ class ShardBatch:
         self.part = part
         self.first = first
         self.next = next_first
+        self.late = late or []
 
     # Only crossing a process boundary pickles a batch: one msgpack blob (msgspec, C speed)
     # instead of a pickle per event struct, which cost more than the work it moved.
-    def __getstate__(self) -> tuple[str, bytes, int, str, int, int]:
-        return (self.key, _PACK(self.events), self.max_ts, self.part, self.first, self.next)
+    def __getstate__(self) -> tuple[str, bytes, int, str, int, int, list[tuple[int, int]]]:
+        events = _PACK(self.events)
+        return (self.key, events, self.max_ts, self.part, self.first, self.next, self.late)
 
-    def __setstate__(self, state: tuple[str, bytes, int, str, int, int]) -> None:
-        self.key, blob, self.max_ts, self.part, self.first, self.next = state
+    def __setstate__(self, state: tuple[str, bytes, int, str, int, int, Any]) -> None:
+        self.key, blob, self.max_ts, self.part, self.first, self.next, self.late = state
         self.events = _UNPACK(blob)
         for _, ev in self.events:  # share the few distinct strings again
             if type(ev) is OrderEvent:
@@ -139,6 +144,7 @@ class Router:
         decoder: Decoder,
         runtime: Runtime,
         *,
+        lateness_ms: int,
         live: bool = False,
         max_future_ms: int = 600_000,
         now_ms: Callable[[], int] | None = None,
@@ -146,6 +152,7 @@ class Router:
         self._decoder = decoder
         self._runtime = runtime
         self._count = runtime.shards
+        self._lateness = lateness_ms
         self._keys = shard_keys(runtime.shards)
         self._live = live
         self._max_future = max_future_ms
@@ -174,11 +181,18 @@ class Router:
         per_shard: list[list[tuple[int, Any]]] = [[] for _ in range(count)]
         by_type: dict[type, int] = {}
         access: list[AccessLogEvent] = []
+        late: list[list[tuple[int, int]]] = [[] for _ in range(count)]
         max_ts = -1
+        lateness = self._lateness
+        floor = None  # the watermark the newest event so far sets: older events are late
         crc = zlib.crc32
         for ts, ev in good:
             if ts > max_ts:
                 max_ts = ts
+                floor = ts - lateness
+                late_at = None
+            else:
+                late_at = floor if floor is not None and ts < floor else None
             t = type(ev)
             by_type[t] = by_type.get(t, 0) + 1
             if t is AccessLogEvent:
@@ -188,7 +202,10 @@ class Router:
                 h = crc(ev.order_id.encode())
             except UnicodeEncodeError:
                 h = crc(ev.order_id.encode("utf-8", "surrogatepass"))
-            per_shard[h % count].append((ts, ev))
+            shard = per_shard[h % count]
+            if late_at is not None:
+                late[h % count].append((len(shard), late_at))
+            shard.append((ts, ev))
             if live:
                 stats.observe_lag(source, max(0.0, (now - ts) / 1000))
         if access:
@@ -204,8 +221,8 @@ class Router:
         # that is how a shard knows no earlier chunk is still on its way.
         next_first = chunk.first + len(chunk.lines)
         out.extend(
-            (key, ShardBatch(key, evs, max_ts, source, chunk.first, next_first))
-            for key, evs in zip(self._keys, per_shard, strict=True)
+            (key, ShardBatch(key, evs, max_ts, source, chunk.first, next_first, marks))
+            for key, evs, marks in zip(self._keys, per_shard, late, strict=True)
         )
         return out
 

@@ -7,9 +7,24 @@ import pytest
 from orderwatch.config import ConfigError, load_config, validate_config
 from orderwatch.domain.dedup import Deduper
 from orderwatch.domain.lifecycle import STATUSES, TERMINAL, StateMachine
+from orderwatch.domain.rules import RuleSet
+from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.durations import format_duration_ms, parse_duration_ms
-from tests.factories import HOUR, MIN, config, order, order_scoped, summary, track
+from orderwatch.pipelines.orders import ShardLogic
+from orderwatch.pipelines.route import ShardBatch
+from orderwatch.runtime import Runtime
+from tests.factories import (
+    BASE,
+    HOUR,
+    MIN,
+    config,
+    decode_all,
+    order,
+    order_scoped,
+    summary,
+    track,
+)
 
 # --- watermark -------------------------------------------------------------------------------
 
@@ -47,6 +62,24 @@ def test_wake_before_idle_is_the_idle_moment() -> None:
     c = WatermarkClock(lateness_ms=0, idle_after_ms=5_000)
     c.observe(100, wall_ms=1_000)
     assert c.wake_at(2_000, next_due=None) == 6_000
+
+
+def test_the_process_watermark_moves_on_while_idle_shards_sleep() -> None:
+    """Live and idle, a shard with nothing due is never woken to advance; the watermark the API
+    and the metrics show (the lowest shard's) still moves on with the wall clock."""
+    runtime = Runtime(shards=2)
+    wall = [BASE]
+    rules = RuleSet.from_config(config())
+    for key, oid in (("s000", "A"), ("s001", "B")):
+        logic = ShardLogic(
+            ShardTracker(rules), WatermarkClock(1_000, 1_000), runtime, lambda: wall[0]
+        )
+        (d,) = decode_all([order(0, oid, "created")])
+        logic.on_batch([ShardBatch(key, [(d.ts_ms, d.event)], d.ts_ms)])
+    assert runtime.watermark(wall[0]) == BASE - 1_000
+    wall[0] += 10_000  # ten quiet seconds: no batch, no wake-up
+    assert runtime.watermark(wall[0]) == BASE - 1_000 + 10_000
+    assert [t.watermark for t in runtime.trackers.values()] == [BASE - 1_000] * 2
 
 
 # --- dedup ------------------------------------------------------------------------------------

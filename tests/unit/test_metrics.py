@@ -44,7 +44,11 @@ class World:
         self.store = AlertStore(None)
         self.channels = LabelCap(self.cfg.metrics.max_label_values)
         self.router = Router(
-            Decoder(self.cfg.status_map), self.runtime, live=True, now_ms=lambda: NOW
+            Decoder(self.cfg.status_map),
+            self.runtime,
+            lateness_ms=self.cfg.lateness,
+            live=True,
+            now_ms=lambda: NOW,
         )
         self.changes: list[AlertChange] = []
 
@@ -59,8 +63,8 @@ class World:
             for ts, ev in item.events:
                 tracker.ingest(ts, ev)
         out: list[AlertChange] = []
-        for tracker in self.runtime.trackers.values():
-            out.extend(tracker.advance(BASE + until))
+        for tracker in self.runtime.trackers.values():  # all up to `until` done
+            out.extend(tracker.advance(BASE + until, final=True))
         out.sort(key=AlertChange.sort_key)
         self.changes.extend(self.store.apply(out))
         return self

@@ -134,7 +134,7 @@ def test_a_shard_compresses_its_earlier_orders_once_it_has_trained() -> None:
             lines = [order(i * MIN, oid, "created", amount="99.00"), payment(i * MIN, oid, f"P{i}")]
             for d in decode_all(lines):
                 tracker.ingest(*order_scoped(d))
-            tracker.advance(BASE + i * MIN)
+            tracker.advance(BASE + i * MIN + 1)  # just past them: applied
     blobs = [r for r in tracker.orders.values() if isinstance(r, bytes)]
     assert len(blobs) == n - 1  # all but the one the last event touched
     codec = packing._HEAD.size - 1

@@ -48,7 +48,7 @@ def orderwatch_routed(raw_cfg: dict[str, Any], lines: list[bytes]) -> list[dict[
     """As test_properties.through_router, for any config: the real router and shard logic."""
     cfg = validate_config(raw_cfg)
     runtime = Runtime(shards=cfg.engine.shards)
-    router = Router(Decoder(cfg.status_map), runtime)
+    router = Router(Decoder(cfg.status_map), runtime, lateness_ms=cfg.lateness)
     logics: dict[str, ShardLogic] = {}
     out: list[AlertChange] = []
     for key, item in router.route(RawChunk("t", 1, lines)):

@@ -21,7 +21,7 @@ from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.events import AccessLogEvent, Decoder, OrderEvent
 from orderwatch.pipelines.orders import ShardLogic
-from orderwatch.pipelines.route import Router
+from orderwatch.pipelines.route import Router, ShardBatch
 from orderwatch.runtime import Runtime
 from tests.factories import (
     decoded_only,
@@ -44,7 +44,7 @@ def reference(lines: list[bytes]) -> list[AlertChange]:
         if not isinstance(d.event, AccessLogEvent):
             tracker.ingest(*order_scoped(d))
     return sorted(
-        tracker.advance(max(d.ts_ms for d in decoded)),
+        tracker.advance(max(d.ts_ms for d in decoded), final=True),
         key=AlertChange.sort_key,
     )
 
@@ -55,20 +55,23 @@ def through_router(
     batch: int,
     shuffle: random.Random | None = None,
     pack_after: int = 0,
+    group: int = 1,
 ) -> list[AlertChange]:
     """The real router and shard logic, without bytewax, with any shard count and batch size.
 
     `shuffle` decodes the chunks in a random order, as workers racing each other would;
-    `pack_after` packs idle orders once that many were unpacked (1: after every batch).
+    `pack_after` packs idle orders once that many were unpacked (1: after every batch);
+    `group` hands a shard that many batches per call, as bytewax may.
     """
     runtime = Runtime(shards=shards)
-    router = Router(Decoder(CFG.status_map), runtime)
+    router = Router(Decoder(CFG.status_map), runtime, lateness_ms=CFG.lateness)
     rules = dataclasses.replace(RuleSet.from_config(CFG), pack_after=pack_after)
     logics: dict[str, ShardLogic] = {}
     out: list[AlertChange] = []
     chunks = [RawChunk("t", i + 1, lines[i : i + batch]) for i in range(0, len(lines), batch)]
     if shuffle is not None:
         shuffle.shuffle(chunks)
+    waiting: dict[str, list[ShardBatch]] = defaultdict(list)
     for chunk in chunks:
         for key, item in router.route(chunk):
             logic = logics.get(key)
@@ -76,8 +79,12 @@ def through_router(
                 logic = logics[key] = ShardLogic(
                     ShardTracker(rules), WatermarkClock(CFG.lateness), runtime, lambda: 0
                 )
-            out.extend(logic.on_batch([item])[0])
-    for logic in logics.values():
+            waiting[key].append(item)
+            if len(waiting[key]) == group:
+                out.extend(logic.on_batch(waiting.pop(key))[0])
+    for key, logic in logics.items():
+        if waiting.get(key):
+            out.extend(logic.on_batch(waiting.pop(key))[0])
         out.extend(logic.on_eof()[0])
     return sorted(out, key=AlertChange.sort_key)
 
@@ -89,6 +96,35 @@ def test_alerts_do_not_depend_on_shards_or_batch_size(
 ) -> None:
     """Same stream, any shard count and batch size: exactly the same alert changes."""
     assert through_router(lines, shards, batch) == reference(lines)
+
+
+@st.composite
+def late_streams(draw: st.DrawFn) -> list[bytes]:
+    """A stream in which a few lines arrive far from their place: some far behind the
+    watermark (late), some early."""
+    lines = list(draw(streams()))
+    for _ in range(draw(st.integers(1, 4))):
+        line = lines.pop(draw(st.integers(0, len(lines) - 1)))
+        lines.insert(draw(st.integers(0, len(lines))), line)
+    return lines
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=late_streams(),
+    shards=st.integers(1, 5),
+    batch=st.integers(2, 40),
+    group=st.integers(1, 3),
+    seed=st.integers(0, 2**32),
+)
+def test_late_events_do_the_same_whatever_the_batches(
+    lines: list[bytes], shards: int, batch: int, group: int, seed: int
+) -> None:
+    """A late event is applied as if it had arrived alone, after what its arrival watermark
+    passed: batch size, shards, decoding order and batches per call change nothing. One line
+    at a time is the reference."""
+    expected = through_router(lines, 1, 1)
+    assert through_router(lines, shards, batch, random.Random(seed), group=group) == expected
 
 
 @settings(max_examples=100, deadline=None)
@@ -144,7 +180,7 @@ def test_redeliveries_are_dropped_however_short_the_timeline(
         decoded = [decoded_only(dec.decode(raw, "t", "0")) for raw in stream]
         for d in decoded:
             tracker.ingest(*order_scoped(d))
-        alerts = summary(tracker.advance(max(d.ts_ms for d in decoded)))
+        alerts = summary(tracker.advance(max(d.ts_ms for d in decoded), final=True))
         return alerts, tracker.stats.duplicates
 
     short, long = run(1), run(20)

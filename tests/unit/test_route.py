@@ -19,7 +19,9 @@ def route(
     bound: str | None = None,
 ) -> tuple[Runtime, list]:
     runtime = Runtime(shards=shards)
-    router = Router(Decoder(), runtime, live=live, max_future_ms=10 * MIN, now_ms=lambda: now)
+    router = Router(
+        Decoder(), runtime, lateness_ms=MIN, live=live, max_future_ms=10 * MIN, now_ms=lambda: now
+    )
     return runtime, router.route(RawChunk("src", 11, lines, bound, fmt))
 
 

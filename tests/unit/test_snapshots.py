@@ -28,13 +28,13 @@ def test_a_snapshot_round_trips_with_its_orders() -> None:
     tracker = ShardTracker(RuleSet.from_config(config(engine={"pack_after": 1})))
     for d in decode_all([order(0, "A", "paid"), order(MIN, "B", "paid")]):
         tracker.ingest(d.ts_ms, d.event)  # type: ignore[arg-type]
-    tracker.advance(BASE)  # A applied
-    tracker.advance(BASE + MIN)  # B applied; A idle since the last advance: packed
+    tracker.advance(BASE + 1)  # A applied (the watermark passed it)
+    tracker.advance(BASE + MIN + 1)  # B applied; A idle since the last advance: packed
     settings = state_settings(config())
     blob = dump_shard((tracker, WatermarkClock(60_000), ChunkOrder()), settings)
     assert snapshot_format(blob) == STATE_FORMAT
     back, clock, _ = load_shard(blob, settings)
-    assert isinstance(back.orders["A"], bytes) and back.watermark == BASE + MIN
+    assert isinstance(back.orders["A"], bytes) and back.watermark == BASE + MIN + 1
     assert isinstance(clock, WatermarkClock)
     rec = back.record("A")
     assert rec is not None and (rec.status, rec.since) == ("paid", BASE)

@@ -67,14 +67,21 @@ def test_late_exit_arriving_before_watermark_still_fires_then_resolves() -> None
 
 
 def test_watermark_not_past_deadline_holds_the_alert() -> None:
-    """Nothing fires until the watermark reaches T."""
-    alerts = track([order(0, "A", "paid")], config(PAID_30M), until=30 * MIN - 1)
-    assert alerts == []
+    """Nothing fires until the watermark has passed T: an event at T may still come."""
+    for until in (30 * MIN - 1, 30 * MIN):
+        assert track([order(0, "A", "paid")], config(PAID_30M), until=until) == []
 
 
-def test_deadline_at_watermark_fires() -> None:
-    """A deadline exactly at the watermark fires."""
-    alerts = track([order(0, "A", "paid")], config(PAID_30M), until=30 * MIN)
+def test_deadline_just_behind_the_watermark_fires() -> None:
+    """Once the watermark is past T, the alert fires, starting at T."""
+    alerts = track([order(0, "A", "paid")], config(PAID_30M), until=30 * MIN + 1)
+    assert summary(alerts) == [("firing", "paid_30m", "A", 30 * MIN, None)]
+
+
+def test_deadline_at_the_end_of_the_input_fires() -> None:
+    """At the end of the input the watermark is the last event time: a deadline at it fires."""
+    lines = [order(0, "A", "paid"), order(30 * MIN, "B", "created")]
+    alerts = track(lines, config(PAID_30M))
     assert summary(alerts) == [("firing", "paid_30m", "A", 30 * MIN, None)]
 
 
