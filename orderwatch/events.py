@@ -219,7 +219,7 @@ class TimestampParser:
 
     def _full(self, ts: str) -> int:
         try:
-            dt = datetime.fromisoformat(ts)
+            dt = datetime.fromisoformat(ts.upper())  # RFC 3339 allows a lowercase "t" and "z"
         except ValueError:
             raise TimestampError(
                 "invalid_timestamp", f"ts {ts[:64]!r} is not RFC 3339 or epoch milliseconds"
@@ -303,6 +303,11 @@ class Decoder:
         except msgspec.ValidationError as exc:
             return Rejected(_reason_for(exc), str(exc), source, position, raw)
         except UnicodeDecodeError as exc:
+            # msgspec counts from the start of the string value; the line's offset helps more
+            try:
+                raw.decode()
+            except UnicodeDecodeError as whole:
+                exc = whole
             return Rejected(
                 "encoding", f"not UTF-8: {exc.reason} at byte {exc.start}", source, position, raw
             )

@@ -45,6 +45,8 @@ INSTANT = 1_794_326_400_000  # 2026-11-10T16:00:00Z
         '"2026-11-10T16:00:00.000+00:00"',
         "1794326400000",
         '"2026-11-10T11:00:00-05:00"',
+        '"2026-11-10t16:00:00z"',  # RFC 3339 5.6: "t" and "z" may be lowercase
+        '"2026-11-11t00:00:00.000+08:00"',
     ],
 )
 def test_offsets_and_epoch_ms_give_the_same_instant(ts: str) -> None:
@@ -123,6 +125,15 @@ def test_oversized_line_is_rejected_before_parsing() -> None:
     d = decode(raw)
     assert isinstance(d, Rejected) and d.reason == "oversized" and len(d.raw) <= 1024
     assert reason(raw, max_bytes=100) == "oversized"
+
+
+def test_an_encoding_error_names_its_byte_in_the_line() -> None:
+    """The offset counts from the start of the line, where whoever reads the dead letter looks."""
+    raw = b'{"type":"order","ts":1794326400000,"order_id":"AB\xffC","status":"paid"}'
+    d = decode(raw)
+    assert isinstance(d, Rejected) and d.reason == "encoding"
+    bad_at = raw.index(b"\xff")
+    assert d.detail.endswith(f"at byte {bad_at}")
 
 
 def test_rejection_keeps_source_position_and_detail() -> None:
