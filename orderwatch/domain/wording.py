@@ -22,7 +22,7 @@ LAST_EVENTS = 5
 _ANOMALY_TEXT = {
     "illegal_transition": "illegal status change {detail}",
     "shipped_without_tracking": "marked shipped without a tracking number",
-    "conflicting_tracking": "shipped twice with different tracking numbers {detail}",
+    "conflicting_tracking": "shipped with a tracking number other than the one known: {detail}",
     "amount_mismatch": "payment amount differs from the payable amount {detail}",
     "duplicate_payment": "paid more than once {detail}",
 }
