@@ -302,15 +302,8 @@ class Decoder:
                 ev = self._bound[bound_type].decode(raw)
         except msgspec.ValidationError as exc:
             return Rejected(_reason_for(exc), str(exc), source, position, raw)
-        except UnicodeDecodeError as exc:
-            # msgspec counts from the start of the string value; the line's offset helps more
-            try:
-                raw.decode()
-            except UnicodeDecodeError as whole:
-                exc = whole
-            return Rejected(
-                "encoding", f"not UTF-8: {exc.reason} at byte {exc.start}", source, position, raw
-            )
+        except UnicodeDecodeError:
+            return Rejected("encoding", _utf8_error(raw), source, position, raw)
         except msgspec.DecodeError as exc:
             reason = "encoding" if "UTF-8" in str(exc) or "utf-8" in str(exc) else "malformed_json"
             return Rejected(reason, str(exc), source, position, raw)
@@ -419,6 +412,16 @@ class Decoder:
         elif t is AccessLogEvent:
             ev.route = interned.get(ev.route) or self._intern(ev.route)
         return Decoded(ts_ms, ev)
+
+
+def _utf8_error(raw: bytes) -> str:
+    """Where the line stops being UTF-8 (msgspec counts from the start of the string value;
+    whoever reads the dead letter counts from the start of the line)."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8: {exc.reason} at byte {exc.start}"
+    return "not UTF-8"
 
 
 _NOT_FINITE = "amount is not a finite decimal - at `$.amount`"
