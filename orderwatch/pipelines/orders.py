@@ -95,7 +95,9 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
         if not self.clock.live:
             return None  # a replay is driven by event time alone
         wall = self.now_ms()
-        at = self.clock.wake_at(wall, self.tracker.next_due())
+        due = self.tracker.next_due()
+        # what is due at T happens once the watermark is past T: wake when it reaches T + 1 ms
+        at = self.clock.wake_at(wall, None if due is None else due + 1)
         return None if at is None else datetime.fromtimestamp(at / 1000, UTC)
 
     def snapshot(self) -> bytes | None:

@@ -82,6 +82,28 @@ def test_the_process_watermark_moves_on_while_idle_shards_sleep() -> None:
     assert [t.watermark for t in runtime.trackers.values()] == [BASE - 1_000] * 2
 
 
+def test_an_idle_live_shard_wakes_when_the_watermark_passes_its_deadline() -> None:
+    """Live and idle: the shard asks to be woken just as the watermark passes its deadline,
+    and then fires it (not 1 ms too early, when it could not fire yet)."""
+    wall = [BASE]
+    logic = ShardLogic(
+        ShardTracker(RuleSet.from_config(config())),
+        WatermarkClock(1_000, 1_000),
+        Runtime(shards=1),
+        lambda: wall[0],
+    )
+    (d,) = decode_all([order(0, "A", "paid")])  # paid_not_allocated: 30 min
+    logic.on_batch([ShardBatch("s000", [(d.ts_ms, d.event)], d.ts_ms)])
+    wall[0] += 5_000  # idle: the watermark follows the wall clock from here
+    assert logic.on_notify()[0] == []  # the watermark passed the event: it is applied
+    at = logic.notify_at()
+    assert at is not None
+    wall[0] = round(at.timestamp() * 1000)
+    assert logic.clock.peek(wall[0]) == BASE + 30 * MIN + 1
+    (fired,) = logic.on_notify()[0]
+    assert (fired.labels["rule"], fired.starts_at) == ("paid_not_allocated", BASE + 30 * MIN)
+
+
 # --- dedup ------------------------------------------------------------------------------------
 
 
