@@ -28,7 +28,7 @@ from pydantic import (
 
 from orderwatch.domain.lifecycle import STATUSES
 from orderwatch.durations import parse_duration_ms
-from orderwatch.simulate.scenarios import ORDER_FAULTS, SCENARIOS
+from orderwatch.simulate.scenarios import check_name, check_order_total, check_share
 
 Severity = Literal["info", "warning", "critical"]
 EventType = Literal["order", "payment", "wms", "logistics", "access_log"]
@@ -104,37 +104,21 @@ class FileSource(_Model):
         return self
 
 
-def _scenario(name: str) -> str:
-    if name not in SCENARIOS:
-        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
-    return name
-
-
-def _share(value: float) -> float:
-    if not 0.0 <= value <= 1.0:  # also rejects nan
-        raise ValueError(f"share must be within 0..1, got {value:g}")
-    return value
-
-
 class SimulatorSource(_Model):
     kind: Literal["simulator"]
     name: str | None = None
     rate: float = Field(default=200.0, gt=0)  # events per wall second
     speed: float = Field(default=60.0, gt=0)  # simulated seconds per wall second
     seed: int = 1
-    # Names and rules from orderwatch.simulate.scenarios (what `simulate --scenario` takes).
-    scenarios: dict[
-        Annotated[str, AfterValidator(_scenario)], Annotated[float, AfterValidator(_share)]
+    # The simulator's own checks (what `simulate --scenario` takes), each at its key's path.
+    scenarios: Annotated[
+        dict[
+            Annotated[str, AfterValidator(check_name)],
+            Annotated[float, AfterValidator(check_share)],
+        ],
+        AfterValidator(check_order_total),
     ] = Field(default_factory=dict)
     start: str | None = None  # RFC 3339 start of simulated time; default: now
-
-    @field_validator("scenarios")
-    @classmethod
-    def _order_shares(cls, v: dict[str, float]) -> dict[str, float]:
-        total = sum(share for name, share in v.items() if name in ORDER_FAULTS)
-        if total > 1.0 + 1e-9:
-            raise ValueError(f"the per-order scenario shares add up to {total:g}, more than 1")
-        return v
 
     @field_validator("start")
     @classmethod

@@ -17,7 +17,6 @@ The descriptions below are what ``orderwatch simulate --list-scenarios`` prints.
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping
 from random import Random
@@ -150,22 +149,40 @@ class WindowSchedule:
         return list(zip(self._starts[:n], self._ends[:n], strict=True))
 
 
+def check_name(name: str) -> str:
+    """A scenario's name, or ValueError listing the known ones."""
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    return name
+
+
+def check_share(value: float) -> float:
+    """A scenario's share (0..1), or ValueError."""
+    if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:  # also rejects nan
+        raise ValueError(f"share must be within 0..1, got {value!r}")
+    return value
+
+
+def check_order_total(values: Mapping[str, float]) -> Mapping[str, float]:
+    """The per-order faults pick one fault per order: their shares add up to at most 1."""
+    total = sum(values.get(name, 0.0) for name in ORDER_FAULTS)
+    if total > 1.0 + 1e-9:
+        raise ValueError(f"the per-order scenario shares add up to {total:g}, more than 1")
+    return values
+
+
 class ScenarioPlan:
     """Validated scenario switches: per-order fault picking and the fault-window schedules."""
 
     def __init__(self, scenarios: Mapping[str, float] | None, *, seed: int, start_ms: int) -> None:
         values = dict(scenarios or {})
-        unknown = sorted(set(values) - set(SCENARIOS))
-        if unknown:
-            raise ValueError(f"unknown scenario(s) {unknown}; known: {sorted(SCENARIOS)}")
         for name, value in values.items():
-            if not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"scenario {name!r}: value must be a finite number, got {value!r}")
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"scenario {name!r}: value must be within 0..1, got {value}")
-        total = sum(values.get(name, 0.0) for name in ORDER_FAULTS)
-        if total > 1.0 + 1e-9:
-            raise ValueError(f"per-order scenario shares add up to {total:.4f} > 1")
+            check_name(name)
+            try:
+                check_share(value)
+            except ValueError as exc:
+                raise ValueError(f"scenario {name!r}: {exc}") from None
+        check_order_total(values)
         #: Enabled scenarios (value > 0), in SCENARIOS order.
         self.enabled: tuple[str, ...] = tuple(n for n in SCENARIOS if values.get(n, 0.0) > 0.0)
         self._bounds: list[float] = []
