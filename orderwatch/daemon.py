@@ -192,7 +192,7 @@ def run_daemon(
     )
     rules = RuleSet.from_config(cfg)
     registry = build_registry(runtime, store, cfg.metrics, rules=rules)
-    app = build_app(runtime, store, registry, timezone=cfg.timezone, rules=rules)
+    app = build_app(runtime, store, registry, rules=rules, timezone=cfg.timezone)
     printer = ConsolePrinter(cfg.timezone)
     control = ControlPlane(app, cfg.http.host, cfg.http.port + pid, runtime, store, printer)
     control.start()

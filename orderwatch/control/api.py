@@ -50,7 +50,7 @@ class Context:
     store: AlertStore
     registry: CollectorRegistry
     timezone: str
-    rules: RuleSet | None = None  # the running config's; None: read from a tracker
+    rules: RuleSet  # the running config's: rule names in queries are checked against it
 
 
 CONTEXT = web.AppKey("orderwatch", Context)
@@ -102,14 +102,6 @@ def _ctx(request: web.Request) -> Context:
     return request.app[CONTEXT]
 
 
-def _rules(ctx: Context) -> RuleSet | None:
-    """The running config's rules: given to `build_app`, else those of any tracker here."""
-    if ctx.rules is not None:
-        return ctx.rules
-    trackers = list(ctx.runtime.trackers.values())  # one C call: safe while workers register
-    return trackers[0].rules if trackers else None
-
-
 # --- query parameters ------------------------------------------------------------------------
 
 Reader = Callable[[Context, str], object]
@@ -135,28 +127,25 @@ def _show(raw: str, width: int = 40) -> str:
     return repr(raw if len(raw) <= width else raw[:width] + "…")
 
 
-def _one_of(names: Callable[[Context], Sequence[str] | None], why: str) -> Reader:
-    """A reader accepting only `names(ctx)`; when that is None (not known yet) anything goes."""
+def _one_of(names: Callable[[Context], Sequence[str]], why: str) -> Reader:
+    """A reader accepting only `names(ctx)`."""
 
     def read(ctx: Context, raw: str) -> str:
         allowed = names(ctx)
-        if allowed is not None and raw not in allowed:
+        if raw not in allowed:
             raise BadValue(f"{why} (allowed: {', '.join(allowed) or 'none'})", allowed)
         return raw
 
     return read
 
 
-def _rule_names(ctx: Context) -> list[str] | None:
-    rules = _rules(ctx)
-    if rules is None:
-        return None
+def _rule_names(ctx: Context) -> list[str]:
+    rules = ctx.rules
     return list(dict.fromkeys([*(s.name for s in rules.stuck), *rules.gaps, *rules.anomalies]))
 
 
-def _stuck_rule_names(ctx: Context) -> list[str] | None:
-    rules = _rules(ctx)
-    return None if rules is None else list(dict.fromkeys(s.name for s in rules.stuck))
+def _stuck_rule_names(ctx: Context) -> list[str]:
+    return list(dict.fromkeys(s.name for s in ctx.rules.stuck))
 
 
 def _limit(ctx: Context, raw: str) -> int:
@@ -362,12 +351,11 @@ def build_app(
     store: AlertStore,
     registry: CollectorRegistry,
     *,
+    rules: RuleSet,
     timezone: str = "Asia/Shanghai",
-    rules: RuleSet | None = None,
 ) -> web.Application:
     """The aiohttp application serving the read API; other modules add their routes to it
-    (a /v1 one with its query parameters in `PARAMETERS`). Without `rules`, rule names are
-    checked against a tracker's rules, so not before this process has a shard."""
+    (a /v1 one with its query parameters in `PARAMETERS`)."""
     app = web.Application(middlewares=[json_errors, checked_query])
     app[CONTEXT] = Context(runtime, store, registry, timezone, rules)
     app.router.add_get("/healthz", healthz, allow_head=True)
