@@ -189,9 +189,6 @@ class ShardTracker:
 
     def ingest_many(self, events: list[tuple[int, Any]]) -> int:
         """Buffer `(ts, event)` pairs until the watermark passes them; returns the count."""
-        settled = self._settled
-        if settled is not None:
-            self.stats.late += sum(1 for ts, _ in events if ts <= settled)
         seq = self._seq
         append = self._pending.append
         for ts, ev in events:
@@ -207,6 +204,7 @@ class ShardTracker:
         of those that came behind the watermark, by index. Each late one is applied as if it
         had come alone: after every deadline its arrival watermark had passed."""
         out: list[AlertChange] = []
+        self.stats.late += len(late)
         start = 0
         for i, mark in late:
             self.ingest_many(events[start:i])

@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 
 from orderwatch.config import ConfigError, load_config, validate_config
+from orderwatch.connectors.raw import RawChunk
 from orderwatch.domain.dedup import Deduper
 from orderwatch.domain.lifecycle import STATUSES, TERMINAL, StateMachine
 from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.durations import format_duration_ms, parse_duration_ms
+from orderwatch.events import Decoder
 from orderwatch.pipelines.orders import ShardLogic
-from orderwatch.pipelines.route import ShardBatch
+from orderwatch.pipelines.route import Router, ShardBatch
 from orderwatch.runtime import Runtime
 from tests.factories import (
     BASE,
@@ -102,6 +104,23 @@ def test_an_idle_live_shard_wakes_when_the_watermark_passes_its_deadline() -> No
     assert logic.clock.peek(wall[0]) == BASE + 30 * MIN + 1
     (fired,) = logic.on_notify()[0]
     assert (fired.labels["rule"], fired.starts_at) == ("paid_not_allocated", BASE + 30 * MIN)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_late_events_are_counted_by_their_arrival_whatever_the_chunks(chunk: int) -> None:
+    """Late = behind the watermark when it arrived: 2 min behind the newest earlier event
+    with 1 min lateness is late; exactly 1 min behind is in time."""
+    runtime = Runtime(shards=1)
+    router = Router(Decoder(), runtime, lateness_ms=MIN)
+    logic = ShardLogic(
+        ShardTracker(RuleSet.from_config(config())), WatermarkClock(MIN), runtime, lambda: 0
+    )
+    lines = [order(0, "A", "paid"), order(3 * MIN, "B", "paid"), order(MIN, "C", "paid")]
+    lines.append(order(2 * MIN, "D", "paid"))  # exactly the lateness behind B
+    for first in range(0, len(lines), chunk):
+        for _, batch in router.route(RawChunk("t", first + 1, lines[first : first + chunk])):
+            logic.on_batch([batch])
+    assert logic.tracker.stats.late == 1
 
 
 # --- dedup ------------------------------------------------------------------------------------
