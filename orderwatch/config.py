@@ -125,9 +125,11 @@ class SimulatorSource(_Model):
     def _instant(cls, v: str | None) -> str | None:
         if v is not None:
             try:
-                datetime.fromisoformat(v)
+                stamp = datetime.fromisoformat(v)
             except ValueError:
                 raise ValueError(f"expected an RFC 3339 time, got {v!r}") from None
+            if stamp.tzinfo is None:  # as `simulate --start`: no guessing the machine's zone
+                raise ValueError(f"{v!r} needs a UTC offset, e.g. +08:00 or Z")
         return v
 
 

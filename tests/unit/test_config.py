@@ -66,6 +66,14 @@ def test_bad_simulator_start_is_an_error() -> None:
     validate_config({"sources": [{"kind": "simulator", "start": "2026-11-11T00:00:00+08:00"}]})
 
 
+def test_simulator_start_needs_an_offset() -> None:
+    """Without one, the start was read in the machine's zone: a migration's classic mistake."""
+    doc = {"sources": [{"kind": "simulator", "start": "2026-11-11T00:00:00"}]}
+    (line,) = errors_of(doc)
+    assert line.startswith("sources[0].start: ") and "UTC offset" in line
+    validate_config({"sources": [{"kind": "simulator", "start": "2026-11-10T16:00:00Z"}]})
+
+
 # --- environment variables ---------------------------------------------------------------------
 
 README_BAD = """\
