@@ -75,6 +75,10 @@ def describe(cfg: Config) -> str:
         )
     )
     lines.append(f"fulfilment SLA (pay → collect): {fmt(cfg.rules.fulfilment_sla)}")
+    for verb, changes in (("allows", cfg.lifecycle.allow), ("forbids", cfg.lifecycle.forbid)):
+        if changes:
+            pairs = (f"{old}→{new}" for old, news in changes.items() for new in news)
+            lines.append(f"lifecycle also {verb}: " + ", ".join(pairs))
     if cfg.status_map:
         lines.append("status map: " + ", ".join(f"{k}→{v}" for k, v in cfg.status_map.items()))
     lines.append("breakers:")

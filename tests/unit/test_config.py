@@ -210,3 +210,16 @@ def test_files_are_checked_only_when_asked(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump({"sources": [{"kind": "file", "path": "/srv/none.jsonl"}]}))
     cfg = load_config(config)
     assert str(cfg.sources[0].path) == "/srv/none.jsonl"  # type: ignore[union-attr]
+
+
+def test_check_config_shows_lifecycle_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whoever reads `check-config` sees which transitions no longer count as illegal."""
+    monkeypatch.chdir(tmp_path)
+    doc = {"lifecycle": {"allow": {"cancelled": ["paid"]}, "forbid": {"paid": ["closed"]}}}
+    Path("lc.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["check-config", "lc.yaml"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "lifecycle also allows: cancelled→paid" in out
+    assert "lifecycle also forbids: paid→closed" in out
