@@ -1,17 +1,23 @@
 """JSON-lines (or nginx access-log) files as a bytewax source, optionally tailed.
 
-One partition per file. The resume state is the byte offset and line number of the next
-unread line, so a restart with recovery continues exactly where the snapshot was taken.
-In `follow` mode only complete lines are taken; a half-written last line waits.
+One partition per file. The resume state is the byte offset of the next unread line, its
+sequence number, the file's inode and the line's number in the file, so a restart with recovery
+continues exactly where the snapshot was taken. In `follow` mode only complete lines are taken;
+a half-written last line waits. A followed file may be rotated as `tail -F` allows: renamed and
+re-created (logrotate's default; the old file is read to its end first) or truncated in place
+(`copytruncate`); the new content is read from its start. Positions (line numbers) then count in
+the new file, while chunks stay numbered without gaps (`RawChunk.first`) for the shards.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+import structlog
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from orderwatch.connectors.raw import RawChunk
@@ -19,19 +25,66 @@ from orderwatch.connectors.raw import RawChunk
 _READ_SIZE = 1 << 20
 _POLL = timedelta(milliseconds=50)  # how often a tailed file is polled when idle
 
+log = structlog.get_logger(__name__)
 
-class _FilePartition(StatefulSourcePartition[RawChunk, tuple[int, int]]):
-    def __init__(self, src: JsonlSource, offset: int, line: int) -> None:
+# (offset, sequence number, inode, line number); older snapshots hold only the first two
+ResumeState = tuple[int, ...]
+
+
+class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
+    def __init__(self, src: JsonlSource, resume: ResumeState | None) -> None:
         self._src = src
         self._f: BinaryIO = open(src.path, "rb")  # noqa: SIM115 - closed in close()
+        self._ino = os.fstat(self._f.fileno()).st_ino
+        offset, seq = resume[:2] if resume else (0, 1)
+        line = resume[3] if resume and len(resume) > 3 else seq
+        if resume and src.follow and self._replaced(resume, offset):
+            log.warning(
+                "input file was rotated while stopped; reading it from its start",
+                source=src.name,
+                path=str(src.path),
+            )
+            offset, line = 0, 1
         self._f.seek(offset)
         self._offset = offset  # byte offset of the next line not yet emitted
-        self._line = line  # its number, 1-based
+        self._seq = seq  # its sequence number in the source, 1-based, across rotations
+        self._line = line  # its number in the file, 1-based
         self._ahead: list[bytes] = []  # complete lines read but not yet emitted
         self._next = 0
         self._rest = b""  # a trailing partial line
         self._awake: datetime | None = None
         self._eof = False
+
+    def _replaced(self, resume: ResumeState, offset: int) -> bool:
+        """Is the file at the path not the one the resume state was taken from?"""
+        rotated = len(resume) > 2 and resume[2] != self._ino
+        return rotated or os.fstat(self._f.fileno()).st_size < offset
+
+    def _rotated(self) -> str | None:
+        """Why the followed file must be read anew from its start (None: it need not be)."""
+        try:
+            st = os.stat(self._src.path)
+        except FileNotFoundError:
+            return None  # renamed, not yet re-created: the old one may still grow
+        if st.st_ino != self._ino:
+            return "renamed and re-created"
+        if st.st_size < self._f.tell():
+            return "truncated"
+        return None
+
+    def _reopen(self, why: str) -> None:
+        """Switch to the new file at the path (the old one is read to its end)."""
+        log.info(
+            "input file rotated; reading the new one from its start",
+            source=self._src.name,
+            path=str(self._src.path),
+            how=why,
+        )
+        self._f.close()
+        self._f = open(self._src.path, "rb")  # noqa: SIM115 - closed in close()
+        self._ino = os.fstat(self._f.fileno()).st_ino
+        self._rest = b""
+        self._offset, self._line = 0, 1
 
     def _read_ahead(self) -> bool:
         data = self._f.read(_READ_SIZE)
@@ -56,7 +109,17 @@ class _FilePartition(StatefulSourcePartition[RawChunk, tuple[int, int]]):
             elif self._read_ahead():
                 continue
             elif self._src.follow:
-                break  # a half-written last line waits for its newline
+                why = self._rotated()
+                if why is None:
+                    break  # a half-written last line waits for its newline
+                if self._read_ahead():  # what was written to the old file meanwhile
+                    continue
+                if lines or self._rest.strip():  # the old file's lines go out by its numbering
+                    if self._rest.strip():  # its unterminated last line: whatever it holds
+                        lines.append(self._rest)
+                    self._rest = b""
+                    break
+                self._reopen(why)
             else:
                 if self._rest:  # a last line without a newline
                     lines.append(self._rest)
@@ -64,7 +127,8 @@ class _FilePartition(StatefulSourcePartition[RawChunk, tuple[int, int]]):
                     self._rest = b""
                 self._eof = True
                 break
-        first = self._line
+        first, shown = self._seq, self._line
+        self._seq += len(lines)
         self._line += len(lines)
         if not lines:
             if self._eof:
@@ -74,19 +138,21 @@ class _FilePartition(StatefulSourcePartition[RawChunk, tuple[int, int]]):
         self._awake = None
         self._src.progress(self._offset)
         lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
-        return [RawChunk(self._src.name, first, lines, self._src.bound_type, self._src.fmt)]
+        src = self._src
+        shown_first = None if shown == first else shown
+        return [RawChunk(src.name, first, lines, src.bound_type, src.fmt, shown_first=shown_first)]
 
     def next_awake(self) -> datetime | None:
         return self._awake
 
-    def snapshot(self) -> tuple[int, int]:
-        return (self._offset, self._line)
+    def snapshot(self) -> ResumeState:
+        return (self._offset, self._seq, self._ino, self._line)
 
     def close(self) -> None:
         self._f.close()
 
 
-class JsonlSource(FixedPartitionedSource[RawChunk, tuple[int, int]]):
+class JsonlSource(FixedPartitionedSource[RawChunk, ResumeState]):
     """Reads one file in chunks of `batch_size` lines; `follow=True` tails it forever."""
 
     def __init__(
@@ -116,7 +182,6 @@ class JsonlSource(FixedPartitionedSource[RawChunk, tuple[int, int]]):
         return [self.name]
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
+        self, step_id: str, for_part: str, resume_state: ResumeState | None
     ) -> _FilePartition:
-        offset, line = resume_state or (0, 1)
-        return _FilePartition(self, offset, line)
+        return _FilePartition(self, resume_state)

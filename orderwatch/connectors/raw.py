@@ -11,13 +11,16 @@ from msgspec import Struct
 
 class RawChunk(Struct, gc=False):
     source: str  # the source's name, e.g. "file:events.jsonl"
-    first: int  # position of the first line (1-based line number or Kafka offset)
+    # position of the first line (1-based line number or Kafka offset); the chunks of a
+    # source are numbered without gaps, which is how shards put them back in order
+    first: int
     lines: list[bytes]
     bound_type: str | None = None  # single-type source: `type` may be omitted
     fmt: str = "jsonl"  # "jsonl" or "nginx"
     positions: list[str] | None = None  # explicit positions when not consecutive
+    shown_first: int | None = None  # the first line's number in its file, if not `first`
 
     def position(self, i: int) -> str:
         if self.positions is not None:
             return self.positions[i]
-        return str(self.first + i)
+        return str((self.first if self.shown_first is None else self.shown_first) + i)

@@ -144,6 +144,31 @@ def test_quiet_input_fires_deadlines_on_the_wall_clock(tmp_path: Path) -> None:
     assert "RESOLVED" in d.console()
 
 
+def test_tailed_file_rotated_by_logrotate_keeps_being_read(tmp_path: Path) -> None:
+    """Rename + re-create (logrotate's default): the alert raised from the old file resolves
+    from an event in the new one, and orders first seen there are tracked."""
+    events = tmp_path / "live.jsonl"
+    events.write_text("")
+    cfg = {
+        "sources": [{"kind": "file", "path": str(events), "follow": True}],
+        "rules": {"stuck": [{"name": "paid_2s", "statuses": ["paid"], "max_dwell": "2s"}]},
+        "lateness": "1s",
+        "idle_after": "1s",
+    }
+    with daemon(tmp_path, cfg) as d:
+        with events.open("a") as f:
+            f.write(_line(type="order", ts=_now_ms(), order_id="R1", status="paid"))
+        wait_for(lambda: firing_rules(d) == {("paid_2s", "R1")}, 30, "alert from the old file")
+        events.rename(tmp_path / "live.jsonl.1")
+        events.write_text(
+            _line(type="order", ts=_now_ms(), order_id="R1", status="allocated")
+            + _line(type="order", ts=_now_ms(), order_id="R2", status="created")
+        )
+        wait_for(lambda: d.get("/v1/orders/R2")[0] == 200, 20, "an order from the new file")
+        wait_for(lambda: firing_rules(d) == set(), 20, "resolution from the new file")
+    assert "input file rotated" in d.logs()
+
+
 def test_sigterm_leaves_a_clean_state_and_a_restart_repeats_nothing(tmp_path: Path) -> None:
     """SIGTERM exits 0, state is consistent; the same input after a restart re-announces nothing."""
     events = tmp_path / "events.jsonl"

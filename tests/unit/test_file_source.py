@@ -1,0 +1,116 @@
+"""A followed file survives rotation as `tail -F` does: rename + re-create, and copytruncate."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bytewax.inputs import StatefulSourcePartition
+
+from orderwatch.connectors.files import JsonlSource, ResumeState
+from orderwatch.connectors.raw import RawChunk
+
+Part = StatefulSourcePartition[RawChunk, ResumeState]
+
+
+class Tail:
+    """A followed file's partition, checking that chunks stay numbered without gaps whatever
+    the rotations (shards re-order chunks by that number)."""
+
+    def __init__(self, path: Path, resume: ResumeState | None = None) -> None:
+        src = JsonlSource(path, follow=True, batch_size=100)
+        self.part: Part = src.build_part("test", src.name, resume)
+        self._next = resume[1] if resume else 1
+
+    def read(self) -> list[tuple[int, list[bytes]]]:
+        """(number of the first line in its file, lines) of each chunk one batch gave."""
+        chunks = self.part.next_batch()
+        for c in chunks:
+            assert c.first == self._next, "a gap or overlap in the chunk numbering"
+            self._next = c.first + len(c.lines)
+        return [(int(c.position(0)), c.lines) for c in chunks]
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a") as f:
+        f.write(text)
+
+
+def test_renamed_file_is_read_to_its_end_then_the_new_one_from_its_start(tmp_path: Path) -> None:
+    live = tmp_path / "access.log"
+    live.write_text("a1\na2\n")
+    tail = Tail(live)
+    assert tail.read() == [(1, [b"a1", b"a2"])]
+    _append(live, "a3\na4-half")
+    live.rename(tmp_path / "access.log.1")
+    assert tail.read() == [(3, [b"a3"])]  # not yet re-created: the old file may still grow
+    _append(tmp_path / "access.log.1", "\n")  # the writer finishes its line before reopening
+    live.write_text("b1\nb2\n")
+    assert tail.read() == [(4, [b"a4-half"])]  # every line of the old file, by its numbering
+    assert tail.read() == [(1, [b"b1", b"b2"])]
+    state = tail.part.snapshot()
+    assert state == (6, 7, os.stat(live).st_ino, 3)  # the sequence goes on, the line restarts
+    _append(live, "b3\n")
+    assert tail.read() == [(3, [b"b3"])]
+    assert Tail(live, state).read() == [(3, [b"b3"])]  # and a resume knows both
+
+
+def test_old_files_unterminated_last_line_is_not_lost(tmp_path: Path) -> None:
+    """It goes out as it is (a dead letter if it is not a whole event), not silently dropped."""
+    live = tmp_path / "events.jsonl"
+    live.write_text("a1\na2-cut")
+    tail = Tail(live)
+    assert tail.read() == [(1, [b"a1"])]
+    live.rename(tmp_path / "events.jsonl.1")
+    live.write_text("b1\n")
+    assert tail.read() == [(2, [b"a2-cut"])]
+    assert tail.read() == [(1, [b"b1"])]
+
+
+def test_truncated_file_is_read_again_from_its_start(tmp_path: Path) -> None:
+    """logrotate's copytruncate: the same inode, shorter than what was read."""
+    live = tmp_path / "access.log"
+    live.write_text("a1\na2\na3\n")
+    tail = Tail(live)
+    assert tail.read() == [(1, [b"a1", b"a2", b"a3"])]
+    with live.open("r+") as f:
+        f.truncate(0)
+    _append(live, "b1\n")
+    assert tail.read() == [(1, [b"b1"])]
+
+
+def test_a_quiet_file_is_not_taken_for_a_rotated_one(tmp_path: Path) -> None:
+    live = tmp_path / "events.jsonl"
+    live.write_text("a1\n")
+    tail = Tail(live)
+    assert tail.read() == [(1, [b"a1"])]
+    assert tail.read() == []
+    _append(live, "a2\n")
+    assert tail.read() == [(2, [b"a2"])]
+
+
+def test_resume_continues_in_the_same_file(tmp_path: Path) -> None:
+    live = tmp_path / "events.jsonl"
+    live.write_text("a1\na2\n")
+    tail = Tail(live)
+    tail.read()
+    state = tail.part.snapshot()
+    assert state == (6, 3, os.stat(live).st_ino, 3)  # offset, sequence, inode, line
+    _append(live, "a3\n")
+    assert Tail(live, state).read() == [(3, [b"a3"])]
+    assert Tail(live, state[:2]).read() == [(3, [b"a3"])]  # a state from before inodes
+
+
+def test_resume_after_a_rotation_while_stopped_reads_the_new_file(tmp_path: Path) -> None:
+    live = tmp_path / "events.jsonl"
+    live.write_text("a1\na2\n")
+    tail = Tail(live)
+    tail.read()
+    state = tail.part.snapshot()
+    tail.part.close()
+    live.rename(tmp_path / "events.jsonl.1")
+    live.write_text("b1\nb2\nb3\n")  # longer than the offset: only the inode tells
+    assert Tail(live, state).read() == [(1, [b"b1", b"b2", b"b3"])]
+    (tmp_path / "short.jsonl").write_text("c1\n")
+    os.replace(tmp_path / "short.jsonl", live)
+    assert Tail(live, state[:2]).read() == [(1, [b"c1"])]  # no inode: shorter than the offset
