@@ -106,7 +106,7 @@ class FileSource(_Model):
 
 class SimulatorSource(_Model):
     kind: Literal["simulator"]
-    name: str | None = None
+    name: str | None = None  # default "simulator"
     rate: float = Field(default=200.0, gt=0)  # events per wall second
     speed: float = Field(default=60.0, gt=0)  # simulated seconds per wall second
     seed: int = 1
@@ -338,6 +338,16 @@ class Config(_Model):
     state: State = Field(default_factory=State)
     engine: Engine = Field(default_factory=Engine)
     metrics: MetricsCfg = Field(default_factory=MetricsCfg)
+
+    def inputs(self) -> list[Source]:
+        """The sources that run: those configured, or else the simulator with its defaults."""
+        return list(self.sources) or [SimulatorSource(kind="simulator")]
+
+    def simulated(self) -> frozenset[str]:
+        """Names of the simulator sources: their clock runs `speed`x ahead of the wall's."""
+        return frozenset(
+            s.name or "simulator" for s in self.inputs() if isinstance(s, SimulatorSource)
+        )
 
     @field_validator("timezone")
     @classmethod

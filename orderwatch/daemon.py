@@ -108,7 +108,7 @@ class ControlPlane:
 
 def build_sources(cfg: Config, stop: threading.Event) -> list[Source[Any]]:
     sources: list[Source[Any]] = []
-    for s in cfg.sources or [SimulatorSource(kind="simulator")]:
+    for s in cfg.inputs():
         if isinstance(s, FileSource):
             sources.append(
                 JsonlSource(

@@ -442,7 +442,8 @@ def _not_after(
     """A live source's event stamped later than `not_after` becomes `future_timestamp`."""
     if type(d) is not Decoded or not_after is None or d.ts_ms <= not_after:
         return d
-    ahead = f"ts is {(d.ts_ms - not_after) // 1000}s past the allowed clock skew"
+    past = (d.ts_ms - not_after) / 1000
+    ahead = f"ts is {past:.3f}s later than this machine's clock plus engine.max_future allow"
     return Rejected("future_timestamp", ahead, source, "", raw)
 
 

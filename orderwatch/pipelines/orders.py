@@ -30,6 +30,7 @@ from orderwatch.events import Decoder
 from orderwatch.pipelines.route import DEAD_LETTER_KEY, ChunkOrder, Router, ShardBatch
 from orderwatch.pipelines.snapshots import Settings, dump_shard, load_shard, state_settings
 from orderwatch.runtime import Runtime
+from orderwatch.simulate.model import SIMULATOR_STATUS_MAP
 
 
 def _wall_ms() -> int:
@@ -143,13 +144,18 @@ def flow_steps(
     (from its snapshot, or empty). `build_flow` wires them; the bench also calls them bare."""
     rules = RuleSet.from_config(cfg)
     assume = parse_zone(cfg.assume_timezone) if cfg.assume_timezone else None
-    decoder = Decoder(cfg.status_map, assume, cfg.engine.max_event_bytes)
+    simulated = cfg.simulated() if live else frozenset()  # a replay reads its file only
+    # The simulator speaks two channels' own status names (to show status_map at work);
+    # they need no mapping by hand when it runs.
+    status_map = {**SIMULATOR_STATUS_MAP, **cfg.status_map} if simulated else cfg.status_map
+    decoder = Decoder(status_map, assume, cfg.engine.max_event_bytes)
     router = Router(
         decoder,
         runtime,
         lateness_ms=cfg.lateness,
         live=live,
         max_future_ms=cfg.engine.max_future,
+        simulated=simulated,
         now_ms=now_ms,
     )
     channels = LabelCap(cfg.metrics.max_label_values, cfg.metrics.channels)

@@ -147,6 +147,7 @@ class Router:
         lateness_ms: int,
         live: bool = False,
         max_future_ms: int = 600_000,
+        simulated: frozenset[str] = frozenset(),
         now_ms: Callable[[], int] | None = None,
     ) -> None:
         self._decoder = decoder
@@ -156,6 +157,7 @@ class Router:
         self._keys = shard_keys(runtime.shards)
         self._live = live
         self._max_future = max_future_ms
+        self._simulated = simulated  # sources exempt from max_future: ahead by design
         self._now = now_ms or (lambda: int(time.time() * 1000))
 
     def __call__(self, chunks: list[RawChunk]) -> Iterable[tuple[str, Any]]:
@@ -168,7 +170,11 @@ class Router:
         stats = self._runtime.intake()
         source = chunk.source
         live, now = self._live, self._now() if self._live else 0
-        horizon = now + self._max_future if live and self._max_future > 0 else None
+        horizon = (
+            now + self._max_future
+            if live and self._max_future > 0 and source not in self._simulated
+            else None
+        )
         if chunk.fmt == "nginx":
             good, bad = decode_nginx_lines(chunk.lines, source, horizon)
         else:

@@ -60,6 +60,8 @@ _CHANNEL_PREFIX: Final[dict[str, str]] = {
 }
 #: Channel-native names for `paid` (CONTRACT §1 default status map) and their sending channel.
 NATIVE_PAID: Final[dict[str, str]] = {"tmall": "WAIT_SELLER_SEND_GOODS", "pos": "已付款"}
+#: The status_map entries those names need (the simulator source adds them by itself).
+SIMULATOR_STATUS_MAP: Final[dict[str, str]] = {name: "paid" for name in NATIVE_PAID.values()}
 #: Share of those channels' orders whose `paid` event uses the native name.
 NATIVE_PAID_SHARE: Final = 0.15
 #: Share of orders whose order-event amounts are JSON numbers instead of decimal strings.

@@ -259,6 +259,30 @@ def _metric(d: Any, name: str) -> float:
     )
 
 
+def _samples(d: Any, name: str) -> dict[str, float]:
+    """`name`'s samples by their `reason`/`type` label."""
+    _, text = d.get("/metrics")
+    return {
+        s.labels.get("reason") or s.labels.get("type", ""): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name
+    }
+
+
+def test_simulator_with_default_settings_is_not_dead_lettered(tmp_path: Path) -> None:
+    """Its clock runs ahead of the wall's by design (max_future does not apply), and the
+    channel status names it speaks need no status_map. Only its naive_timestamp fault is
+    rejected, as that scenario intends."""
+    cfg = {"sources": [{"kind": "simulator", "rate": 400, "speed": 1800}]}
+    with daemon(tmp_path, cfg) as d:
+        # 3 wall seconds = 90 simulated minutes: far past max_future's 10 minutes
+        wait_for(lambda: sum(_samples(d, "orderwatch_events_total").values()) > 1000, 30, "events")
+        time.sleep(1)
+        rejected = _samples(d, "orderwatch_events_rejected_total")
+    assert set(rejected) <= {"naive_timestamp"}, rejected
+
+
 def _first_run_with_recovery(tmp_path: Path) -> tuple[Path, dict[str, Any], Path]:
     """The sample run once with state.recovery (as `first.yaml`), stopped after a snapshot."""
     events = tmp_path / "events.jsonl"

@@ -17,10 +17,17 @@ def route(
     shards: int = 4,
     fmt: str = "jsonl",
     bound: str | None = None,
+    simulated: frozenset[str] = frozenset(),
 ) -> tuple[Runtime, list]:
     runtime = Runtime(shards=shards)
     router = Router(
-        Decoder(), runtime, lateness_ms=MIN, live=live, max_future_ms=10 * MIN, now_ms=lambda: now
+        Decoder(),
+        runtime,
+        lateness_ms=MIN,
+        live=live,
+        max_future_ms=10 * MIN,
+        simulated=simulated,
+        now_ms=lambda: now,
     )
     return runtime, router.route(RawChunk("src", 11, lines, bound, fmt))
 
@@ -48,6 +55,15 @@ def test_future_timestamps_are_rejected_live_with_their_position() -> None:
     batches = [v for k, v in out if isinstance(v, ShardBatch)]
     assert {ev.order_id for b in batches for _, ev in b.events} == {"A", "C"}
     assert runtime.intakes()[0].rejected[("src", "future_timestamp")] == 1
+
+
+def test_a_simulator_source_is_exempt_from_max_future() -> None:
+    """Its clock runs `speed`x ahead of the wall's by design; other live sources are checked."""
+    lines = [order(0, "A", "paid"), order(20 * MIN, "B", "paid")]
+    _, out = route(lines, live=True, simulated=frozenset({"src"}))
+    assert not [v for k, v in out if k == DEAD_LETTER_KEY]
+    _, out = route(lines, live=True, simulated=frozenset({"other"}))
+    assert [v.reason for k, v in out if k == DEAD_LETTER_KEY] == ["future_timestamp"]
 
 
 def test_replay_accepts_any_timestamp() -> None:
