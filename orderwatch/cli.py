@@ -23,11 +23,42 @@ def _load(path: str | None, *, check_files: bool = False) -> Config:
         raise SystemExit(2) from None
 
 
+def _at_least(low: float, kind: type[int] | type[float] = int) -> Any:
+    """An argparse type: a number of `kind`, at least `low` (floats: more than `low`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low or (kind is float and value == low):
+            word = "at least" if kind is int else "more than"
+            raise argparse.ArgumentTypeError(f"must be {word} {low:g}, got {text}")
+        return value
+
+    return parse
+
+
 def _add_scaling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=1, help="worker threads in this process")
-    p.add_argument("--processes", type=int, default=1, help="processes in a local cluster")
+    p.add_argument("--workers", type=_at_least(1), default=1, help="worker threads in this process")
+    p.add_argument("--processes", type=_at_least(1), default=1, help="processes in a local cluster")
     p.add_argument("--addresses", help="host:port,... of every process (multi-host cluster)")
-    p.add_argument("--process-id", type=int, help="index of this process in --addresses")
+    p.add_argument("--process-id", type=_at_least(0), help="index of this process in --addresses")
+
+
+def _check_scaling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What argparse cannot tell alone: the cluster flags go together (exit 2 otherwise)."""
+    if args.command not in ("run", "replay"):
+        return
+    if args.addresses is None:
+        if args.process_id is not None:
+            parser.error("--process-id needs --addresses")
+        return
+    count = len(args.addresses.split(","))
+    if args.process_id is None or args.process_id >= count:
+        parser.error(f"--process-id must be 0..{count - 1}, one per address in --addresses")
+    if args.processes > 1:
+        parser.error("--processes starts a local cluster; with --addresses start one per host")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rp.add_argument(
         "--batch-size",
-        type=int,
+        type=_at_least(1),
         default=REPLAY_BATCH_LINES,
         help=f"lines read per batch ({REPLAY_BATCH_LINES:,})",
     )
@@ -63,16 +94,26 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="realistic order traffic with failure scenarios")
     sim.add_argument("--out", default="-", help="file path or '-' for stdout")
     sim.add_argument(
-        "--events", type=int, default=10_000, help="number of events to write (0: endless)"
+        "--events",
+        type=_at_least(0),
+        default=10_000,
+        help="number of events to write (0: endless)",
     )
     sim.add_argument(
-        "--rate", type=float, help="events per wall second (default: as fast as possible)"
+        "--rate",
+        type=_at_least(0, float),
+        help="events per wall second (default: as fast as possible)",
     )
     sim.add_argument(
-        "--orders-per-minute", type=float, default=600.0, help="new orders per simulated minute"
+        "--orders-per-minute",
+        type=_at_least(0, float),
+        default=600.0,
+        help="new orders per simulated minute",
     )
     sim.add_argument(
-        "--speed", type=float, help="simulated seconds per wall second (default: no waiting)"
+        "--speed",
+        type=_at_least(0, float),
+        help="simulated seconds per wall second (default: no waiting)",
     )
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument(
@@ -101,7 +142,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_scaling(parser, args)
     handler = {
         "replay": _cmd_replay,
         "check-config": _cmd_check_config,
@@ -131,7 +174,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     if not args.events.is_file():
-        print(f"orderwatch: {args.events}: no such file", file=sys.stderr)
+        why = "a directory, not a file" if args.events.is_dir() else "no such file"
+        print(f"orderwatch: {args.events}: {why}", file=sys.stderr)
         return 2
     alerts_out: Path = args.alerts_out or Path(cfg.state.dir) / "replay-alerts.jsonl"
     dead_letters: Path = args.dead_letters or Path(cfg.state.dir) / "dead-letters.jsonl"

@@ -195,7 +195,12 @@ def run_daemon(
     app = build_app(runtime, store, registry, rules=rules, timezone=cfg.timezone)
     printer = ConsolePrinter(cfg.timezone)
     control = ControlPlane(app, cfg.http.host, cfg.http.port + pid, runtime, store, printer)
-    control.start()
+    try:
+        control.start()
+    except OSError as exc:  # the port is taken, or the address is not this host's
+        store.close()
+        listen = f"{cfg.http.host}:{cfg.http.port + pid}"
+        raise SystemExit(f"orderwatch: cannot serve HTTP on {listen}: {exc.strerror}") from None
     log.info(
         "started",
         listen=f"{cfg.http.host}:{cfg.http.port + pid}",

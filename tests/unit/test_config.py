@@ -204,6 +204,35 @@ def test_run_refuses_a_bad_source_before_opening_its_port(
     assert not (tmp_path / "state").exists()
 
 
+def test_run_on_a_taken_port_says_so_without_a_traceback(tmp_path: Path) -> None:
+    """Exit 1 (a runtime failure), naming the address; it used to print a traceback."""
+    events = tmp_path / "e.jsonl"
+    events.write_text("")
+    config = tmp_path / "run.yaml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "sources": [{"kind": "file", "path": str(events), "follow": True}],
+                    "http": {"listen": listen},
+                    "state": {"dir": str(tmp_path / "state")},
+                }
+            )
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "orderwatch", "run", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1, done.stderr
+    assert f"cannot serve HTTP on {listen}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_files_are_checked_only_when_asked(tmp_path: Path) -> None:
     """Replay reads its events argument, not `sources`: a config from the server still works."""
     config = tmp_path / "c.yaml"

@@ -1,0 +1,48 @@
+"""Bad numbers and flag combinations are usage errors (exit 2, naming the flag), before any
+work starts: `--workers 0` used to replay nothing and exit 0, `--batch-size 0` to hang."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orderwatch.cli import main
+
+SAMPLE = "examples/sample-events.jsonl"
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["replay", SAMPLE, "--workers", "0"], "--workers"),
+        (["replay", SAMPLE, "--workers", "-1"], "--workers"),
+        (["replay", SAMPLE, "--workers", "two"], "--workers"),
+        (["replay", SAMPLE, "--batch-size", "0"], "--batch-size"),
+        (["replay", SAMPLE, "--processes", "0"], "--processes"),
+        (["run", "--workers", "0"], "--workers"),
+        (["run", "--process-id", "1"], "--process-id needs --addresses"),
+        (["run", "--addresses", "h1:1,h2:2"], "--process-id must be 0..1"),
+        (["run", "--addresses", "h1:1,h2:2", "--process-id", "2"], "--process-id must be 0..1"),
+        (["run", "--addresses", "h1:1", "--process-id", "0", "--processes", "2"], "--processes"),
+        (["simulate", "--rate", "0"], "--rate"),
+        (["simulate", "--rate", "-1"], "--rate"),
+        (["simulate", "--speed", "0"], "--speed"),
+        (["simulate", "--events", "-5"], "--events"),
+        (["simulate", "--orders-per-minute", "0"], "--orders-per-minute"),
+    ],
+)
+def test_bad_usage_exits_2_naming_the_flag(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_good_numbers_still_work(tmp_path: Path) -> None:
+    out = f"{tmp_path}/a.jsonl"
+    args = ["replay", SAMPLE, "--quiet", "--workers", "2", "--batch-size", "3"]
+    assert main([*args, "--alerts-out", out, "--dead-letters", f"{tmp_path}/d.jsonl"]) == 0
+    assert main(["simulate", "--events", "3", "--rate", "1e9", "--out", f"{tmp_path}/s"]) == 0
