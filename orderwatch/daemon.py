@@ -194,6 +194,11 @@ def run_daemon(
     registry = build_registry(runtime, store, cfg.metrics, rules=rules)
     app = build_app(runtime, store, registry, rules=rules, timezone=cfg.timezone)
     printer = ConsolePrinter(cfg.timezone)
+    retired = store.retire(rules.lasting()) if primary else []
+    if retired:
+        gone = sorted({f"{a.labels.get('rule')}/{a.labels.get('severity')}" for a in retired})
+        log.warning("resolved alerts of rules no longer configured", count=len(retired), rules=gone)
+        printer(retired)
     control = ControlPlane(app, cfg.http.host, cfg.http.port + pid, runtime, store, printer)
     try:
         control.start()

@@ -181,6 +181,17 @@ class AlertStore:
                 self._remember(change)
             return kept
 
+    def retire(self, lasting: frozenset[AlertKey]) -> list[AlertChange]:
+        """Resolve the firing alerts the running rules cannot produce any more (a rule removed
+        or its severity changed since they fired): nothing else would ever end them. They
+        end at the latest event time the store has seen; returns those resolutions."""
+        ended = [
+            alert.resolved(self._high_water, resolution="its rule is no longer configured")
+            for alert in self.firing()
+            if _key(alert) not in lasting
+        ]
+        return self.apply(ended)
+
     def _decide(self, c: AlertChange, horizon: int) -> bool:
         """Is `c` news? Writes the instance's new state inside the open transaction."""
         db = self._db

@@ -116,3 +116,10 @@ class RuleSet:
             pack_compression=cfg.engine.pack_compression,
             timezone=cfg.timezone,
         )
+
+    def lasting(self) -> frozenset[tuple[str, str, str]]:
+        """(alertname, rule, severity) of every alert these rules can fire and later resolve."""
+        return frozenset(
+            [(STUCK_ALERT, s.name, s.severity) for s in self.stuck]
+            + [(GAP_ALERT, g.name, g.severity) for g in self.gaps.values()]
+        )

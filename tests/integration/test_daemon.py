@@ -144,6 +144,33 @@ def test_quiet_input_fires_deadlines_on_the_wall_clock(tmp_path: Path) -> None:
     assert "RESOLVED" in d.console()
 
 
+def test_restart_without_a_rule_resolves_its_alerts(tmp_path: Path) -> None:
+    """Its alerts would otherwise stay firing forever, unfilterable by `rule` (ghost pages)."""
+    events = tmp_path / "events.jsonl"
+    shutil.copy(SAMPLE, events)
+    state = tmp_path / "state"
+    with daemon(tmp_path, sample_config(events), name="first", state=state) as d:
+        wait_for(lambda: len(firing_rules(d)) == 12, 30, "sample alerts")
+        before = firing_rules(d)
+    assert any(rule == "logistics_stalled" for rule, _ in before)
+    cfg = sample_config(events)
+    rules = copy.deepcopy(cfg["rules"])
+    rules["stuck"] = [r for r in rules["stuck"] if r["name"] != "logistics_stalled"]
+    with daemon(tmp_path, {**cfg, "rules": rules}, name="second", state=state) as d:
+        after = {(r, o) for r, o in before if r != "logistics_stalled"}
+        wait_for(lambda: firing_rules(d) == after, 30, "the others still firing")
+        _, text = d.get("/metrics")
+        firing = {
+            s.labels["rule"]: s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == "orderwatch_alerts_firing" and s.value
+        }
+        assert "logistics_stalled" not in firing and firing["paid_without_wms"] > 0
+    assert "RESOLVED" in d.console() and "logistics_stalled" in d.console()
+    assert "rules no longer configured" in d.logs()
+
+
 def test_tailed_file_rotated_by_logrotate_keeps_being_read(tmp_path: Path) -> None:
     """Rename + re-create (logrotate's default): the alert raised from the old file resolves
     from an event in the new one, and orders first seen there are tracked."""

@@ -199,3 +199,32 @@ def test_for_order_returns_every_remembered_instance() -> None:
         ("firing", "amount_mismatch", True),
         ("firing", "paid_not_shipped", False),
     ]
+
+
+def test_alerts_of_rules_no_longer_configured_are_resolved_once(tmp_path: Path) -> None:
+    """A rule removed, or its severity changed, since its alerts fired: nothing would ever end
+    them, so a restart resolves them at the latest event time seen, and only them."""
+    path = tmp_path / DB_NAME
+    kept = alert("paid_not_shipped", "A", 0)
+    removed = alert("logistics_stalled", "B", MIN)
+    reworded = alert("paid_not_allocated", "C", 2 * MIN, severity="warning")
+    with AlertStore(path) as store:
+        store.apply([kept, removed, reworded, one_shot(at=5 * MIN)])
+    lasting = frozenset(
+        {
+            ("OrderStuck", "paid_not_shipped", "critical"),
+            ("OrderStuck", "paid_not_allocated", "critical"),
+        }
+    )
+    with AlertStore(path) as store:
+        ended = store.retire(lasting)
+        assert [(a.labels["rule"], a.ends_at) for a in ended] == [
+            ("logistics_stalled", BASE + 5 * MIN),
+            ("paid_not_allocated", BASE + 5 * MIN),
+        ]
+        assert {a.annotations["resolution"] for a in ended} == {"its rule is no longer configured"}
+        assert store.firing() == [kept]
+        assert store.apply([removed]) == []  # the input re-read after the restart: no re-firing
+    with AlertStore(path) as store:
+        assert store.retire(lasting) == []
+        assert store.firing() == [kept]
