@@ -194,7 +194,7 @@ def run_daemon(
     registry = build_registry(runtime, store, cfg.metrics, rules=rules)
     app = build_app(runtime, store, registry, rules=rules, timezone=cfg.timezone)
     printer = ConsolePrinter(cfg.timezone)
-    retired = store.retire(rules.lasting()) if primary else []
+    retired = store.retire(rules.could_fire) if primary else []
     if retired:
         gone = sorted({f"{a.labels.get('rule')}/{a.labels.get('severity')}" for a in retired})
         log.warning("resolved alerts of rules no longer configured", count=len(retired), rules=gone)

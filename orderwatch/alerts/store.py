@@ -31,7 +31,7 @@ import json
 import sqlite3
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -181,14 +181,14 @@ class AlertStore:
                 self._remember(change)
             return kept
 
-    def retire(self, lasting: frozenset[AlertKey]) -> list[AlertChange]:
-        """Resolve the firing alerts the running rules cannot produce any more (a rule removed
-        or its severity changed since they fired): nothing else would ever end them. They
-        end at the latest event time the store has seen; returns those resolutions."""
+    def retire(self, could_fire: Callable[[dict[str, str]], bool]) -> list[AlertChange]:
+        """Resolve the firing alerts the running rules could not have fired (a rule removed,
+        its severity changed or its filter narrowed since): nothing else would ever end them.
+        They end at the latest event time the store has seen; returns those resolutions."""
         ended = [
             alert.resolved(self._high_water, resolution="its rule is no longer configured")
             for alert in self.firing()
-            if _key(alert) not in lasting
+            if not could_fire(alert.labels)
         ]
         return self.apply(ended)
 

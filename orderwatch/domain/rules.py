@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -117,9 +118,18 @@ class RuleSet:
             timezone=cfg.timezone,
         )
 
-    def lasting(self) -> frozenset[tuple[str, str, str]]:
-        """(alertname, rule, severity) of every alert these rules can fire and later resolve."""
-        return frozenset(
-            [(STUCK_ALERT, s.name, s.severity) for s in self.stuck]
-            + [(GAP_ALERT, g.name, g.severity) for g in self.gaps.values()]
-        )
+    def could_fire(self, labels: Mapping[str, str]) -> bool:
+        """Could these rules have fired an alert with these labels (and so also resolve it)?
+        Not when its rule is gone, its severity changed or its filter no longer matches."""
+        alertname, rule, severity = (labels.get(k) for k in ("alertname", "rule", "severity"))
+        if alertname == STUCK_ALERT:
+            return any(
+                s.name == rule
+                and s.severity == severity
+                and s.applies_to(labels.get("channel"), labels.get("warehouse"))
+                for s in self.stuck
+            )
+        if alertname == GAP_ALERT:
+            gap = self.gaps.get(rule or "")
+            return gap is not None and gap.severity == severity
+        return True  # anomalies are one-shots: they never stay firing

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from orderwatch.alerts.store import DB_NAME, AlertStore
 from orderwatch.domain.alert import FIRING, AlertChange
+from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.stats import LabelCap
-from tests.factories import BASE, HOUR, MIN, order, payment, track, wms
+from tests.factories import BASE, HOUR, MIN, config, order, payment, track, wms
 
 DAY = 24 * HOUR
 
@@ -202,29 +203,47 @@ def test_for_order_returns_every_remembered_instance() -> None:
 
 
 def test_alerts_of_rules_no_longer_configured_are_resolved_once(tmp_path: Path) -> None:
-    """A rule removed, or its severity changed, since its alerts fired: nothing would ever end
-    them, so a restart resolves them at the latest event time seen, and only them."""
+    """A rule removed, its severity changed or its filter narrowed since its alerts fired:
+    nothing would ever end them, so a restart resolves them at the latest event time seen,
+    and only them."""
     path = tmp_path / DB_NAME
-    kept = alert("paid_not_shipped", "A", 0)
+    kept = alert("paid_not_shipped", "A", 0, channel="tmall")
     removed = alert("logistics_stalled", "B", MIN)
     reworded = alert("paid_not_allocated", "C", 2 * MIN, severity="warning")
+    filtered = alert("paid_not_shipped", "D", 3 * MIN, channel="jd")
     with AlertStore(path) as store:
-        store.apply([kept, removed, reworded, one_shot(at=5 * MIN)])
-    lasting = frozenset(
-        {
-            ("OrderStuck", "paid_not_shipped", "critical"),
-            ("OrderStuck", "paid_not_allocated", "critical"),
-        }
+        store.apply([kept, removed, reworded, filtered, one_shot(at=5 * MIN)])
+    rules = RuleSet.from_config(
+        config(
+            {
+                "stuck": [
+                    {
+                        "name": "paid_not_shipped",
+                        "statuses": ["paid"],
+                        "max_dwell": "2h",
+                        "severity": "critical",
+                        "channels": ["tmall"],
+                    },
+                    {
+                        "name": "paid_not_allocated",
+                        "statuses": ["paid"],
+                        "max_dwell": "30m",
+                        "severity": "critical",
+                    },
+                ]
+            }
+        )
     )
     with AlertStore(path) as store:
-        ended = store.retire(lasting)
-        assert [(a.labels["rule"], a.ends_at) for a in ended] == [
-            ("logistics_stalled", BASE + 5 * MIN),
-            ("paid_not_allocated", BASE + 5 * MIN),
+        ended = store.retire(rules.could_fire)
+        assert [(a.labels["order_id"], a.ends_at) for a in ended] == [
+            ("B", BASE + 5 * MIN),
+            ("C", BASE + 5 * MIN),
+            ("D", BASE + 5 * MIN),
         ]
         assert {a.annotations["resolution"] for a in ended} == {"its rule is no longer configured"}
         assert store.firing() == [kept]
         assert store.apply([removed]) == []  # the input re-read after the restart: no re-firing
     with AlertStore(path) as store:
-        assert store.retire(lasting) == []
+        assert store.retire(rules.could_fire) == []
         assert store.firing() == [kept]
