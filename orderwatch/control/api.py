@@ -265,13 +265,20 @@ async def stuck_orders(request: web.Request) -> web.Response:
     limit: int = query.get("limit", STUCK_LIMIT_DEFAULT)
     rule: str | None = query.get("rule")
     ctx = _ctx(request)
-    stuck = ctx.store.stuck(rule)
     clock = event_clock_ms(ctx.runtime)
-    windows = rule_windows(ctx.runtime)
+    windows = rule_windows(ctx.runtime, ctx.rules)
+
+    def window_of(a: AlertChange) -> int | None:
+        return windows.get((STUCK_ALERT, a.labels.get("rule", "")))
+
+    # Oldest first: by when the order's clock started (startsAt - max_dwell), across rules
+    stuck = sorted(
+        ctx.store.stuck(rule), key=lambda a: (a.starts_at - (window_of(a) or 0), a.fingerprint)
+    )
     orders = []
     for a in stuck[:limit]:
         notes = a.annotations
-        window = windows.get((STUCK_ALERT, a.labels.get("rule", "")))
+        window = window_of(a)
         age = None if window is None else max(clock - a.starts_at + window, 0) / 1000
         orders.append(
             {

@@ -175,6 +175,27 @@ def test_stuck_orders_oldest_first_with_limit() -> None:
     serve(d.app(), check)
 
 
+def test_stuck_orders_across_rules_are_oldest_first_by_age_not_by_start() -> None:
+    """An order stuck 3 h under a 2 h rule is older than one stuck 2 h under a 30 min rule,
+    though the latter's alert started first."""
+    rules = {
+        "stuck": [
+            {"name": "short", "statuses": ["paid"], "max_dwell": "30m"},
+            {"name": "long", "statuses": ["allocated"], "max_dwell": "2h"},
+        ]
+    }
+    lines = [order(0, "L", "allocated"), order(60 * MIN, "S", "paid")]
+    d = Daemon(config(rules)).feed(lines, until=3 * HOUR)
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        body = await (await client.get("/v1/orders/stuck")).json()
+        got = [(o["order_id"], o["age_seconds"]) for o in body["orders"]]
+        assert got == [("L", 3 * HOUR / 1000), ("S", 2 * HOUR / 1000)]
+        assert body["orders"][0]["startsAt"] > body["orders"][1]["startsAt"]
+
+    serve(d.app(), check)
+
+
 def test_stuck_orders_rejects_a_bad_limit() -> None:
     """A `limit` outside 1..1000 or not a number is a 400 naming the parameter."""
     d = Daemon()
