@@ -400,6 +400,9 @@ def parse_zone(text: str) -> timezone | ZoneInfo:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+_QUOTED_ONLY_BELOW = 6  # shorter variable values are redacted only where quoted
+
+
 class _Expansion:
     """What `_expand` did: unset variables by path, and the values it put in (never shown)."""
 
@@ -412,7 +415,12 @@ class _Expansion:
         for where, name, value in self.used:
             under = where == path or where.startswith((f"{path}.", f"{path}["))
             if value and (under or path == "(top level)"):
-                message = message.replace(value, f"${{{name}}}")
+                shown = f"${{{name}}}"
+                if len(value) >= _QUOTED_ONLY_BELOW:
+                    message = message.replace(value, shown)
+                else:  # `e` would garble every word: only where it is quoted as the input
+                    parts = re.split(rf"(?<=['\"]){re.escape(value)}(?=['\"])", message)
+                    message = shown.join(parts)
         return message
 
 

@@ -35,12 +35,11 @@ def parse_duration_ms(text: str | int | float) -> int:
 
 
 def format_duration_ms(ms: int) -> str:
-    """Render milliseconds the way people read them: `2h5m`, `45s`, `48h`, `3d4h`."""
+    """Render milliseconds the way people write them: `2h5m`, `45s`, `48h`, `3d4h`, exactly
+    (`1h30m15s`, `1s500ms`): what it renders are configured limits, which must read true."""
     if ms < 0:
         return "-" + format_duration_ms(-ms)
-    if ms < 1000:
-        return f"{ms}ms"
-    secs = ms // 1000
+    secs, rest_ms = divmod(ms, 1000)
     parts = []
     units: tuple[tuple[str, int], ...] = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
     if secs < 3 * 86400:  # ops people say "48h", not "2d"
@@ -49,4 +48,6 @@ def format_duration_ms(ms: int) -> str:
         if secs >= size:
             parts.append(f"{secs // size}{unit}")
             secs %= size
-    return "".join(parts[:2])
+    if rest_ms or not parts:
+        parts.append(f"{rest_ms}ms")
+    return "".join(parts)

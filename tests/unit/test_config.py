@@ -105,6 +105,13 @@ def test_errors_never_show_the_value_of_a_variable() -> None:
     assert "http.listen:" in text and "${LISTEN}" in text and "${ZONE}" in text
 
 
+def test_a_short_variable_value_is_redacted_without_garbling_the_message() -> None:
+    """`X=e` made "Value error" read "Valu${X} ${X}rror"; the value alone is still hidden."""
+    (line,) = errors_of({"rules": {"fulfilment_sla": "${X}"}}, {"X": "e"})
+    assert line.startswith("rules.fulfilment_sla: Value error, invalid duration '${X}'"), line
+    assert "'e'" not in line and "expected e.g." in line
+
+
 # --- file sources ------------------------------------------------------------------------------
 
 

@@ -219,6 +219,15 @@ def test_duration_formatting() -> None:
     """Durations read back the way people write them."""
     assert format_duration_ms(2 * HOUR + 5 * MIN) == "2h5m"
     assert format_duration_ms(45_000) == "45s"
+    assert format_duration_ms(0) == "0ms"
+
+
+@pytest.mark.parametrize("text", ["1s500ms", "1h30m15s", "48h", "3d4h1s", "250ms", "7d"])
+def test_formatted_durations_are_exact(text: str) -> None:
+    """A limit reads as configured: check-config printed `1s` for 1500ms, `1h30m` for
+    1h30m15s."""
+    ms = parse_duration_ms(text)
+    assert parse_duration_ms(format_duration_ms(ms)) == ms
 
 
 def test_config_errors_name_the_path_of_every_bad_key() -> None:
