@@ -202,6 +202,36 @@ def _read_query(request: web.Request, readers: dict[str, Reader]) -> dict[str, A
 
 
 @web.middleware
+async def to_process_0(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """In a cluster only process 0 holds the alert store: the other processes pass their /v1
+    requests on to it, so every process's port gives the same answers. (A request another
+    process sent for an order's timeline, marked `PROXIED`, is answered here.)"""
+    runtime = _ctx(request).runtime
+    if (
+        runtime.process_id == 0
+        or not runtime.peers
+        or PROXIED in request.headers
+        or not request.path.startswith("/v1/")
+    ):
+        return await handler(request)
+    primary = runtime.peers[0]  # the other processes, in order: process 0 comes first
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.request(request.method, f"{primary}{request.rel_url}") as reply,
+        ):
+            body = await reply.read()
+            headers = {k: v for k, v in reply.headers.items() if k == "Allow"}
+            return web.Response(
+                body=body, status=reply.status, content_type=reply.content_type, headers=headers
+            )
+    except (aiohttp.ClientError, TimeoutError):
+        raise ApiError(
+            503, f"process 0 ({primary}) serves /v1 for this cluster and did not answer"
+        ) from None
+
+
+@web.middleware
 async def checked_query(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check a /v1 request's query against `PARAMETERS` before its handler runs."""
     resource = request.match_info.route.resource
@@ -363,7 +393,7 @@ def build_app(
 ) -> web.Application:
     """The aiohttp application serving the read API; other modules add their routes to it
     (a /v1 one with its query parameters in `PARAMETERS`)."""
-    app = web.Application(middlewares=[json_errors, checked_query])
+    app = web.Application(middlewares=[json_errors, to_process_0, checked_query])
     app[CONTEXT] = Context(runtime, store, registry, timezone, rules)
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/readyz", readyz, allow_head=True)

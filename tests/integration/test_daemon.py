@@ -272,8 +272,17 @@ def test_two_process_daemon_answers_for_every_order(tmp_path: Path) -> None:
             "paid_not_shipped",
         }
         assert d.get("/v1/orders/NOPE")[0] == 404
-        other = wait_for(lambda: http_get(f"http://127.0.0.1:{d.port + 1}/metrics"), 30, "p1")
+        p1 = f"http://127.0.0.1:{d.port + 1}"
+        other = wait_for(lambda: http_get(f"{p1}/metrics"), 30, "p1")
         assert other[0] == 200 and "orderwatch_orders_tracked" in other[1]
+        # process 1 holds no alert store: its /v1 answers are process 0's
+        status, body = http_get(f"{p1}/v1/alerts")
+        assert status == 200
+        assert {(a["labels"]["rule"], a["labels"]["order_id"]) for a in body["alerts"]} == seen
+        status, body = http_get(f"{p1}/v1/orders/O1002")
+        assert status == 200 and len(body["alerts"]) == 3
+        status, body = http_get(f"{p1}/v1/orders/stuck?rule=nope")
+        assert status == 400 and body["parameter"] == "rule"
 
 
 def _metric(d: Any, name: str) -> float:
