@@ -65,7 +65,7 @@ class KafkaSource(_Model):
     kind: Literal["kafka"]
     name: str | None = None
     brokers: list[str] = Field(min_length=1)
-    topics: dict[str, EventType | Literal["mixed"]] = Field(min_length=1)
+    topics: dict[str, Literal[EventType, "mixed"]] = Field(min_length=1)
     starting_offset: Literal["beginning", "end"] = "beginning"
     add_config: dict[str, str] = Field(default_factory=dict)
 
@@ -367,15 +367,6 @@ class Config(_Model):
             parse_zone(v)
         return v
 
-    @model_validator(mode="after")
-    def _switches_declared(self) -> Config:
-        declared = set(self.switches)
-        for i, b in enumerate(self.breakers):
-            for s in b.switches:
-                if s not in declared:
-                    raise ValueError(f"breakers[{i}].switches: {s!r} is not listed in `switches`")
-        return self
-
     @property
     def display_zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
@@ -464,6 +455,22 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def _undeclared_switches(data: dict[str, Any]) -> list[str]:
+    """A breaker may only flip switches listed in `switches`. Checked on the document itself,
+    so it is reported with every other error, not only once they are fixed."""
+    declared = data.get("switches", [])  # the default: none
+    breakers = data.get("breakers")
+    if not isinstance(declared, list) or not isinstance(breakers, list):
+        return []
+    errors = []
+    for i, breaker in enumerate(breakers):
+        flips = breaker.get("switches") if isinstance(breaker, dict) else None
+        for j, name in enumerate(flips if isinstance(flips, list) else []):
+            if isinstance(name, str) and name not in declared:
+                errors.append(f"breakers[{i}].switches[{j}]: {name!r} is not listed in `switches`")
+    return errors
+
+
 def validate_config(
     data: Any, env: dict[str, str] | None = None, *, check_files: bool = False
 ) -> Config:
@@ -486,6 +493,7 @@ def validate_config(
             path = _loc(e["loc"])
             if path not in done.unset:
                 errors.append(f"{path}: {done.redact(path, e['msg'])}")
+    errors += _undeclared_switches(data)
     for path, names in done.unset.items():
         errors += [f"{path}: environment variable {name} is not set" for name in names]
     if errors:

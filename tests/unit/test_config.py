@@ -259,3 +259,17 @@ def test_check_config_shows_lifecycle_changes(
     out = capsys.readouterr().out.splitlines()
     assert "lifecycle also allows: cancelled→paid" in out
     assert "lifecycle also forbids: paid→closed" in out
+
+
+def test_undeclared_switch_is_listed_with_the_other_errors_at_its_path() -> None:
+    """It used to appear only once every other error was fixed, at `(top level)`."""
+    breaker = {"name": "pay", "route": "/pay", "when": {"qps_above": 5000}, "switches": ["x", "y"]}
+    doc = {"lateness": "soon", "switches": ["x"], "breakers": [breaker]}
+    assert [e.split(":")[0] for e in errors_of(doc)] == ["lateness", "breakers[0].switches[1]"]
+    assert errors_of({"breakers": [breaker]})[0].startswith("breakers[0].switches[0]: 'x' is not")
+
+
+def test_a_bad_topic_type_is_one_error_at_its_key() -> None:
+    doc = {"sources": [{"kind": "kafka", "brokers": ["b:9092"], "topics": {"t": "ordr"}}]}
+    (line,) = errors_of(doc)
+    assert line.startswith("sources[0].topics.t: ") and "'mixed'" in line
