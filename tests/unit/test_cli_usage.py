@@ -1,5 +1,6 @@
-"""Bad numbers and flag combinations are usage errors (exit 2, naming the flag), before any
-work starts: `--workers 0` used to replay nothing and exit 0, `--batch-size 0` to hang."""
+"""The command line as users meet it: bad numbers and flag combinations are usage errors
+(exit 2, naming the flag) before any work starts (`--workers 0` used to replay nothing and
+exit 0, `--batch-size 0` to hang), and the replay summary is the one the README shows."""
 
 from __future__ import annotations
 
