@@ -7,6 +7,8 @@ a half-written last line waits. A followed file may be rotated as `tail -F` allo
 re-created (logrotate's default; the old file is read to its end first) or truncated in place
 (`copytruncate`); the new content is read from its start. Positions (line numbers) then count in
 the new file, while chunks stay numbered without gaps (`RawChunk.first`) for the shards.
+A restart with recovery after a rotation finishes the old file first if it is still beside the
+path (found by its inode, as `access.log.1`), so nothing written before the rotation is lost.
 """
 
 from __future__ import annotations
@@ -39,12 +41,19 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
         offset, seq = resume[:2] if resume else (0, 1)
         line = resume[3] if resume and len(resume) > 3 else seq
         if resume and src.follow and self._replaced(resume, offset):
-            log.warning(
-                "input file was rotated while stopped; reading it from its start",
-                source=src.name,
-                path=str(src.path),
-            )
-            offset, line = 0, 1
+            renamed = len(resume) > 2 and resume[2] != self._ino  # not truncated in place
+            rotated = self._find_rotated(resume[2]) if renamed else None
+            if rotated is not None:  # finish it first; then the rotation logic moves on
+                self._f.close()
+                self._f, self._ino = rotated, resume[2]
+            else:
+                log.warning(
+                    "input file was rotated while stopped and its old one is not beside it; "
+                    "reading the new one from its start",
+                    source=src.name,
+                    path=str(src.path),
+                )
+                offset, line = 0, 1
         self._f.seek(offset)
         self._offset = offset  # byte offset of the next line not yet emitted
         self._seq = seq  # its sequence number in the source, 1-based, across rotations
@@ -59,6 +68,22 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
         """Is the file at the path not the one the resume state was taken from?"""
         rotated = len(resume) > 2 and resume[2] != self._ino
         return rotated or os.fstat(self._f.fileno()).st_size < offset
+
+    def _find_rotated(self, inode: int) -> BinaryIO | None:
+        """The file the snapshot was taken from, renamed beside the path (`access.log.1`)."""
+        folder = self._src.path.parent
+        for entry in os.scandir(folder):
+            try:
+                if entry.is_file() and entry.inode() == inode:
+                    log.info(
+                        "input file was rotated while stopped; finishing the old one first",
+                        source=self._src.name,
+                        old=entry.path,
+                    )
+                    return open(entry.path, "rb")  # closed in close(), or when moving on
+            except OSError:
+                continue  # vanished meanwhile, or unreadable: look on
+        return None
 
     def _rotated(self) -> str | None:
         """Why the followed file must be read anew from its start (None: it need not be)."""

@@ -101,16 +101,38 @@ def test_resume_continues_in_the_same_file(tmp_path: Path) -> None:
     assert Tail(live, state[:2]).read() == [(3, [b"a3"])]  # a state from before inodes
 
 
-def test_resume_after_a_rotation_while_stopped_reads_the_new_file(tmp_path: Path) -> None:
+def test_resume_after_a_rotation_while_stopped_finishes_the_old_file_first(
+    tmp_path: Path,
+) -> None:
+    """The old file, renamed beside the path, is found by its inode: lines written to it after
+    the snapshot are not lost. Then the new file is read from its start."""
     live = tmp_path / "events.jsonl"
     live.write_text("a1\na2\n")
     tail = Tail(live)
     tail.read()
     state = tail.part.snapshot()
     tail.part.close()
+    _append(live, "a3\n")
     live.rename(tmp_path / "events.jsonl.1")
     live.write_text("b1\nb2\nb3\n")  # longer than the offset: only the inode tells
-    assert Tail(live, state).read() == [(1, [b"b1", b"b2", b"b3"])]
+    resumed = Tail(live, state)
+    assert resumed.read() == [(3, [b"a3"])]
+    assert resumed.read() == [(1, [b"b1", b"b2", b"b3"])]
+
+
+def test_resume_after_a_rotation_reads_the_new_file_when_the_old_one_is_gone(
+    tmp_path: Path,
+) -> None:
+    live = tmp_path / "events.jsonl"
+    live.write_text("a1\na2\n")
+    tail = Tail(live)
+    tail.read()
+    state = tail.part.snapshot()
+    tail.part.close()
+    live.rename(tmp_path / "elsewhere.txt.gz")  # compressed away: its inode is not kept
+    (tmp_path / "elsewhere.txt.gz").unlink()
+    live.write_text("b1\n")
+    assert Tail(live, state).read() == [(1, [b"b1"])]
     (tmp_path / "short.jsonl").write_text("c1\n")
     os.replace(tmp_path / "short.jsonl", live)
     assert Tail(live, state[:2]).read() == [(1, [b"c1"])]  # no inode: shorter than the offset
