@@ -89,7 +89,7 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
         """Why the followed file must be read anew from its start (None: it need not be)."""
         try:
             st = os.stat(self._src.path)
-        except FileNotFoundError:
+        except OSError:
             return None  # renamed, not yet re-created: the old one may still grow
         if st.st_ino != self._ino:
             return "renamed and re-created"
@@ -97,8 +97,13 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
             return "truncated"
         return None
 
-    def _reopen(self, why: str) -> None:
-        """Switch to the new file at the path (the old one is read to its end)."""
+    def _reopen(self, why: str) -> bool:
+        """Switch to the new file at the path (the old one is read to its end); False if it
+        cannot be opened yet (renamed again meanwhile, say): the next poll tries again."""
+        try:
+            new = open(self._src.path, "rb")  # noqa: SIM115 - closed in close()
+        except OSError:
+            return False
         log.info(
             "input file rotated; reading the new one from its start",
             source=self._src.name,
@@ -106,10 +111,11 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
             how=why,
         )
         self._f.close()
-        self._f = open(self._src.path, "rb")  # noqa: SIM115 - closed in close()
-        self._ino = os.fstat(self._f.fileno()).st_ino
+        self._f = new
+        self._ino = os.fstat(new.fileno()).st_ino
         self._rest = b""
         self._offset, self._line = 0, 1
+        return True
 
     def _read_ahead(self) -> bool:
         data = self._f.read(_READ_SIZE)
@@ -144,7 +150,8 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
                         lines.append(self._rest)
                     self._rest = b""
                     break
-                self._reopen(why)
+                if not self._reopen(why):
+                    break
             else:
                 if self._rest:  # a last line without a newline
                     lines.append(self._rest)

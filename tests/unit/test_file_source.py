@@ -136,3 +136,17 @@ def test_resume_after_a_rotation_reads_the_new_file_when_the_old_one_is_gone(
     (tmp_path / "short.jsonl").write_text("c1\n")
     os.replace(tmp_path / "short.jsonl", live)
     assert Tail(live, state[:2]).read() == [(1, [b"c1"])]  # no inode: shorter than the offset
+
+
+def test_a_new_file_that_cannot_be_opened_yet_is_tried_again(tmp_path: Path) -> None:
+    """Something else at the path for a moment (here a directory): no crash, no loss."""
+    live = tmp_path / "access.log"
+    live.write_text("a1\n")
+    tail = Tail(live)
+    assert tail.read() == [(1, [b"a1"])]
+    live.rename(tmp_path / "access.log.1")
+    live.mkdir()
+    assert tail.read() == []
+    live.rmdir()
+    live.write_text("b1\n")
+    assert tail.read() == [(1, [b"b1"])]
