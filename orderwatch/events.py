@@ -307,6 +307,9 @@ class Decoder:
         except msgspec.DecodeError as exc:
             reason = "encoding" if "UTF-8" in str(exc) or "utf-8" in str(exc) else "malformed_json"
             return Rejected(reason, str(exc), source, position, raw)
+        except RecursionError:  # msgspec follows nesting on the C stack
+            detail = "JSON nested too deeply (an event is a flat object)"
+            return Rejected("malformed_json", detail, source, position, raw)
         return self.finish(ev, raw, source, position)
 
     def decode_lines(
@@ -336,7 +339,7 @@ class Decoder:
             if bound_type is None and len(raw) <= limit:
                 try:
                     ev = mixed(raw)
-                except (msgspec.DecodeError, UnicodeDecodeError):
+                except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                     ev = None
             if ev is not None:
                 ts = ev.ts
@@ -353,7 +356,7 @@ class Decoder:
                 if ms is not None:
                     if t is OrderEvent:
                         status = status_map.get(ev.status)
-                        if status is not None and (ev.amount is None or ev.amount.is_finite()):
+                        if status is not None and (ev.amount is None or _amount_ok(ev.amount)):
                             ev.status = status
                             if ev.channel is not None:
                                 ev.channel = interned.get(ev.channel) or self._intern(ev.channel)
@@ -364,7 +367,7 @@ class Decoder:
                             good.append((ms, ev))
                             continue
                     elif t is PaymentEvent:
-                        if ev.amount is None or ev.amount.is_finite():
+                        if ev.amount is None or _amount_ok(ev.amount):
                             good.append((ms, ev))
                             continue
                     elif t is AccessLogEvent:
@@ -401,11 +404,11 @@ class Decoder:
                 ev.channel = interned.get(ev.channel) or self._intern(ev.channel)
             if ev.warehouse is not None:
                 ev.warehouse = interned.get(ev.warehouse) or self._intern(ev.warehouse)
-            if ev.amount is not None and not ev.amount.is_finite():
-                return Rejected("invalid_field", _NOT_FINITE, source, position, raw)
+            if ev.amount is not None and not _amount_ok(ev.amount):
+                return Rejected("invalid_field", _BAD_AMOUNT, source, position, raw)
         elif t is PaymentEvent:
-            if ev.amount is not None and not ev.amount.is_finite():
-                return Rejected("invalid_field", _NOT_FINITE, source, position, raw)
+            if ev.amount is not None and not _amount_ok(ev.amount):
+                return Rejected("invalid_field", _BAD_AMOUNT, source, position, raw)
         elif t is WmsEvent:
             if ev.warehouse is not None:
                 ev.warehouse = interned.get(ev.warehouse) or self._intern(ev.warehouse)
@@ -424,7 +427,13 @@ def _utf8_error(raw: bytes) -> str:
     return "not UTF-8"
 
 
-_NOT_FINITE = "amount is not a finite decimal - at `$.amount`"
+# Larger amounts are a unit or encoding mistake; `1e5000` would also overflow exact cents.
+_MAX_AMOUNT = Decimal(10) ** 12
+_BAD_AMOUNT = "amount is not a finite decimal below 10^12 in size - at `$.amount`"
+
+
+def _amount_ok(amount: Decimal) -> bool:
+    return amount.is_finite() and -_MAX_AMOUNT < amount < _MAX_AMOUNT
 
 
 # --- nginx "combined" access logs with $request_time appended ---------------------------------

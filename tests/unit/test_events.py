@@ -115,6 +115,33 @@ def test_bad_input_gets_a_bounded_reason(raw: bytes, why: str) -> None:
     assert reason(raw) == why
 
 
+CRASHERS = [  # each of these stopped the daemon, and again at every restart
+    b'{"type":"payment","ts":1794326400000,"order_id":"A","pay_no":"P","status":"success",'
+    b'"amount":"1e999999"}',  # decimal.Overflow in cents
+    b'{"type":"order","ts":1794326400000,"order_id":"A","status":"paid","amount":"1e5000"}',
+    b'{"type":"order","ts":1794326400000,"order_id":"A","status":"paid","x":'
+    + b"[" * 1000
+    + b"]" * 1000
+    + b"}",  # RecursionError in the JSON decoder
+]
+
+
+@pytest.mark.parametrize("raw", CRASHERS)
+def test_lines_that_crashed_the_decoder_are_dead_letters(raw: bytes) -> None:
+    """One at a time and in a chunk (the fast path), they are rejected; the rest goes on."""
+    assert reason(raw) in ("invalid_field", "malformed_json")
+    good = b'{"type":"order","ts":1794326400000,"order_id":"B","status":"paid","amount":"9.90"}'
+    ok, bad = Decoder().decode_lines([raw, good], "src")
+    assert [i for i, _ in bad] == [0] and [ev.order_id for _, ev in ok] == ["B"]
+
+
+def test_amounts_up_to_a_trillion_are_accepted() -> None:
+    raw = b'{"type":"order","ts":1794326400000,"order_id":"A","status":"paid","amount":"%s"}'
+    for amount in (b"999999999999.99", b"-999999999999.99", b"0.001"):
+        assert isinstance(decode(raw % amount), Decoded)
+    assert reason(raw % b"1000000000000") == "invalid_field"
+
+
 def test_oversized_line_is_rejected_before_parsing() -> None:
     """A line over the limit is rejected as oversized and its raw text is cut."""
     raw = (
