@@ -17,6 +17,8 @@ labels and help text, so the code and the documentation cannot drift apart.
 | `orderwatch_dataflow_running` | gauge | | 1 while the bytewax dataflow runs |
 | `orderwatch_sources_connected` | gauge | | 1 when every input source is connected |
 | `orderwatch_shards` | gauge | | order shards served by this process |
+| `orderwatch_alerts_waiting` | gauge | | alert changes held in memory because the alert store refuses writes (disk full, locked); retried until it takes them, `/readyz` says why |
+| `orderwatch_alert_store_write_failures_total` | counter | | failed writes to the alert store (each one retried) |
 | `orderwatch_events_total` | counter | source, type | events decoded, by source and event type |
 | `orderwatch_events_rejected_total` | counter | source, reason | inputs rejected to the dead-letter output, by bounded reason |
 | `orderwatch_dead_letters_total` | counter | | dead letters written (all rejection reasons) |
@@ -245,12 +247,16 @@ class OrderwatchCollector(Collector):
             "orderwatch_start_time_seconds": rt.started,
             "orderwatch_dataflow_running": float(rt.dataflow_running),
             "orderwatch_sources_connected": float(rt.sources_connected),
+            "orderwatch_alerts_waiting": float(rt.alerts_waiting),
             "orderwatch_shards": float(len(rt.trackers)),
         }
         for name, value in values.items():
             fam = _family(name)
             fam.add_metric([], value)
             yield fam
+        yield self._counter(
+            "orderwatch_alert_store_write_failures_total", {(): rt.alert_store_failures}
+        )
         info = _family("orderwatch_build_info")
         info.add_metric([self._version], 1.0)
         yield info

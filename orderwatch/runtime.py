@@ -65,6 +65,9 @@ class Runtime:
     started: float = field(default_factory=time.time)
     dataflow_running: bool = False
     sources_connected: bool = False
+    alert_store_error: str | None = None  # why the alert store refuses writes now, if it does
+    alert_store_failures: int = 0  # failed writes so far (each retried until it succeeds)
+    alerts_waiting: int = 0  # alert changes held in memory until the store takes them
     stopping: threading.Event = field(default_factory=threading.Event)  # cooperative shutdown
     peers: list[str] = field(default_factory=list)  # HTTP base URLs of the other processes
     _intakes: list[IntakeStats] = field(default_factory=list)

@@ -171,7 +171,8 @@ class AlertStore:
                     )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # else "cannot rollback" would hide the real error
+                    db.execute("ROLLBACK")
                 raise
             # Memory follows only what is committed.
             self._high_water = high_water

@@ -255,6 +255,11 @@ async def readyz(request: web.Request) -> web.Response:
         missing.append("dataflow not running")
     if not rt.sources_connected:
         missing.append("sources not connected")
+    if rt.alert_store_error is not None:
+        missing.append(
+            f"alert store not writable ({rt.alerts_waiting} alert changes waiting): "
+            f"{rt.alert_store_error}"
+        )
     if missing:
         return json_response(
             {

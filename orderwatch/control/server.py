@@ -26,7 +26,6 @@ log = structlog.get_logger(__name__)
 
 OnChange = Callable[[list[AlertChange]], Awaitable[None] | None]
 STOP = None  # put this on the queue to end `consume_alerts` after what came before it
-_APPLY_ATTEMPTS = 3
 
 
 async def start_control_plane(app: web.Application, host: str, port: int) -> web.AppRunner:
@@ -68,16 +67,34 @@ def _drain(q: queue.Queue[Any]) -> tuple[list[AlertChange], list[Any], bool]:
             (changes if isinstance(x, AlertChange) else others).append(x)
 
 
-async def _apply(store: AlertStore, changes: list[AlertChange]) -> list[AlertChange]:
-    for attempt in range(1, _APPLY_ATTEMPTS + 1):
-        try:
-            return store.apply(changes)
-        except Exception:
-            log.exception("alert_store_apply_failed", changes=len(changes), attempt=attempt)
-            if attempt == _APPLY_ATTEMPTS:
-                raise
-            await asyncio.sleep(0.2 * attempt)
-    return []
+_RETRY_FIRST, _RETRY_MAX = 0.2, 5.0  # seconds between attempts to write the alert store
+_LAST_TRIES_SECONDS = 10.0  # at shutdown: how long to keep trying before giving up
+
+
+def _try_apply(
+    runtime: Runtime, store: AlertStore, changes: list[AlertChange]
+) -> list[AlertChange] | None:
+    """The effective changes once stored, or None if the store refused them (logged, counted,
+    and shown by /readyz until a write succeeds)."""
+    try:
+        effective = store.apply(changes)
+    except Exception as exc:
+        first = runtime.alert_store_error is None
+        runtime.alert_store_error = f"{type(exc).__name__}: {exc}"
+        runtime.alert_store_failures += 1
+        if first or runtime.alert_store_failures % 20 == 0:
+            log.error(
+                "alert_store_write_failed",
+                error=runtime.alert_store_error,
+                waiting=len(changes),
+                failures=runtime.alert_store_failures,
+                note="alert changes are kept in memory and retried until the store takes them",
+            )
+        return None
+    if runtime.alert_store_error is not None:
+        log.warning("alert_store_writable_again", stored=len(changes))
+        runtime.alert_store_error = None
+    return effective
 
 
 async def _call(fn: Callable[[Any], Any], arg: Any) -> None:
@@ -105,21 +122,59 @@ async def consume_alerts(
     q = runtime.alert_queue
     if q is None:
         raise ValueError("runtime.alert_queue is not set")
+    # Changes the store has not taken yet, in order: a store that cannot write (disk full, a
+    # lock held elsewhere) delays alerts, it never drops them.
+    pending: list[AlertChange] = []
+    delay = _RETRY_FIRST
     while True:
         changes, others, stop = _drain(q)
-        if changes:
-            try:
-                effective = await _apply(store, changes)
-            except Exception:
-                effective = []  # logged by _apply; keep serving the rest
-            if effective:
-                await _call(on_change, effective)
+        pending += changes
+        runtime.alerts_waiting = len(pending)
+        stored = True
+        if pending:
+            effective = _try_apply(runtime, store, pending)
+            if effective is None:
+                stored = False
+            else:
+                pending, delay = [], _RETRY_FIRST
+                runtime.alerts_waiting = 0
+                if effective:
+                    await _call(on_change, effective)
         if others:
             if on_other is not None:
                 await _call(on_other, others)
             else:
                 log.warning("alert_queue_unexpected_items", count=len(others))
         if stop:
+            if pending:
+                await _last_tries(runtime, store, pending, on_change)
             return
-        if not changes and not others:
+        if not stored:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX)
+        elif not changes and not others:
             await asyncio.sleep(poll_seconds)
+
+
+async def _last_tries(
+    runtime: Runtime, store: AlertStore, pending: list[AlertChange], on_change: OnChange
+) -> None:
+    """Shutting down with changes the store would not take: try a little longer, then announce
+    them unstored rather than lose them (a restart may announce them again)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + _LAST_TRIES_SECONDS
+    while loop.time() < give_up:
+        effective = _try_apply(runtime, store, pending)
+        if effective is not None:
+            runtime.alerts_waiting = 0
+            if effective:
+                await _call(on_change, effective)
+            return
+        await asyncio.sleep(_RETRY_FIRST)
+    log.error(
+        "alert_changes_not_stored",
+        count=len(pending),
+        error=runtime.alert_store_error,
+        note="announced without being stored: a restart may announce them again",
+    )
+    await _call(on_change, pending)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -445,3 +446,78 @@ def test_consumer_applies_batches_and_passes_on_effective_changes(tmp_path: Path
     asyncio.run(asyncio.wait_for(consume_alerts(d.runtime, d.store, on_change), 5))
     assert seen == [batch]
     assert len(d.store.firing()) == 2
+
+
+class RefusingStore(AlertStore):
+    """A real store whose writes fail while `refuse` is set, as with a full disk."""
+
+    refuse = True
+
+    def apply(self, changes: Any) -> list[AlertChange]:
+        if self.refuse:
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().apply(changes)
+
+
+def test_a_store_that_refuses_writes_delays_alerts_and_never_drops_them(tmp_path: Path) -> None:
+    """They wait in memory, in order; /readyz, the log and two metrics say why; once the store
+    takes writes again they are stored and announced. (Three failures used to drop them.)"""
+    d = Daemon()
+    tracker = ShardTracker(d.rules)
+    for ev in decode_all([order(0, "A", "paid"), order(MIN, "B", "paid")]):
+        tracker.ingest(ev.ts_ms, ev.event)  # type: ignore[arg-type]
+    first, second = tracker.advance(BASE + HOUR)
+    d.store = RefusingStore(tmp_path / "alerts.db")
+    seen: list[AlertChange] = []
+    q = d.runtime.alert_queue
+    assert q is not None
+
+    async def main() -> None:
+        consumer = asyncio.create_task(consume_alerts(d.runtime, d.store, seen.extend))
+        q.put([first])
+        q.put([second])
+        await asyncio.sleep(2)  # several failed attempts
+        assert seen == [] and d.runtime.alerts_waiting == 2
+        assert d.runtime.alert_store_failures >= 3
+
+        async def probe(client: TestClient[Any, Any]) -> None:
+            r = await client.get("/readyz")
+            assert r.status == 503
+            assert "alert store not writable (2 alert changes waiting)" in (await r.json())["error"]
+            text = await (await client.get("/metrics")).text()
+            assert "orderwatch_alerts_waiting 2.0" in text
+
+        async with TestClient(TestServer(d.app())) as client:
+            d.runtime.dataflow_running = d.runtime.sources_connected = True
+            await probe(client)
+            d.store.refuse = False  # type: ignore[attr-defined]
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await client.get("/readyz")).status == 200
+        q.put(STOP)
+        await asyncio.wait_for(consumer, 5)
+
+    asyncio.run(main())
+    assert seen == [first, second]
+    assert d.runtime.alerts_waiting == 0 and len(d.store.firing()) == 2
+
+
+def test_at_shutdown_alerts_the_store_would_not_take_are_announced_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("orderwatch.control.server._LAST_TRIES_SECONDS", 0.5)
+    d = Daemon()
+    tracker = ShardTracker(d.rules)
+    for ev in decode_all([order(0, "A", "paid")]):
+        tracker.ingest(ev.ts_ms, ev.event)  # type: ignore[arg-type]
+    batch = tracker.advance(BASE + HOUR)
+    d.store = RefusingStore(tmp_path / "alerts.db")
+    seen: list[AlertChange] = []
+    q = d.runtime.alert_queue
+    assert q is not None
+    q.put(batch)
+    q.put(STOP)
+    asyncio.run(asyncio.wait_for(consume_alerts(d.runtime, d.store, seen.extend), 5))
+    assert seen == batch
