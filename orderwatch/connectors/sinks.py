@@ -11,16 +11,21 @@ import os
 import queue
 import time
 from collections import Counter
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+import structlog
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from orderwatch.domain.alert import AlertChange
 from orderwatch.events import Rejected
 
 _MAX_RAW = 65_536
+_MAX_WAITING = 10_000  # dead letters held while their file cannot be written
+
+log = structlog.get_logger(__name__)
 
 
 def dead_letter_json(r: Rejected) -> dict[str, Any]:
@@ -41,7 +46,7 @@ def dead_letter_json(r: Rejected) -> dict[str, Any]:
         out["raw"] = text
     else:
         out["raw_hex"] = raw.hex()
-    if len(r.raw) > len(raw):
+    if len(r.raw) > len(raw) or r.reason == "oversized":  # an oversized line keeps 1 KiB
         out["truncated"] = True
     return out
 
@@ -80,6 +85,74 @@ class _AppendPartition(StatefulSinkPartition[Any, None]):
         self._f.close()
 
 
+class _DeadLetterPartition(StatefulSinkPartition[Any, None]):
+    """Appends dead letters to a file the daemon does not own: it may be rotated or deleted
+    (then a new one is started at the path), and the disk may fill up or refuse writes (then
+    the records wait in memory, up to `_MAX_WAITING`, and are written once it takes them).
+    Either way the daemon goes on: a dead letter is never worth stopping the monitoring."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._f: BinaryIO | None = None
+        self._ino = 0
+        self._waiting: list[bytes] = []
+        self._dropped = 0
+        self._failures = 0
+
+    def _file(self) -> BinaryIO:
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            st = None
+        if self._f is not None and st is not None and st.st_ino == self._ino:
+            return self._f
+        if self._f is not None:  # rotated or deleted under us: start a new file at the path
+            log.info("dead-letter file replaced; writing a new one", path=str(self._path))
+            self._f.close()
+            self._f = None
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self._path, "ab")  # noqa: SIM115 - closed in close()
+        self._f, self._ino = f, os.fstat(f.fileno()).st_ino
+        return f
+
+    def write_batch(self, values: list[Any]) -> None:
+        self._waiting += [orjson.dumps(dead_letter_json(v)) + b"\n" for v in values]
+        try:
+            f = self._file()
+            f.write(b"".join(self._waiting))
+            f.flush()
+        except OSError as exc:
+            self._failures += 1
+            if len(self._waiting) > _MAX_WAITING:
+                self._dropped += len(self._waiting) - _MAX_WAITING
+                del self._waiting[:-_MAX_WAITING]
+            if self._failures == 1 or self._failures % 100 == 0:
+                log.error(
+                    "dead_letter_write_failed",
+                    path=str(self._path),
+                    error=f"{type(exc).__name__}: {exc.strerror or exc}",
+                    waiting=len(self._waiting),
+                    dropped=self._dropped,
+                )
+            return
+        if self._failures:
+            log.warning(
+                "dead_letter_writable_again", path=str(self._path), written=len(self._waiting)
+            )
+            self._failures = 0
+        self._waiting = []
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._f is not None:
+            with suppress(OSError):
+                self._f.flush()
+                os.fsync(self._f.fileno())
+            self._f.close()
+
+
 class AlertFileSink(_Single):
     """Appends one CONTRACT §4 JSON line per alert change; counts changes per rule."""
 
@@ -107,8 +180,8 @@ class DeadLetterSink(_Single):
         super().__init__(local)
         self.path = Path(path)
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _AppendPartition:
-        return _AppendPartition(self.path, dead_letter_json)
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeadLetterPartition:
+        return _DeadLetterPartition(self.path)
 
 
 class _QueuePartition(StatefulSinkPartition[Any, None]):
