@@ -9,22 +9,25 @@ Ctrl-C aborts at once.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import queue
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import structlog
 from bytewax.inputs import Source
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from orderwatch.alerts.console import ConsolePrinter
-from orderwatch.alerts.store import AlertStore
+from orderwatch.alerts.store import DB_NAME, AlertStore
 from orderwatch.cluster import free_ports, run_flow, supervise
 from orderwatch.config import Config, FileSource, KafkaSource, SimulatorSource
 from orderwatch.connectors.files import JsonlSource
@@ -152,6 +155,30 @@ def _recovery(cfg: Config, state_dir: Path, processes: int) -> RecoveryConfig | 
     return RecoveryConfig(db)
 
 
+_HELD: list[IO[str]] = []  # state-dir locks, held until the process ends
+
+
+def _lock_state_dir(state_dir: Path, process_id: int) -> IO[str]:
+    """Take `<state.dir>/orderwatch-<process>.lock`: two daemons on one state dir would write
+    the same alert store and dead letters, and each announce only part of the alerts."""
+    f = open(state_dir / f"orderwatch-{process_id}.lock", "a+")  # noqa: SIM115 - held for life
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise SystemExit(
+            f"orderwatch: state.dir {state_dir} is in use by another orderwatch (pid {holder}); "
+            "give each daemon its own state.dir"
+        ) from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    _HELD.append(f)  # a closed (collected) file would release the lock
+    return f
+
+
 def run_daemon(
     cfg: Config,
     *,
@@ -167,7 +194,11 @@ def run_daemon(
     pid = process_id or 0
     primary = pid == 0
     state_dir = Path(cfg.state.dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        _lock_state_dir(state_dir, pid)
+    except OSError as exc:
+        raise SystemExit(f"orderwatch: cannot use state.dir {state_dir}: {exc.strerror}") from None
     if cfg.state.recovery:  # a stale snapshot format stops here, before any port or thread
         try:
             check_recovery_store(state_dir / "recovery", state_settings(cfg))
@@ -185,11 +216,15 @@ def run_daemon(
         hosts = [a.rpartition(":")[0] for a in addresses.split(",")]
         runtime.peers = [f"http://{h}:{cfg.http.port + i}" for i, h in enumerate(hosts) if i != pid]
     channels = LabelCap(caps, cfg.metrics.channels)
-    store = (
-        AlertStore.in_dir(state_dir, channels=channels)
-        if primary
-        else AlertStore(None, channels=channels)
-    )
+    try:
+        store = (
+            AlertStore.in_dir(state_dir, channels=channels)
+            if primary
+            else AlertStore(None, channels=channels)
+        )
+    except (OSError, sqlite3.Error) as exc:
+        where = state_dir / DB_NAME
+        raise SystemExit(f"orderwatch: cannot open the alert store {where}: {exc}") from None
     rules = RuleSet.from_config(cfg)
     registry = build_registry(runtime, store, cfg.metrics, rules=rules)
     app = build_app(runtime, store, registry, rules=rules, timezone=cfg.timezone)

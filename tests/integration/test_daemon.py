@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from orderwatch.pipelines import snapshots
@@ -171,6 +172,51 @@ def test_restart_without_a_rule_resolves_its_alerts(tmp_path: Path) -> None:
     assert "rules no longer configured" in d.logs()
 
 
+def _run_briefly(tmp_path: Path, cfg: dict[str, Any], name: str) -> subprocess.CompletedProcess:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run(
+        [sys.executable, "-m", "orderwatch", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    """Both used to run, each announcing part of the alerts and writing every dead letter."""
+    events = tmp_path / "events.jsonl"
+    shutil.copy(SAMPLE, events)
+    state = tmp_path / "state"
+    with daemon(tmp_path, sample_config(events), state=state) as d:
+        cfg = {**sample_config(events), "state": {"dir": str(state)}}
+        cfg["http"] = {"listen": f"127.0.0.1:{d.port + 50}"}
+        second = _run_briefly(tmp_path, cfg, "second")
+        assert second.returncode == 1
+        assert f"is in use by another orderwatch (pid {d.proc.pid})" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert d.get("/healthz")[0] == 200
+
+
+@pytest.mark.parametrize("problem", ["not a directory", "not a database"])
+def test_an_unusable_state_dir_is_a_clear_error(tmp_path: Path, problem: str) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    state = tmp_path / "state"
+    if problem == "not a directory":
+        state.write_text("a file")
+    else:
+        state.mkdir()
+        (state / "alerts.db").write_bytes(b"garbage" * 1000)
+    cfg = {**sample_config(events), "state": {"dir": str(state)}}
+    done = _run_briefly(tmp_path, cfg, "bad-state")
+    assert done.returncode == 1
+    assert str(state) in done.stderr and "Traceback" not in done.stderr
+    assert ("not a database" if problem == "not a database" else "cannot use state.dir") in (
+        done.stderr
+    )
+
+
 def test_tailed_file_rotated_by_logrotate_keeps_being_read(tmp_path: Path) -> None:
     """Rename + re-create (logrotate's default): the alert raised from the old file resolves
     from an event in the new one, and orders first seen there are tracked."""
@@ -206,7 +252,11 @@ def test_sigterm_leaves_a_clean_state_and_a_restart_repeats_nothing(tmp_path: Pa
         first = firing_rules(d)
         assert d.stop() == 0
     state = d.state
-    assert sorted(p.name for p in state.iterdir()) == ["alerts.db", "dead-letters.jsonl"]
+    assert sorted(p.name for p in state.iterdir()) == [
+        "alerts.db",
+        "dead-letters.jsonl",
+        "orderwatch-0.lock",
+    ]
     with sqlite3.connect(state / "alerts.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     dead = [json.loads(line) for line in (state / "dead-letters.jsonl").read_text().splitlines()]
