@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
@@ -53,6 +54,23 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # scrapes are not news
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadRequestFilter) for f in server.filters):
+        server.addFilter(BadRequestFilter())
+
+
+class BadRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse at error level with the offending bytes, which
+    may hold a client's token (`Got more than 8190 bytes when reading: b'Bearer …'`), and any
+    client can send many. Keep one warning naming only the kind of problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = f"bad HTTP request refused: {type(exc).__name__}", ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 class RateLimited:

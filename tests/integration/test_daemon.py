@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import http.client
 import json
 import pickle
 import shutil
@@ -181,6 +182,22 @@ def _run_briefly(tmp_path: Path, cfg: dict[str, Any], name: str) -> subprocess.C
         text=True,
         timeout=60,
     )
+
+
+def test_an_oversized_request_header_is_refused_without_logging_it(tmp_path: Path) -> None:
+    """aiohttp logged the header's bytes at error level: a client's token in the log."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    with daemon(tmp_path, sample_config(events)) as d:
+        conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+        conn.putrequest("GET", "/v1/alerts")
+        conn.putheader("Authorization", "Bearer s3cr3t-TOKEN-42" + "A" * 9000)
+        conn.endheaders()
+        assert conn.getresponse().status == 400
+        conn.close()
+        wait_for(lambda: "bad HTTP request refused" in d.logs(), 10, "the warning")
+        assert d.get("/healthz")[0] == 200
+    assert "s3cr3t-TOKEN-42" not in d.logs()
 
 
 def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
