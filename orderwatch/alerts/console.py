@@ -26,7 +26,16 @@ def format_line(a: AlertChange, zone: str) -> str:
     head = f"{icon} {state} {sev:<8} {a.labels.get('rule', a.labels.get('alertname', ''))}"
     tail = f" {subject}" + (f" {where}" if where else "")
     summary = a.annotations.get("summary", "")
-    return f"{head}{tail} at {local_time(when, zone)}: {summary}"
+    return _printable(f"{head}{tail} at {local_time(when, zone)}: {summary}")
+
+
+# Control characters from the input (an order id with a newline or an escape sequence) must
+# not forge a line or drive the terminal: each is shown as its escape, `\n`, `\x1b`.
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+
+
+def _printable(line: str) -> str:
+    return line.translate(_ESCAPES)
 
 
 class ConsolePrinter:
