@@ -200,8 +200,8 @@ class TimestampParser:
         else:
             return None
         sec = ts[17:19]
-        if not sec.isdigit():
-            return None
+        if not (sec.isdigit() and sec.isascii() and sec <= "59"):
+            return None  # the full parser words it (`:60`, `:99` are no second of a minute)
         ms = 0
         if end > 19:
             frac = ts[20:end]
@@ -211,7 +211,10 @@ class TimestampParser:
         key = ts[:16] + off
         base = self._minutes.get(key)
         if base is None:
-            base = self._full(ts[:16] + ":00" + off)
+            try:
+                base = self._full(ts[:16] + ":00" + off)
+            except TimestampError:
+                return None  # the full parser words it, quoting the ts as it came
             if len(self._minutes) > 200_000:
                 self._minutes.clear()
             self._minutes[key] = base
@@ -279,6 +282,8 @@ class Decoder:
         self, raw: bytes, source: str, position: str, bound_type: str | None = None
     ) -> Decoded | Rejected:
         """Decode one JSON line."""
+        if raw.startswith(_BOM):  # some Windows tools start a UTF-8 file with one
+            raw = raw[len(_BOM) :]
         if len(raw) > self._max:
             return Rejected(
                 "oversized",
@@ -427,6 +432,7 @@ def _utf8_error(raw: bytes) -> str:
     return "not UTF-8"
 
 
+_BOM = b"\xef\xbb\xbf"
 # Larger amounts are a unit or encoding mistake; `1e5000` would also overflow exact cents.
 _MAX_AMOUNT = Decimal(10) ** 12
 _BAD_AMOUNT = "amount is not a finite decimal below 10^12 in size - at `$.amount`"

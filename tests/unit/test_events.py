@@ -17,6 +17,7 @@ from orderwatch.events import (
     OrderEvent,
     PaymentEvent,
     Rejected,
+    TimestampError,
     TimestampParser,
     decode_nginx,
 )
@@ -140,6 +141,25 @@ def test_amounts_up_to_a_trillion_are_accepted() -> None:
     for amount in (b"999999999999.99", b"-999999999999.99", b"0.001"):
         assert isinstance(decode(raw % amount), Decoded)
     assert reason(raw % b"1000000000000") == "invalid_field"
+
+
+@pytest.mark.parametrize(
+    "ts", ["2026-11-24T01:00:99Z", "2026-11-24T01:00:60+08:00", "9999-12-31T23:59:59Z"]
+)
+def test_impossible_seconds_and_far_years_are_invalid_and_quoted_as_sent(ts: str) -> None:
+    """`:99` was read as 1 min 39 s, `:60` as the next minute; the year 9999 was misquoted."""
+    parse = TimestampParser()
+    parse("2026-11-24T01:00:00Z")  # the minute is cached: the fast path must still check
+    with pytest.raises(TimestampError) as err:
+        parse(ts)
+    assert err.value.reason == "invalid_timestamp"
+    assert repr(ts) in str(err.value)
+
+
+def test_a_utf8_bom_before_the_first_event_is_ignored() -> None:
+    raw = b'\xef\xbb\xbf{"type":"order","ts":1794326400000,"order_id":"A","status":"paid"}'
+    good, bad = Decoder().decode_lines([raw], "src")
+    assert bad == [] and good[0][1].order_id == "A"
 
 
 def test_oversized_line_is_rejected_before_parsing() -> None:
