@@ -141,8 +141,13 @@ def _install_signals(runtime: Runtime) -> None:
         log.info("stopping", signal=signal.Signals(signum).name)
         runtime.stopping.set()
 
+    def on_hangup(_signum: int, _frame: Any) -> None:
+        # A closed terminal must not end the monitoring; nor does a reload request silently.
+        log.warning("sighup_ignored", note="config reload is not supported: restart to apply")
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
 
 
 def _recovery(cfg: Config, state_dir: Path, processes: int) -> RecoveryConfig | None:

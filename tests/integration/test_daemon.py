@@ -7,6 +7,7 @@ import http.client
 import json
 import pickle
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -182,6 +183,18 @@ def _run_briefly(tmp_path: Path, cfg: dict[str, Any], name: str) -> subprocess.C
         text=True,
         timeout=60,
     )
+
+
+def test_sighup_does_not_stop_the_daemon(tmp_path: Path) -> None:
+    """It killed it at once, without a clean shutdown (a closed terminal sends it)."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    with daemon(tmp_path, sample_config(events)) as d:
+        wait_for(lambda: "orderwatch_dataflow_running 1.0" in d.get("/metrics")[1], 20, "flow")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "sighup_ignored" in d.logs(), 10, "the warning")
+        assert d.proc.poll() is None and d.get("/healthz")[0] == 200
+        assert d.stop() == 0
 
 
 def test_an_oversized_request_header_is_refused_without_logging_it(tmp_path: Path) -> None:
