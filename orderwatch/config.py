@@ -132,6 +132,10 @@ class SimulatorSource(_Model):
                 raise ValueError(f"{v!r} needs a UTC offset, e.g. +08:00 or Z")
         return v
 
+    @property
+    def source_name(self) -> str:
+        return self.name or "simulator"
+
 
 Source = Annotated[KafkaSource | FileSource | SimulatorSource, Field(discriminator="kind")]
 
@@ -345,9 +349,7 @@ class Config(_Model):
 
     def simulated(self) -> frozenset[str]:
         """Names of the simulator sources: their clock runs `speed`x ahead of the wall's."""
-        return frozenset(
-            s.name or "simulator" for s in self.inputs() if isinstance(s, SimulatorSource)
-        )
+        return frozenset(s.source_name for s in self.inputs() if isinstance(s, SimulatorSource))
 
     @field_validator("timezone")
     @classmethod

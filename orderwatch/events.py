@@ -121,6 +121,7 @@ class Rejected(Struct, gc=False):
     source: str
     position: str
     raw: bytes
+    truncated: bool = False  # `raw` is only the start of the input
 
 
 class Decoded(Struct, gc=False):
@@ -291,6 +292,7 @@ class Decoder:
                 source,
                 position,
                 raw[:1024],
+                truncated=True,
             )
         try:
             if bound_type is None or raw.find(b'"type"') >= 0:

@@ -40,12 +40,14 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
         self._ino = os.fstat(self._f.fileno()).st_ino
         offset, seq = resume[:2] if resume else (0, 1)
         line = resume[3] if resume and len(resume) > 3 else seq
-        if resume and src.follow and self._replaced(resume, offset):
-            renamed = len(resume) > 2 and resume[2] != self._ino  # not truncated in place
-            rotated = self._find_rotated(resume[2]) if renamed else None
-            if rotated is not None:  # finish it first; then the rotation logic moves on
+        old_ino = resume[2] if resume and len(resume) > 2 else None  # the snapshot's file
+        renamed = old_ino is not None and old_ino != self._ino
+        truncated = os.fstat(self._f.fileno()).st_size < offset
+        if src.follow and (renamed or truncated):
+            rotated = self._find_rotated(old_ino) if old_ino is not None and renamed else None
+            if rotated is not None and old_ino is not None:  # finish it; rotation moves on
                 self._f.close()
-                self._f, self._ino = rotated, resume[2]
+                self._f, self._ino = rotated, old_ino
             else:
                 log.warning(
                     "input file was rotated while stopped and its old one is not beside it; "
@@ -63,11 +65,6 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
         self._rest = b""  # a trailing partial line
         self._awake: datetime | None = None
         self._eof = False
-
-    def _replaced(self, resume: ResumeState, offset: int) -> bool:
-        """Is the file at the path not the one the resume state was taken from?"""
-        rotated = len(resume) > 2 and resume[2] != self._ino
-        return rotated or os.fstat(self._f.fileno()).st_size < offset
 
     def _find_rotated(self, inode: int) -> BinaryIO | None:
         """The file the snapshot was taken from, renamed beside the path (`access.log.1`)."""

@@ -76,7 +76,7 @@ class SimulatorSource(FixedPartitionedSource[RawChunk, None]):
 
     def __init__(self, cfg: SimulatorCfg, stop: threading.Event | None = None) -> None:
         self.cfg = cfg
-        self.name = cfg.name or "simulator"  # as `Config.simulated` names it
+        self.name = cfg.source_name
         self.stop = stop
 
     def list_parts(self) -> list[str]:

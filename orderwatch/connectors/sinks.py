@@ -46,7 +46,7 @@ def dead_letter_json(r: Rejected) -> dict[str, Any]:
         out["raw"] = text
     else:
         out["raw_hex"] = raw.hex()
-    if len(r.raw) > len(raw) or r.reason == "oversized":  # an oversized line keeps 1 KiB
+    if r.truncated or len(r.raw) > len(raw):
         out["truncated"] = True
     return out
 

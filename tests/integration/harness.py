@@ -39,6 +39,19 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
         return status, body.decode()
 
 
+def run_once(tmp: Path, config: dict[str, Any], name: str = "once") -> subprocess.CompletedProcess:
+    """`orderwatch run --config` with `config` as written, for a run expected to end by itself
+    (a refusal at start); its exit code and output."""
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    return subprocess.run(
+        [sys.executable, "-m", "orderwatch", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None

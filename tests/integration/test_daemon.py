@@ -9,8 +9,6 @@ import pickle
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +21,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from orderwatch.pipelines import snapshots
 from orderwatch.pipelines.snapshots import SHARD_STEP
 from tests.factories import CONTRACT_RULES
-from tests.integration.harness import daemon, http_get, prom_query, prometheus, wait_for
+from tests.integration.harness import (
+    daemon,
+    http_get,
+    prom_query,
+    prometheus,
+    run_once,
+    wait_for,
+)
 
 SAMPLE = Path("examples/sample-events.jsonl")
 
@@ -174,17 +179,6 @@ def test_restart_without_a_rule_resolves_its_alerts(tmp_path: Path) -> None:
     assert "rules no longer configured" in d.logs()
 
 
-def _run_briefly(tmp_path: Path, cfg: dict[str, Any], name: str) -> subprocess.CompletedProcess:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return subprocess.run(
-        [sys.executable, "-m", "orderwatch", "run", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_sighup_does_not_stop_the_daemon(tmp_path: Path) -> None:
     """It killed it at once, without a clean shutdown (a closed terminal sends it)."""
     events = tmp_path / "events.jsonl"
@@ -221,7 +215,7 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path) -> Non
     with daemon(tmp_path, sample_config(events), state=state) as d:
         cfg = {**sample_config(events), "state": {"dir": str(state)}}
         cfg["http"] = {"listen": f"127.0.0.1:{d.port + 50}"}
-        second = _run_briefly(tmp_path, cfg, "second")
+        second = run_once(tmp_path, cfg, "second")
         assert second.returncode == 1
         assert f"is in use by another orderwatch (pid {d.proc.pid})" in second.stderr
         assert "Traceback" not in second.stderr
@@ -239,7 +233,7 @@ def test_an_unusable_state_dir_is_a_clear_error(tmp_path: Path, problem: str) ->
         state.mkdir()
         (state / "alerts.db").write_bytes(b"garbage" * 1000)
     cfg = {**sample_config(events), "state": {"dir": str(state)}}
-    done = _run_briefly(tmp_path, cfg, "bad-state")
+    done = run_once(tmp_path, cfg, "bad-state")
     assert done.returncode == 1
     assert str(state) in done.stderr and "Traceback" not in done.stderr
     assert ("not a database" if problem == "not a database" else "cannot use state.dir") in (
@@ -462,7 +456,8 @@ def test_a_recovery_store_of_another_format_stops_the_start_with_a_clear_error(
                 )
                 rewritten += 1
     assert rewritten > 0
-    said = _refused_start(tmp_path / "first.yaml")  # the config the first run used
+    first_run = yaml.safe_load((tmp_path / "first.yaml").read_text())  # as the first run had it
+    said = _refused_start(tmp_path, first_run)
     assert "recovery snapshot is format 1" in said
 
 
@@ -472,20 +467,13 @@ def test_changed_rules_stop_a_resume_with_a_clear_error(tmp_path: Path) -> None:
     _, first, _ = _first_run_with_recovery(tmp_path)
     cfg = copy.deepcopy(first)  # not the shared CONTRACT_RULES
     cfg["rules"]["stuck"][0]["max_dwell"] = "17m"
-    path = tmp_path / "changed.yaml"
-    path.write_text(json.dumps(cfg))
-    said = _refused_start(path)
+    said = _refused_start(tmp_path, cfg)
     assert "recovery snapshot was taken with other settings (rules)" in said
 
 
-def _refused_start(config: Path) -> str:
+def _refused_start(tmp_path: Path, config: dict[str, Any]) -> str:
     """`orderwatch run` refusing the recovery store: exit 2, `cannot_resume`; what it said."""
-    done = subprocess.run(
-        [sys.executable, "-m", "orderwatch", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_once(tmp_path, config, "refused")
     assert done.returncode == 2
     said = done.stdout + done.stderr
     assert "cannot_resume" in said and "move <state.dir>/recovery aside" in said

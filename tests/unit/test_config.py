@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import yaml
 from orderwatch.cli import main
 from orderwatch.config import ConfigError, load_config, validate_config
 from orderwatch.simulate import SCENARIOS
+from tests.integration.harness import free_port, run_once
 
 
 def errors_of(doc: dict[str, Any], env: dict[str, str] | None = None, **kw: Any) -> list[str]:
@@ -184,25 +183,12 @@ def test_run_refuses_a_bad_source_before_opening_its_port(
     tmp_path: Path, source: dict[str, Any]
 ) -> None:
     """`orderwatch run` exits 2 naming the key; it used to start, then panic in bytewax."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "sources": [source],
-                "http": {"listen": f"127.0.0.1:{port}"},
-                "state": {"dir": str(tmp_path / "state")},
-            }
-        )
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "orderwatch", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cfg = {
+        "sources": [source],
+        "http": {"listen": f"127.0.0.1:{free_port()}"},
+        "state": {"dir": str(tmp_path / "state")},
+    }
+    done = run_once(tmp_path, cfg)
     said = done.stdout + done.stderr
     assert done.returncode == 2, said
     assert "sources[0]." in said and "invalid config" in said
@@ -215,26 +201,16 @@ def test_run_on_a_taken_port_says_so_without_a_traceback(tmp_path: Path) -> None
     """Exit 1 (a runtime failure), naming the address; it used to print a traceback."""
     events = tmp_path / "e.jsonl"
     events.write_text("")
-    config = tmp_path / "run.yaml"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         listen = f"127.0.0.1:{taken.getsockname()[1]}"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "sources": [{"kind": "file", "path": str(events), "follow": True}],
-                    "http": {"listen": listen},
-                    "state": {"dir": str(tmp_path / "state")},
-                }
-            )
-        )
-        done = subprocess.run(
-            [sys.executable, "-m", "orderwatch", "run", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        cfg = {
+            "sources": [{"kind": "file", "path": str(events), "follow": True}],
+            "http": {"listen": listen},
+            "state": {"dir": str(tmp_path / "state")},
+        }
+        done = run_once(tmp_path, cfg)
     assert done.returncode == 1, done.stderr
     assert f"cannot serve HTTP on {listen}" in done.stderr
     assert "Traceback" not in done.stderr

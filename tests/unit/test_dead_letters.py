@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from orderwatch.connectors.sinks import DeadLetterSink, dead_letter_json
-from orderwatch.events import Rejected
+from orderwatch.events import Decoder, Rejected
 
 
 def bad(n: int, reason: str = "malformed_json") -> Rejected:
@@ -46,6 +46,7 @@ def test_records_wait_while_the_file_cannot_be_written(tmp_path: Path) -> None:
 
 
 def test_an_oversized_line_is_marked_truncated() -> None:
-    record = dead_letter_json(Rejected("oversized", "5000000 bytes > limit", "s", "1", b"x" * 1024))
-    assert record["truncated"] is True
+    cut = Decoder(max_bytes=256).decode(b'{"pad":"' + b"x" * 5000 + b'"}', "s", "1")
+    assert isinstance(cut, Rejected) and cut.reason == "oversized"
+    assert dead_letter_json(cut)["truncated"] is True
     assert "truncated" not in dead_letter_json(bad(1))

@@ -36,6 +36,16 @@ def _append(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _stopped_after_two_lines(live: Path) -> ResumeState:
+    """The resume state of a daemon that read `a1`, `a2` from `live` and stopped."""
+    live.write_text("a1\na2\n")
+    tail = Tail(live)
+    tail.read()
+    state = tail.part.snapshot()
+    tail.part.close()
+    return state
+
+
 def test_renamed_file_is_read_to_its_end_then_the_new_one_from_its_start(tmp_path: Path) -> None:
     live = tmp_path / "access.log"
     live.write_text("a1\na2\n")
@@ -91,10 +101,7 @@ def test_a_quiet_file_is_not_taken_for_a_rotated_one(tmp_path: Path) -> None:
 
 def test_resume_continues_in_the_same_file(tmp_path: Path) -> None:
     live = tmp_path / "events.jsonl"
-    live.write_text("a1\na2\n")
-    tail = Tail(live)
-    tail.read()
-    state = tail.part.snapshot()
+    state = _stopped_after_two_lines(live)
     assert state == (6, 3, os.stat(live).st_ino, 3)  # offset, sequence, inode, line
     _append(live, "a3\n")
     assert Tail(live, state).read() == [(3, [b"a3"])]
@@ -107,11 +114,7 @@ def test_resume_after_a_rotation_while_stopped_finishes_the_old_file_first(
     """The old file, renamed beside the path, is found by its inode: lines written to it after
     the snapshot are not lost. Then the new file is read from its start."""
     live = tmp_path / "events.jsonl"
-    live.write_text("a1\na2\n")
-    tail = Tail(live)
-    tail.read()
-    state = tail.part.snapshot()
-    tail.part.close()
+    state = _stopped_after_two_lines(live)
     _append(live, "a3\n")
     live.rename(tmp_path / "events.jsonl.1")
     live.write_text("b1\nb2\nb3\n")  # longer than the offset: only the inode tells
@@ -124,11 +127,7 @@ def test_resume_after_a_rotation_reads_the_new_file_when_the_old_one_is_gone(
     tmp_path: Path,
 ) -> None:
     live = tmp_path / "events.jsonl"
-    live.write_text("a1\na2\n")
-    tail = Tail(live)
-    tail.read()
-    state = tail.part.snapshot()
-    tail.part.close()
+    state = _stopped_after_two_lines(live)
     live.rename(tmp_path / "elsewhere.txt.gz")  # compressed away: its inode is not kept
     (tmp_path / "elsewhere.txt.gz").unlink()
     live.write_text("b1\n")
