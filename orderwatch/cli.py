@@ -14,10 +14,10 @@ from typing import Any
 from orderwatch.config import REPLAY_BATCH_LINES, Config, ConfigError, load_config
 
 
-def _load(path: str | None, *, check_files: bool = False) -> Config:
-    """The config or exit 2; `check_files` where the file sources will be read (`run`)."""
+def _load(path: str | None, *, for_run: bool = False) -> Config:
+    """The config or exit 2; `for_run` where the file sources will be read (`run`)."""
     try:
-        return load_config(path, check_files=check_files)
+        return load_config(path, for_run=for_run)
     except ConfigError as exc:
         print(f"orderwatch: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -159,7 +159,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from orderwatch.describe import describe
 
     try:
-        cfg = load_config(args.file, check_files=True)
+        cfg = load_config(args.file, for_run=True)
     except ConfigError as exc:
         print(f"{args.file}: invalid config", file=sys.stderr)
         for line in exc.errors:
@@ -280,7 +280,7 @@ def _print_summary(summary: Any, alerts_out: Path, dead_letters: Path) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from orderwatch.daemon import run_daemon
 
-    cfg = _load(args.config, check_files=True)
+    cfg = _load(args.config, for_run=True)
     return run_daemon(
         cfg,
         workers=args.workers,

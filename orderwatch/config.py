@@ -86,22 +86,24 @@ class FileSource(_Model):
     format: Literal["jsonl", "nginx"] = "jsonl"
     batch_size: int = Field(default=2000, ge=1, le=100_000)
 
+    @field_validator("format")
+    @classmethod
+    def _nginx_is_access_log(cls, v: str, info: ValidationInfo) -> str:
+        if v == "nginx" and info.data.get("type") not in (None, "access_log"):
+            raise ValueError("format 'nginx' carries access_log events only")
+        return v
+
     @field_validator("path")
     @classmethod
     def _exists(cls, v: Path, info: ValidationInfo) -> Path:
-        """Only when asked (`check_files`): `run` and `check-config`, not a replay's rules."""
-        if info.context and info.context.get("check_files"):
+        """Only when the config is to run here (`for_run`): `run` and `check-config`, not a
+        replay, which takes only the rules from it."""
+        if info.context and info.context.get("for_run"):
             if not v.exists():
                 raise ValueError(f"file not found: {v.absolute()}")
             if not v.is_file() or not os.access(v, os.R_OK):
                 raise ValueError(f"not a readable file: {v.absolute()}")
         return v
-
-    @model_validator(mode="after")
-    def _nginx_is_access_log(self) -> FileSource:
-        if self.format == "nginx" and self.type not in (None, "access_log"):
-            raise ValueError("format 'nginx' carries access_log events only")
-        return self
 
 
 class SimulatorSource(_Model):
@@ -177,16 +179,6 @@ class Rules(_Model):
     anomalies: Anomalies = Field(default_factory=Anomalies)
     fulfilment_sla: PositiveDuration = parse_duration_ms("4h")
 
-    @field_validator("stuck")
-    @classmethod
-    def _unique_names(cls, rules: list[StuckRule]) -> list[StuckRule]:
-        seen: set[str] = set()
-        for r in rules:
-            if r.name in seen:
-                raise ValueError(f"duplicate stuck rule name {r.name!r}")
-            seen.add(r.name)
-        return rules
-
 
 class Lifecycle(_Model):
     """Changes to the default state machine: `{from_status: [to_status, ...]}`."""
@@ -202,8 +194,15 @@ class BreakerWhen(_Model):
     qps_above: float | None = Field(default=None, gt=0)
     error_ratio_above: float | None = Field(default=None, gt=0, le=1)
     slow_ratio_above: float | None = Field(default=None, gt=0, le=1)
-    slow_ms: float | None = Field(default=None, gt=0)
+    slow_ms: float | None = Field(default=None, gt=0, validate_default=True)
     p99_ms_above: float | None = Field(default=None, gt=0)
+
+    @field_validator("slow_ms")
+    @classmethod
+    def _slow_needs_ms(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is None and info.data.get("slow_ratio_above") is not None:
+            raise ValueError("slow_ratio_above needs slow_ms")
+        return v
 
     @model_validator(mode="after")
     def _one_signal(self) -> BreakerWhen:
@@ -212,8 +211,6 @@ class BreakerWhen(_Model):
             raise ValueError(
                 "give exactly one of qps_above, error_ratio_above, slow_ratio_above, p99_ms_above"
             )
-        if self.slow_ratio_above is not None and self.slow_ms is None:
-            raise ValueError("slow_ratio_above needs slow_ms")
         return self
 
 
@@ -226,26 +223,31 @@ class BreakerBacklog(_Model):
 class Breaker(_Model):
     name: Name
     route: str | None = None
-    when: BreakerWhen | None = None
+    when: BreakerWhen | None = Field(default=None, validate_default=True)
     backlog: BreakerBacklog | None = None
     window: PositiveDuration = parse_duration_ms("10s")
     min_requests: int = Field(default=20, ge=0)
     recovery: PositiveDuration = parse_duration_ms("60s")
     switches: list[Name] = Field(default_factory=list)
 
+    @field_validator("when")
+    @classmethod
+    def _route_needs_when(cls, v: BreakerWhen | None, info: ValidationInfo) -> BreakerWhen | None:
+        if v is None and info.data.get("route") is not None:
+            raise ValueError("a route breaker needs `when`")
+        return v
+
     @model_validator(mode="after")
     def _route_or_backlog(self) -> Breaker:
         if (self.route is None) == (self.backlog is None):
             raise ValueError("a breaker watches either a route (with `when`) or a `backlog`")
-        if self.route is not None and self.when is None:
-            raise ValueError("a route breaker needs `when`")
         return self
 
 
 class Notifier(_Model):
     kind: Literal["webhook", "alertmanager", "wecom", "dingtalk", "feishu", "slack", "console"]
     name: str | None = None
-    url: str | None = None
+    url: str | None = Field(default=None, validate_default=True)
     secret: str | None = None
     keyword: str | None = None
     match: dict[str, str] = Field(default_factory=dict)
@@ -254,13 +256,15 @@ class Notifier(_Model):
     rate_per_minute: int | None = Field(default=None, gt=0)
     send_resolved: bool = True
 
-    @model_validator(mode="after")
-    def _url_needed(self) -> Notifier:
-        if self.kind != "console" and not self.url:
-            raise ValueError(f"a {self.kind} notifier needs `url`")
-        if self.url and not re.match(r"^https?://", self.url):
+    @field_validator("url")
+    @classmethod
+    def _url_needed(cls, v: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")  # absent when `kind` itself is wrong
+        if not v and kind not in (None, "console"):
+            raise ValueError(f"a {kind} notifier needs `url`")
+        if v and not re.match(r"^https?://", v):
             raise ValueError("url must start with http:// or https://")
-        return self
+        return v
 
 
 class Routing(_Model):
@@ -457,9 +461,43 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def _across_keys(data: dict[str, Any], for_run: bool) -> list[str]:
+    """Checks that relate several keys, made on the document itself, so that they are reported
+    with every other error, not only once those are fixed (pydantic runs a list's validator
+    only when all its items are valid)."""
+    return _duplicate_rule_names(data) + _undeclared_switches(data) + _unbuilt(data, for_run)
+
+
+def _duplicate_rule_names(data: dict[str, Any]) -> list[str]:
+    rules = data.get("rules")
+    stuck = rules.get("stuck") if isinstance(rules, dict) else None
+    seen: set[str] = set()
+    errors = []
+    for i, rule in enumerate(stuck if isinstance(stuck, list) else []):
+        name = rule.get("name") if isinstance(rule, dict) else None
+        if isinstance(name, str):
+            if name in seen:
+                errors.append(f"rules.stuck[{i}].name: duplicate stuck rule name {name!r}")
+            seen.add(name)
+    return errors
+
+
+def _unbuilt(data: dict[str, Any], for_run: bool) -> list[str]:
+    """What this build validates but cannot run: refused before `run` starts, and by
+    `check-config`, which tells what would run. (A replay only takes the rules.)"""
+    sources = data.get("sources")
+    if not for_run or not isinstance(sources, list):
+        return []
+    return [
+        f"sources[{i}].kind: kafka sources are not available in this build yet; "
+        "use a file (follow: true) or the simulator"
+        for i, s in enumerate(sources)
+        if isinstance(s, dict) and s.get("kind") == "kafka"
+    ]
+
+
 def _undeclared_switches(data: dict[str, Any]) -> list[str]:
-    """A breaker may only flip switches listed in `switches`. Checked on the document itself,
-    so it is reported with every other error, not only once they are fixed."""
+    """A breaker may only flip switches listed in `switches`."""
     declared = data.get("switches", [])  # the default: none
     breakers = data.get("breakers")
     if not isinstance(declared, list) or not isinstance(breakers, list):
@@ -474,9 +512,10 @@ def _undeclared_switches(data: dict[str, Any]) -> list[str]:
 
 
 def validate_config(
-    data: Any, env: dict[str, str] | None = None, *, check_files: bool = False
+    data: Any, env: dict[str, str] | None = None, *, for_run: bool = False
 ) -> Config:
-    """Validate an already-parsed YAML document; `check_files`: file sources must exist.
+    """Validate an already-parsed YAML document; `for_run` (the config is to run here, for
+    `run` and `check-config`): file sources must exist, and only source kinds this build has.
 
     All problems come together: unset `${VAR}`s after the other errors (an error at the path
     of an unset variable is left out, it is about the "" put in its place).
@@ -489,13 +528,13 @@ def validate_config(
     data = _expand(data, "", dict(os.environ if env is None else env), done)
     errors: list[str] = []
     try:
-        cfg = Config.model_validate(data, context={"check_files": check_files})
+        cfg = Config.model_validate(data, context={"for_run": for_run})
     except ValidationError as exc:
         for e in exc.errors():
             path = _loc(e["loc"])
             if path not in done.unset:
                 errors.append(f"{path}: {done.redact(path, e['msg'])}")
-    errors += _undeclared_switches(data)
+    errors += _across_keys(data, for_run)
     for path, names in done.unset.items():
         errors += [f"{path}: environment variable {name} is not set" for name in names]
     if errors:
@@ -504,11 +543,12 @@ def validate_config(
 
 
 def load_config(
-    path: str | Path | None, env: dict[str, str] | None = None, *, check_files: bool = False
+    path: str | Path | None, env: dict[str, str] | None = None, *, for_run: bool = False
 ) -> Config:
     """Load and validate a config file; None gives the embedded default (simulator demo).
 
-    `check_files` (for `run` and `check-config`): a file source must name a readable file.
+    `for_run` (for `run` and `check-config`): a file source must name a readable file, and a
+    source must be of a kind this build runs.
     """
     if path is None:
         from importlib.resources import files
@@ -527,4 +567,4 @@ def load_config(
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         raise ConfigError([f"{source}: not valid YAML at {where}: {exc}"]) from None
-    return validate_config(data, env, check_files=check_files)
+    return validate_config(data, env, for_run=for_run)

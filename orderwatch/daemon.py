@@ -29,7 +29,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from orderwatch.alerts.console import ConsolePrinter
 from orderwatch.alerts.store import DB_NAME, AlertStore
 from orderwatch.cluster import free_ports, run_flow, supervise
-from orderwatch.config import Config, FileSource, KafkaSource, SimulatorSource
+from orderwatch.config import Config, FileSource, SimulatorSource
 from orderwatch.connectors.files import JsonlSource
 from orderwatch.connectors.simulator import SimulatorSource as SimSource
 from orderwatch.connectors.sinks import DeadLetterSink, QueueSink
@@ -126,11 +126,8 @@ def build_sources(cfg: Config, stop: threading.Event) -> list[Source[Any]]:
             )
         elif isinstance(s, SimulatorSource):
             sources.append(SimSource(s, stop=stop))
-        elif isinstance(s, KafkaSource):
-            raise SystemExit(
-                "orderwatch: kafka sources are not available in this build yet; "
-                "use a file (follow: true) or the simulator"
-            )
+        else:  # a config loaded to run has refused it already (`config._unbuilt`)
+            raise ValueError(f"{s.kind} sources are not available in this build yet")
     return sources
 
 

@@ -120,15 +120,15 @@ def test_missing_source_file_is_an_error_when_files_are_checked(
 ) -> None:
     """`run` and `check-config` check file sources; even `follow` opens the file at start."""
     doc = {"sources": [{"kind": "file", "path": str(tmp_path / "none.jsonl"), "follow": follow}]}
-    (line,) = errors_of(doc, check_files=True)
+    (line,) = errors_of(doc, for_run=True)
     assert line.startswith("sources[0].path: ") and "file not found" in line
     validate_config(doc)  # a replay only uses the rules: its config may name files elsewhere
     (tmp_path / "none.jsonl").write_text("")
-    validate_config(doc, check_files=True)
+    validate_config(doc, for_run=True)
 
 
 def test_a_directory_is_not_a_source_file(tmp_path: Path) -> None:
-    (line,) = errors_of({"sources": [{"kind": "file", "path": str(tmp_path)}]}, check_files=True)
+    (line,) = errors_of({"sources": [{"kind": "file", "path": str(tmp_path)}]}, for_run=True)
     assert line.startswith("sources[0].path: ") and "not a readable file" in line
 
 
@@ -249,3 +249,68 @@ def test_a_bad_topic_type_is_one_error_at_its_key() -> None:
     doc = {"sources": [{"kind": "kafka", "brokers": ["b:9092"], "topics": {"t": "ordr"}}]}
     (line,) = errors_of(doc)
     assert line.startswith("sources[0].topics.t: ") and "'mixed'" in line
+
+
+@pytest.mark.parametrize(
+    ("item", "path", "words"),
+    [
+        ({"notifiers": [{"kind": "wecom", "url": "ftp://x"}]}, "notifiers[0].url", "http://"),
+        ({"notifiers": [{"kind": "slack"}]}, "notifiers[0].url", "slack notifier needs"),
+        ({"breakers": [{"name": "b", "route": "/pay"}]}, "breakers[0].when", "needs `when`"),
+        (
+            {"breakers": [{"name": "b", "route": "/p", "when": {"slow_ratio_above": 0.1}}]},
+            "breakers[0].when.slow_ms",
+            "needs slow_ms",
+        ),
+        (
+            {"sources": [{"kind": "file", "path": "x", "format": "nginx", "type": "order"}]},
+            "sources[0].format",
+            "access_log events only",
+        ),
+    ],
+)
+def test_a_check_on_one_key_names_that_key(item: dict[str, Any], path: str, words: str) -> None:
+    """These were reported at the enclosing object (`notifiers[0]`), which hides the key."""
+    (line,) = errors_of(item)
+    assert line.startswith(f"{path}: ") and words in line, line
+
+
+def test_duplicate_rule_names_are_listed_with_the_other_errors() -> None:
+    """pydantic runs a list's own check only once every item is valid, so a duplicate name
+    appeared only after the other errors were fixed."""
+    rule = {"name": "a", "statuses": ["paid"], "max_dwell": "1m"}
+    doc = {"rules": {"stuck": [{**rule, "max_dwell": "2x"}, rule, rule]}}
+    assert [e.split(":")[0] for e in errors_of(doc)] == [
+        "rules.stuck[0].max_dwell",
+        "rules.stuck[1].name",
+        "rules.stuck[2].name",
+    ]
+
+
+def test_a_kafka_source_is_refused_where_the_config_is_to_run() -> None:
+    """`run` refused it only after `check-config` had printed it as what would run; a replay,
+    which takes only the rules, still accepts the file."""
+    doc = {"sources": [{"kind": "kafka", "brokers": ["b:9092"], "topics": {"t": "order"}}]}
+    (line,) = errors_of(doc, for_run=True)
+    assert line.startswith("sources[0].kind: kafka sources are not available in this build")
+    assert validate_config(doc).sources[0].kind == "kafka"
+
+
+def test_check_config_sets_apart_what_this_build_does_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Breakers, notifiers and the token are validated but not run: check-config says so
+    instead of listing them with what runs."""
+    monkeypatch.chdir(tmp_path)
+    breaker = {"name": "cb1", "route": "/cb", "when": {"qps_above": 5000}, "switches": ["x"]}
+    notifier = {"kind": "wecom", "url": "https://qyapi.example/send?key=SECRET"}
+    doc = {"switches": ["x"], "breakers": [breaker], "notifiers": [notifier]}
+    Path("c.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["check-config", "c.yaml"]) == 0
+    runs, _, unbuilt = capsys.readouterr().out.partition("validated, not run by this build")
+    assert "alerts: printed on the console" in runs
+    assert "cb1" not in runs and "wecom" not in runs
+    assert (
+        "breaker cb1: route /cb" in unbuilt and "notifier wecom https://qyapi.example/…" in unbuilt
+    )
+    assert "SECRET" not in unbuilt

@@ -251,7 +251,7 @@ def test_config_errors_name_the_path_of_every_bad_key() -> None:
         "lateness:",
         "rules.stuck[1].statuses[0]:",
         "rules.stuck[1].max_dwell:",
-        "notifiers[0]:",
+        "notifiers[0].url:",
         "typo:",
     ):
         assert path in text, text
