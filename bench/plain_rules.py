@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gc
 import heapq
+import json
 import re
 import resource
 import sys
@@ -111,7 +112,10 @@ def parse_ts(v: Any) -> int | str:
         try:
             dt = datetime.fromisoformat(v)
         except ValueError:
-            return "invalid_timestamp"
+            try:  # RFC 3339 allows a lowercase "t" and "z"
+                dt = datetime.fromisoformat(v.upper())
+            except ValueError:
+                return "invalid_timestamp"
         if dt.tzinfo is None:
             return "naive_timestamp"
         ms = (dt - EPOCH) // ONE_MS  # exact integer arithmetic, no float rounding
@@ -120,16 +124,19 @@ def parse_ts(v: Any) -> int | str:
     return ms if MIN_MS <= ms < MAX_MS else "invalid_timestamp"
 
 
-def to_decimal(v: Any) -> Decimal | str | None:
+def to_decimal(v: Any, raw: bytes) -> Decimal | str | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
         return "invalid_field"
+    if isinstance(v, float):  # orjson read the JSON number as a binary float: read it exactly
+        v = json.loads(raw, parse_float=Decimal).get("amount")
     try:
-        d = Decimal(repr(v) if isinstance(v, float) else v)
+        d = Decimal(v)
     except InvalidOperation:
         return "invalid_field"
-    return d if d.is_finite() else "invalid_field"
+    # below 10^12 in size, as orderwatch decided (README "Events"): larger is a unit mistake
+    return d if d.is_finite() and d.adjusted() < 12 else "invalid_field"
 
 
 def decode(raw: bytes, rules: Rules) -> tuple[int, str, dict[str, Any]] | str:
@@ -151,6 +158,8 @@ def decode(raw: bytes, rules: Rules) -> tuple[int, str, dict[str, Any]] | str:
     for f in ("event_id", "channel", "warehouse", "tracking_no"):
         if f in ev and ev[f] is not None and not isinstance(ev[f], str):
             return "invalid_field"
+        if ev.get(f) == "":
+            ev[f] = None  # an empty value is no value (and no label: Prometheus drops "")
     if kind == "access_log":
         return ts, kind, ev
     oid = ev.get("order_id")
@@ -169,7 +178,7 @@ def decode(raw: bytes, rules: Rules) -> tuple[int, str, dict[str, Any]] | str:
         if ev.get(name) not in allowed:
             return "missing_field" if ev.get(name) is None else "invalid_field"
     if kind in ("order", "payment"):
-        amount = to_decimal(ev.get("amount"))
+        amount = to_decimal(ev.get("amount"), raw)
         if isinstance(amount, str):
             return amount
         ev["amount"] = amount

@@ -172,6 +172,8 @@ class TimestampParser:
             return ts
         if not isinstance(ts, str):
             raise TimestampError("invalid_timestamp", "ts must be a string or an integer")
+        if not ts.isascii():  # isdigit() below takes '²' and '١', which int() refuses or reads
+            return self._full(ts)
         # Fastest: millisecond precision as OMS (`…SS.mmm+08:00`) and gateways (`…SS.mmmZ`)
         # send it, with this second already seen.
         n = len(ts)
@@ -352,7 +354,9 @@ class Decoder:
                 ts = ev.ts
                 if type(ts) is int:
                     ms = ts if _MIN_MS <= ts < _MAX_MS else None
-                elif len(ts) in (24, 29) and ts[19] == "." and ts[20:23].isdigit():
+                elif (
+                    len(ts) in (24, 29) and ts[19] == "." and ts.isascii() and ts[20:23].isdigit()
+                ):  # isascii: isdigit() takes '²' or '١' too, which int() refuses or misreads
                     base = seconds.get(ts[:19] + ts[23:])
                     ms = None if base is None else base + int(ts[20:23])
                 else:

@@ -40,11 +40,14 @@ def _key(order_id: str, event_id: str) -> int:
 
 
 class Deduper:
-    __slots__ = ("_gens", "_horizon")
+    __slots__ = ("_gens", "_horizon", "_orders")
 
     def __init__(self, horizon_ms: int) -> None:
         self._horizon = horizon_ms
         self._gens: dict[int, set[int]] = {}
+        # The forgotten orders whose keys are kept, by generation: an order created again
+        # while they are (`left_keys`) must look here as well as in its own record.
+        self._orders: dict[int, set[int]] = {}
 
     def seen(self, order_id: str, event_id: str, ts: int) -> bool:
         """True when this order's `event_id` was already seen; otherwise remember it."""
@@ -71,16 +74,26 @@ class Deduper:
         g = ts // self._horizon
         return any(k in self._gens.get(x, ()) for x in (g, g - 1, g + 1))
 
-    def remember(self, keys: bytes, ts: int) -> None:
+    def remember(self, order_id: str, keys: bytes, ts: int) -> None:
         """Keep a forgotten order's packed keys for at least a horizon after `ts`."""
-        gen = self._gens.setdefault(ts // self._horizon, set())
+        g = ts // self._horizon
+        gen = self._gens.setdefault(g, set())
         gen.update(int.from_bytes(keys[i : i + 8], "little") for i in range(0, len(keys), 8))
+        self._orders.setdefault(g, set()).add(_key(order_id, ""))
+
+    def left_keys(self, order_id: str) -> bool:
+        """Did a forgotten order with this id leave keys that are still kept?"""
+        if not self._orders:
+            return False
+        k = _key(order_id, "")
+        return any(k in orders for orders in self._orders.values())
 
     def expire(self, watermark: int) -> None:
         """Forget generations that ended more than a horizon before `watermark`."""
         oldest = watermark // self._horizon - 1
         for g in [g for g in self._gens if g < oldest]:
             del self._gens[g]
+            self._orders.pop(g, None)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._gens.values())

@@ -44,6 +44,7 @@ from orderwatch.domain.order import (
     GAP_FIRING_BIT,
     PAID_ANY,
     PRESALE,
+    REBORN,
     OrderRec,
     add_payment,
     has_payment,
@@ -473,7 +474,7 @@ class ShardTracker:
             event_key(oid, e) for e in timeline.event_ids(rec.log, rec.log_n)
         )
         if keys:
-            self._dedup.remember(keys, rec.seen)
+            self._dedup.remember(oid, keys, rec.seen)
         self.stats.status_counts[rec.status or "unknown"] -= 1
         self.stats.forgotten += 1
 
@@ -502,6 +503,10 @@ class ShardTracker:
             rec.flags &= ~bit
             alert = self.firing.pop((oid, rule))
             out.append(alert.resolved(ts))
+            if not rec.flags & self._firing_mask:
+                # its expiry counts again, and may be past: schedule it now, not only once
+                # whatever deadline the heap holds for the order comes due
+                self._schedule(oid, rec)
 
     def _anomaly(
         self, oid: str, rec: OrderRec, kind: str, detail: str, ts: int, out: list[AlertChange]
@@ -528,6 +533,7 @@ class ShardTracker:
         eid = ev.event_id
         if eid is not None and (
             _seen(oid, rec, eid)
+            or (rec.flags & REBORN and self._dedup.seen_key(event_key(oid, eid), ts))
             if rec is not None
             else self._dedup.seen_key(event_key(oid, eid), ts)
         ):
@@ -543,6 +549,8 @@ class ShardTracker:
                     self._widen()
                 self._slots.append(oid)
             rec = self.orders[oid] = new_order(oid, ts, slot)
+            if self._dedup.left_keys(oid):
+                rec.flags |= REBORN
             if self._pack_after:
                 self._unpacked.add(oid)
             self.stats.status_counts["unknown"] += 1
@@ -653,6 +661,7 @@ class ShardTracker:
         for the balance (unless 漏发 already fired on it; then it runs to its resolution).
         """
         rec.flags |= PRESALE
+        rec.flags &= ~AMOUNT_OK  # checked as one payment each; now their sum must match
         leaking = rec.flags & _GAP_FIRING[PAID_WITHOUT_WMS]
         if rec.paid_at is not None and len(rec.pay_nos) == 1 and not leaking:
             rec.paid_at = None

@@ -366,6 +366,48 @@ def test_redelivery_after_the_order_was_forgotten_is_still_dropped() -> None:
     assert "A" not in tracker.orders
 
 
+def test_an_order_created_again_still_drops_the_ids_of_its_forgotten_self() -> None:
+    """An order forgotten after its retention and created again by a later event: a
+    redelivery of its first life's event is still a duplicate (it was applied as new, and
+    here cancelled the new order and hid its 漏发)."""
+    from tests.factories import payment
+
+    rules = {"gaps": {"paid_without_wms": {"within": "10m"}}}
+    cfg = config(rules, engine={"terminal_retention": "1h"})
+    lines = [
+        order(0, "A", "cancelled", event_id="e1"),
+        order(2 * HOUR, "A", "paid", event_id="e2"),
+        payment(2 * HOUR, "A", "P1", event_id="e3"),
+        order(2 * HOUR + MIN, "A", "cancelled", event_id="e1"),  # redelivered
+        order(3 * HOUR, "Z", "created", event_id="z1"),
+    ]
+    assert summary(track(lines, cfg)) == [
+        ("firing", "paid_without_wms", "A", 2 * HOUR + 10 * MIN, None)
+    ]
+    tracker = ShardTracker(RuleSet.from_config(cfg))
+    track(lines, cfg, tracker=tracker)
+    assert tracker.stats.duplicates == 1
+
+
+def test_a_finished_order_is_forgotten_when_its_last_alert_resolves_past_its_retention() -> None:
+    """A firing alert holds a completed order past `terminal_retention`; once it resolves, the
+    order goes at once. It used to stay until whatever deadline it had next, so a payment
+    in between still counted as its second one (duplicate_payment)."""
+    from tests.factories import payment, wms
+
+    cfg = config(engine={"terminal_retention": "1h"})
+    lines = [
+        payment(0, "A", "P1"),
+        order(MIN, "A", "completed"),
+        wms(90 * MIN, "A"),  # resolves 漏发 (fired at 10m), 29 min past the retention
+        payment(91 * MIN, "A", "P2"),  # a new life of A: its first payment
+    ]
+    assert [(s, rule) for s, rule, *_ in summary(track(lines, cfg))] == [
+        ("firing", "paid_without_wms"),
+        ("resolved", "paid_without_wms"),
+    ]
+
+
 @pytest.mark.parametrize("when", [631_152_000_000, 4_000_000_000_000], ids=["1990", "2096"])
 def test_deadlines_decades_from_the_heap_epoch_fire_on_time(when: int) -> None:
     """Heap entries count from 2025; a due time decades away makes a bigger int, not a wrong

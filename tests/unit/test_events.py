@@ -273,3 +273,18 @@ def test_fast_timestamp_path_equals_the_full_parser(
     expected = parser._full(text)
     assert parser(text) == expected
     assert parser(text) == expected  # from the cache too
+
+
+@pytest.mark.parametrize("frac", ["²³¹", "١٢٣", "１２３"])
+def test_non_ascii_digits_in_a_timestamp_are_invalid_on_every_path(frac: str) -> None:
+    """str.isdigit() takes superscripts and other scripts' digits: the cached-second path
+    crashed the decoder on `²³¹` (int() refuses it) and read `١٢٣` as 123 ms."""
+    seen = b'{"type":"order","ts":"2025-11-10T16:00:00.000Z","order_id":"A","status":"created"}'
+    odd = seen.replace(b".000Z", f".{frac}Z".encode()).replace(b"created", b"paid")
+    ok, bad = Decoder().decode_lines([seen, odd, seen], "src")
+    assert [i for i, _ in bad] == [1] and len(ok) == 2
+    assert bad[0][1].reason == "invalid_timestamp"
+    parser = TimestampParser()
+    parser("2025-11-10T16:00:00.000Z")  # the second is cached
+    with pytest.raises(TimestampError):
+        parser(f"2025-11-10T16:00:00.{frac}Z")

@@ -228,6 +228,21 @@ def test_presale_deposit_and_balance_sum_to_payable() -> None:
     assert gaps(lines, until=HOURS(3)) == []
 
 
+def test_payments_checked_one_by_one_are_summed_once_the_order_turns_presale() -> None:
+    """Two 299.00 payments on a 299.00 order looked fine one at a time (each equal to the
+    payable); once `deposit_paid` shows a presale, their sum 598.00 is a mismatch."""
+    lines = [
+        payment(0, "A", "P1", amount="299.00"),
+        payment(MIN, "A", "P2", amount="299.00"),
+        order(2 * MIN, "A", "paid", amount="299.00"),
+        order(3 * MIN, "A", "deposit_paid"),
+        order(4 * MIN, "A", "paid"),
+        wms(4 * MIN, "A"),
+    ]
+    mismatches = [g for g in gaps(lines, until=HOURS(1)) if g[1] == "amount_mismatch"]
+    assert mismatches == [("firing", "amount_mismatch", "A", 4 * MIN, 4 * MIN)]
+
+
 def test_duplicate_payment_with_different_pay_no() -> None:
     """Two successful payments with different pay_no fire duplicate_payment once."""
     lines = [
