@@ -471,20 +471,20 @@ def run(
             rejected[d] += 1
             continue
         ts, kind, ev = d
+        last_ts = ts if last_ts is None else max(ts, last_ts)  # a duplicate is input too
+        if kind != "access_log":
+            events.append((ts, KIND_RANK[kind], n, kind, ev))
+    events.sort()  # (ts, kind rank, line) is unique: the dicts are never compared
+    engine = Engine(rules)
+    for ts, _, _, kind, ev in events:
         eid = ev.get("event_id")
-        if eid is not None and kind != "access_log":
+        if eid is not None:  # in event-time order: of two copies, the earlier one counts
             key = f"{ev['order_id']}\x1f{eid}"  # a redelivery is the same event of the same order
             first = seen.get(key)
             if first is not None and abs(ts - first) <= rules.dedup_horizon:
                 rejected["duplicate"] += 1
                 continue
             seen[key] = ts
-        last_ts = ts if last_ts is None else max(ts, last_ts)
-        if kind != "access_log":
-            events.append((ts, KIND_RANK[kind], n, kind, ev))
-    events.sort()  # (ts, kind rank, line) is unique: the dicts are never compared
-    engine = Engine(rules)
-    for ts, _, _, kind, ev in events:
         engine.apply(ts, kind, ev)
     if last_ts is not None:
         engine.fire_until(last_ts)
