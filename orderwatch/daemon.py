@@ -254,7 +254,7 @@ def run_daemon(
     try:
         sources = build_sources(cfg, runtime.stopping)
         outputs = Outputs(
-            QueueSink(runtime.alert_queue, local=primary),  # type: ignore[arg-type]
+            QueueSink(runtime, local=primary),
             DeadLetterSink(state_dir / "dead-letters.jsonl", local=primary),
         )
         flow = build_flow(cfg, sources, outputs, runtime, live=True, recovery=cfg.state.recovery)

@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,16 @@ class IntakeStats:
 
 
 @dataclass
+class AlertBatch:
+    """Alert changes the dataflow hands to the control plane. `stored` is set once the alert
+    store has them (or, at shutdown, once they were announced without it): the dataflow waits
+    for it, so a recovery snapshot never covers changes that exist only in memory."""
+
+    changes: list[Any]
+    stored: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class Runtime:
     """Everything one process shares between its dataflow and its control plane."""
 
@@ -69,6 +80,7 @@ class Runtime:
     alert_store_failures: int = 0  # failed writes so far (each retried until it succeeds)
     alerts_waiting: int = 0  # alert changes held in memory until the store takes them
     stopping: threading.Event = field(default_factory=threading.Event)  # cooperative shutdown
+    wake_alerts: Callable[[], None] = lambda: None  # set by the alert consumer: a batch is queued
     peers: list[str] = field(default_factory=list)  # HTTP base URLs of the other processes
     _intakes: list[IntakeStats] = field(default_factory=list)
     _local: threading.local = field(default_factory=threading.local)

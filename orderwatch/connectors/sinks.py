@@ -8,7 +8,6 @@ the process running the control plane owns the alert queue).
 from __future__ import annotations
 
 import os
-import queue
 import time
 from collections import Counter
 from contextlib import suppress
@@ -21,6 +20,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from orderwatch.domain.alert import AlertChange
 from orderwatch.events import Rejected
+from orderwatch.runtime import AlertBatch, Runtime
 
 _MAX_RAW = 65_536
 _MAX_WAITING = 10_000  # dead letters held while their file cannot be written
@@ -184,25 +184,42 @@ class DeadLetterSink(_Single):
         return _DeadLetterPartition(self.path)
 
 
+_STOP_WAIT = 15.0  # seconds: at shutdown, how long a batch waits for a store that refuses it
+
+
 class _QueuePartition(StatefulSinkPartition[Any, None]):
-    def __init__(self, q: queue.Queue[Any]) -> None:
-        self._q = q
+    def __init__(self, runtime: Runtime) -> None:
+        assert runtime.alert_queue is not None
+        self._q = runtime.alert_queue
+        self._runtime = runtime
 
     def write_batch(self, values: list[Any]) -> None:
-        self._q.put(list(values))
+        """Returns once the alert store has the changes. bytewax commits an epoch's recovery
+        snapshot after its outputs are written: returning earlier let a crash right after the
+        commit lose the changes still queued (a resume would not make them again)."""
+        batch = AlertBatch(list(values))
+        self._q.put(batch)
+        self._runtime.wake_alerts()
+        give_up = None
+        while not batch.stored.wait(0.1):
+            if self._runtime.stopping.is_set():  # the consumer announces them unstored at its end
+                give_up = give_up or time.monotonic() + _STOP_WAIT
+                if time.monotonic() > give_up:
+                    return
 
     def snapshot(self) -> None:
         return None
 
 
 class QueueSink(_Single):
-    """Hands batches of alert changes to the control plane's thread."""
+    """Hands batches of alert changes to the control plane's thread, and waits until they
+    are stored: while the store refuses writes, the dataflow waits with them."""
 
     part = "alerts"
 
-    def __init__(self, q: queue.Queue[Any], local: bool = True) -> None:
+    def __init__(self, runtime: Runtime, local: bool = True) -> None:
         super().__init__(local)
-        self.queue = q
+        self.runtime = runtime
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _QueuePartition:
-        return _QueuePartition(self.queue)
+        return _QueuePartition(self.runtime)

@@ -1,10 +1,11 @@
 """Running the control plane: start/stop the HTTP server and consume the dataflow's alerts.
 
-The dataflow (main thread) puts lists of `AlertChange` on `Runtime.alert_queue`; this
-module's `consume_alerts` runs on the control plane's asyncio loop, applies each batch to
-the `AlertStore` (which persists it and drops what was already announced) and hands the
-effective changes on. It polls the queue with short sleeps instead of blocking an executor
-thread, so cancelling it is immediate and leaves no thread behind.
+The dataflow (main thread) puts `AlertBatch`es on `Runtime.alert_queue` and waits until each
+is stored; this module's `consume_alerts` runs on the control plane's asyncio loop, applies
+them to the `AlertStore` (which persists them and drops what was already announced), lets
+the dataflow go on and hands the effective changes on. It waits for the queue on an asyncio
+event the dataflow sets (`Runtime.wake_alerts`), with a short timeout, instead of blocking an
+executor thread, so cancelling it is immediate and leaves no thread behind.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import queue
+import threading
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any
 
 import structlog
@@ -20,7 +23,7 @@ from aiohttp import web
 
 from orderwatch.alerts.store import AlertStore
 from orderwatch.domain.alert import AlertChange
-from orderwatch.runtime import Runtime
+from orderwatch.runtime import AlertBatch, Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -51,8 +54,11 @@ async def stop_control_plane(runner: web.AppRunner) -> None:
     await runner.cleanup()
 
 
-def _drain(q: queue.Queue[Any]) -> tuple[list[AlertChange], list[Any], bool]:
-    """Everything queued now: alert changes, other items, and whether STOP was seen."""
+def _drain(
+    q: queue.Queue[Any], acks: list[threading.Event]
+) -> tuple[list[AlertChange], list[Any], bool]:
+    """Everything queued now: alert changes, other items, and whether STOP was seen; the
+    `stored` events of the batches go to `acks`."""
     changes: list[AlertChange] = []
     others: list[Any] = []
     while True:
@@ -62,6 +68,9 @@ def _drain(q: queue.Queue[Any]) -> tuple[list[AlertChange], list[Any], bool]:
             return changes, others, False
         if item is STOP:
             return changes, others, True
+        if isinstance(item, AlertBatch):
+            acks.append(item.stored)
+            item = item.changes
         items = item if isinstance(item, list | tuple) else [item]
         for x in items:
             (changes if isinstance(x, AlertChange) else others).append(x)
@@ -122,12 +131,23 @@ async def consume_alerts(
     q = runtime.alert_queue
     if q is None:
         raise ValueError("runtime.alert_queue is not set")
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+
+    def wake_up() -> None:  # from the dataflow's thread
+        with suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(wake.set)
+
+    runtime.wake_alerts = wake_up
     # Changes the store has not taken yet, in order: a store that cannot write (disk full, a
-    # lock held elsewhere) delays alerts, it never drops them.
+    # lock held elsewhere) delays alerts, it never drops them. Their batches wait in the
+    # dataflow until then (`acks`), so no recovery snapshot covers them before.
     pending: list[AlertChange] = []
+    acks: list[threading.Event] = []
     delay = _RETRY_FIRST
     while True:
-        changes, others, stop = _drain(q)
+        wake.clear()
+        changes, others, stop = _drain(q, acks)
         pending += changes
         runtime.alerts_waiting = len(pending)
         stored = True
@@ -138,8 +158,11 @@ async def consume_alerts(
             else:
                 pending, delay = [], _RETRY_FIRST
                 runtime.alerts_waiting = 0
+                _release(acks)
                 if effective:
                     await _call(on_change, effective)
+        elif acks:
+            _release(acks)  # batches without changes
         if others:
             if on_other is not None:
                 await _call(on_other, others)
@@ -148,12 +171,21 @@ async def consume_alerts(
         if stop:
             if pending:
                 await _last_tries(runtime, store, pending, on_change)
+            _release(acks)
             return
         if not stored:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX)
         elif not changes and not others:
-            await asyncio.sleep(poll_seconds)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), poll_seconds)
+
+
+def _release(acks: list[threading.Event]) -> None:
+    """Let the dataflow go on: its batches are stored (or announced, at shutdown)."""
+    for ack in acks:
+        ack.set()
+    acks.clear()
 
 
 async def _last_tries(
