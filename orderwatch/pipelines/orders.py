@@ -49,6 +49,7 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
         recovery: bool = False,
         order: ChunkOrder | None = None,
         settings: Settings | None = None,
+        key: str | None = None,
     ) -> None:
         self.recovery = recovery
         self.settings = settings or {}  # written into each snapshot (`state_settings`)
@@ -56,15 +57,23 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
         self.tracker = tracker
         self.clock = clock
         self.now_ms = now_ms
-        self.runtime: Runtime | None = runtime  # registered under its key on the first batch
+        self.runtime = runtime
         self.stopping = runtime.stopping
+        # Served (API, metrics) under its key: known from the first batch, or from the
+        # snapshot a resumed shard is built from, so it is served before any new input.
+        self.key = key
+        if key is not None:
+            self._register(key)
         clock.observe(None, now_ms())
 
+    def _register(self, key: str) -> None:
+        self.key = key
+        self.runtime.clocks[key] = self.clock
+        self.runtime.trackers[key] = self.tracker
+
     def on_batch(self, values: list[ShardBatch]) -> tuple[list[AlertChange], bool]:
-        if self.runtime is not None:
-            self.runtime.clocks[values[0].key] = self.clock
-            self.runtime.trackers[values[0].key] = self.tracker
-            self.runtime = None
+        if self.key is None:
+            self._register(values[0].key)
         wall = self.now_ms()
         out: list[AlertChange] = []
         for batch in values:
@@ -106,7 +115,7 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
         # when there is a recovery store to write it to.
         if not self.recovery:
             return None
-        return dump_shard((self.tracker, self.clock, self.order), self.settings)
+        return dump_shard((self.tracker, self.clock, self.order, self.key), self.settings)
 
     def _advance(self, watermark: int | None) -> list[AlertChange]:
         if watermark is None:
@@ -164,13 +173,13 @@ def flow_steps(
     settings = state_settings(cfg)
 
     def build_shard(resume: bytes | None) -> ShardLogic:
-        order = None
+        order = key = None
         if resume is not None:
-            tracker, clock, order = load_shard(resume, settings)
+            tracker, clock, order, key = load_shard(resume, settings)
         else:
             tracker = ShardTracker(rules, ShardStats(channels, warehouses))
             clock = WatermarkClock(cfg.lateness, idle_after)
-        return ShardLogic(tracker, clock, runtime, now_ms, recovery, order, settings)
+        return ShardLogic(tracker, clock, runtime, now_ms, recovery, order, settings, key)
 
     return router, build_shard
 

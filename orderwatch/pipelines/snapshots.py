@@ -24,7 +24,7 @@ from pydantic_core import to_json
 from orderwatch.config import Config
 
 #: Bump whenever the pickled shard state changes shape (e.g. `OrderRec` fields).
-STATE_FORMAT = 10
+STATE_FORMAT = 11
 _LEN = struct.Struct(">H")
 _MAGIC = b"OWS"
 #: bytewax 0.21 keeps snapshots in `<dir>/part-*.sqlite3`, table `snaps`, keyed by step id.
@@ -51,20 +51,23 @@ def state_settings(cfg: Config) -> Settings:
     return {k: hashlib.sha256(to_json(v)).hexdigest()[:16] for k, v in parts.items()}
 
 
-def dump_shard(state: tuple[Any, Any, Any], settings: Settings) -> bytes:
+def dump_shard(state: tuple[Any, ...], settings: Settings) -> bytes:
     head = json.dumps(settings, sort_keys=True).encode()
     body = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
     return _MAGIC + bytes((STATE_FORMAT,)) + _LEN.pack(len(head)) + head + body
 
 
-def load_shard(blob: bytes, settings: Settings) -> tuple[Any, Any, Any]:
-    """(tracker, clock, chunk order) from a snapshot; refuses other formats and settings."""
+def load_shard(blob: bytes, settings: Settings) -> tuple[Any, ...]:
+    """The state tuple `dump_shard` was given (a shard's: tracker, clock, chunk order and key);
+    refuses other formats and settings."""
     start = _verify(blob, settings)
     try:
-        tracker, clock, order = pickle.loads(blob[start:])
+        state = pickle.loads(blob[start:])
     except Exception as exc:
         raise StateFormatError(_stale(f"unreadable ({type(exc).__name__})")) from exc
-    return tracker, clock, order
+    if not isinstance(state, tuple):
+        raise StateFormatError(_stale(f"unreadable (a {type(state).__name__})"))
+    return state
 
 
 def snapshot_format(blob: bytes) -> int:

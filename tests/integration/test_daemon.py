@@ -435,6 +435,16 @@ def test_recovery_resumes_from_the_snapshot_after_a_restart(tmp_path: Path) -> N
     assert "FIRING" not in d2.console()  # nothing announced twice
 
 
+def test_a_resumed_daemon_serves_its_orders_before_any_new_input(tmp_path: Path) -> None:
+    """A shard was served (API, metrics) only once a batch reached it, so after a restart on
+    a quiet input every order was 404 "not served by this process" and the metrics said 0."""
+    _, cfg, state = _first_run_with_recovery(tmp_path)
+    with daemon(tmp_path, cfg, name="second", state=state) as d2:
+        wait_for(lambda: d2.get("/v1/orders/O1002")[0] == 200, 10, "the order served")
+        assert _metric(d2, "orderwatch_orders_tracked") >= 9  # the healthy one may be gone
+        assert _metric(d2, "orderwatch_input_lines_total") == 0  # nothing new was read
+
+
 def test_a_recovery_store_of_another_format_stops_the_start_with_a_clear_error(
     tmp_path: Path,
 ) -> None:
