@@ -17,7 +17,6 @@ PRESALE = 1 << 5  # passed through deposit_paid: two payments expected
 COLLECTED = 1 << 6  # pay-to-collect measured
 PAID_ANY = 1 << 7  # at least one successful payment (a deposit counts)
 AMOUNT_OK = 1 << 11  # amounts checked and equal; cleared when payable or payments change
-REBORN = 1 << 15  # created again while the event ids of its forgotten self are still kept
 GAP_DONE_BIT = 8  # bits 8-10: gap rule evaluated (in rules.GAP_RULES order)
 GAP_FIRING_BIT = 12  # bits 12-14: gap rule firing
 STUCK_BIT = 16  # rule i: done = 16 + 2i, firing = 17 + 2i

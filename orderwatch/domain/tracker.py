@@ -44,7 +44,6 @@ from orderwatch.domain.order import (
     GAP_FIRING_BIT,
     PAID_ANY,
     PRESALE,
-    REBORN,
     OrderRec,
     add_payment,
     has_payment,
@@ -533,9 +532,8 @@ class ShardTracker:
         eid = ev.event_id
         if eid is not None and (
             _seen(oid, rec, eid)
-            or (rec.flags & REBORN and self._dedup.seen_key(event_key(oid, eid), ts))
             if rec is not None
-            else self._dedup.seen_key(event_key(oid, eid), ts)
+            else self._dedup.seen_key(oid, event_key(oid, eid), ts)
         ):
             self.stats.duplicates += 1  # a redelivery: no other effect (CONTRACT §1)
             return
@@ -549,8 +547,7 @@ class ShardTracker:
                     self._widen()
                 self._slots.append(oid)
             rec = self.orders[oid] = new_order(oid, ts, slot)
-            if self._dedup.left_keys(oid):
-                rec.flags |= REBORN
+            rec.eids = self._dedup.take(oid)  # ids its forgotten self left, if it was one
             if self._pack_after:
                 self._unpacked.add(oid)
             self.stats.status_counts["unknown"] += 1

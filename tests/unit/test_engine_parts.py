@@ -6,7 +6,7 @@ import pytest
 
 from orderwatch.config import ConfigError, load_config, validate_config
 from orderwatch.connectors.raw import RawChunk
-from orderwatch.domain.dedup import Deduper
+from orderwatch.domain.dedup import Deduper, event_key
 from orderwatch.domain.lifecycle import STATUSES, TERMINAL, StateMachine
 from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
@@ -126,30 +126,27 @@ def test_late_events_are_counted_by_their_arrival_whatever_the_chunks(chunk: int
 # --- dedup ------------------------------------------------------------------------------------
 
 
-def test_dedup_drops_the_second_copy_within_the_horizon() -> None:
-    """The same event_id at the same time is a duplicate."""
+def test_tombstones_are_per_order_and_kept_for_a_horizon() -> None:
+    """A forgotten order's ids catch its redeliveries around their time, not another order
+    reusing an id, and go once the watermark is a horizon past their generation."""
     d = Deduper(horizon_ms=HOUR)
-    assert d.seen("A", "e1", 10) is False
-    assert d.seen("A", "e1", 10) is True
-    assert d.seen("A", "e2", 10) is False
-    assert d.seen("B", "e1", 10) is False  # another order reusing the id is not a redelivery
-
-
-def test_dedup_forgets_after_the_horizon() -> None:
-    """An id is forgotten once the watermark is a horizon past its generation."""
-    d = Deduper(horizon_ms=HOUR)
-    d.seen("A", "e1", 10)
+    d.remember("A", event_key("A", "e1") + event_key("A", "e2"), 10)
+    assert d.seen_key("A", event_key("A", "e2"), 10)
+    assert d.seen_key("A", event_key("A", "e1"), HOUR + 5 * MIN)  # restamped, next generation
+    assert not d.seen_key("A", event_key("A", "e3"), 10)
+    assert not d.seen_key("B", event_key("B", "e1"), 10)
     d.expire(HOUR + 20)
-    assert d.seen("A", "e1", 10) is True  # still within at least one horizon
+    assert len(d) == 2  # still within at least one horizon
     d.expire(3 * HOUR)
     assert len(d) == 0
 
 
-def test_dedup_catches_a_restamped_redelivery() -> None:
-    """A redelivery stamped minutes later, across a generation boundary, is still caught."""
+def test_an_order_created_again_takes_its_tombstones_back() -> None:
     d = Deduper(horizon_ms=HOUR)
-    d.seen("A", "e1", HOUR - 1)
-    assert d.seen("A", "e1", HOUR + 5 * MIN) is True
+    d.remember("A", event_key("A", "e1"), 10)
+    d.remember("B", event_key("B", "e1"), 10)
+    assert d.take("A") == event_key("A", "e1")
+    assert d.take("A") == b"" and len(d) == 1
 
 
 def test_redelivered_event_changes_nothing() -> None:
