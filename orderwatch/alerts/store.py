@@ -35,7 +35,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from orderwatch.domain.alert import FIRING, RESOLVED, AlertChange
+import orjson
+
+from orderwatch.domain.alert import FIRING, RESOLVED, AlertChange, pack_annotations
 from orderwatch.domain.rules import GAP_ALERT, PAID_WITHOUT_WMS, STUCK_ALERT
 from orderwatch.domain.stats import LabelCap
 
@@ -71,7 +73,10 @@ def _dumps(d: dict[str, str]) -> str:
 def _row_to_change(row: tuple[Any, ...]) -> AlertChange:
     fp, starts_at, state, ends_at, labels, annotations = row
     status = RESOLVED if state == "resolved" else FIRING
-    return AlertChange(status, json.loads(labels), json.loads(annotations), starts_at, ends_at, fp)
+    # orjson shares the key strings of every row it reads (json.loads makes new ones each
+    # time); the annotations are re-packed so that an alert read back equals the one written
+    notes = pack_annotations(orjson.loads(annotations))
+    return AlertChange(status, orjson.loads(labels), notes, starts_at, ends_at, fp)
 
 
 def _key(alert: AlertChange) -> AlertKey:
@@ -207,7 +212,7 @@ class AlertStore:
                 db.execute(
                     "UPDATE instances SET state = 'resolved', ends_at = ?, annotations = ? "
                     "WHERE fingerprint = ? AND starts_at = ?",
-                    (c.ends_at, _dumps(c.annotations), c.fingerprint, c.starts_at),
+                    (c.ends_at, c.annotations_json.decode(), c.fingerprint, c.starts_at),
                 )
                 return True
         elif row is not None:
@@ -229,7 +234,7 @@ class AlertStore:
                 state,
                 c.ends_at,
                 _dumps(c.labels),
-                _dumps(c.annotations),
+                c.annotations_json.decode(),
                 c.labels.get("order_id"),
             ),
         )

@@ -11,6 +11,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
+
+from orderwatch.jsonbytes import dumps_kept
+
 FIRING: Literal["firing"] = "firing"
 RESOLVED: Literal["resolved"] = "resolved"
 
@@ -40,26 +44,50 @@ def rfc3339_ms(ms: int) -> str:
     )
 
 
-class AlertChange:
-    """One alert state change: `firing` (endsAt None, or = startsAt for one-shots) or `resolved`."""
+def pack_annotations(annotations: dict[str, str]) -> bytes:
+    """Annotations as canonical JSON (UTF-8, sorted keys, compact)."""
+    return dumps_kept(annotations, orjson.OPT_SORT_KEYS)
 
-    __slots__ = ("annotations", "ends_at", "fingerprint", "labels", "starts_at", "status")
+
+class AlertChange:
+    """One alert state change: `firing` (endsAt None, or = startsAt for one-shots) or `resolved`.
+
+    A firing alert stays in memory until it resolves (in its shard and in the alert store),
+    and an alert storm is when that matters: 漏发 at a promotion peak fires for every paid
+    order. So the annotations, most of an alert's size, are kept as their JSON (~750 bytes
+    instead of a ~1,900-byte dict of strings) and read back only when shown.
+    """
+
+    __slots__ = ("_notes", "ends_at", "fingerprint", "labels", "starts_at", "status")
 
     def __init__(
         self,
         status: Literal["firing", "resolved"],
         labels: dict[str, str],
-        annotations: dict[str, str],
+        annotations: dict[str, str] | bytes,
         starts_at: int,
         ends_at: int | None,
         fp: str | None = None,
     ) -> None:
         self.status = status
         self.labels = labels
-        self.annotations = annotations
+        self._notes = (
+            annotations if isinstance(annotations, bytes) else pack_annotations(annotations)
+        )
         self.starts_at = starts_at
         self.ends_at = ends_at
         self.fingerprint = fp or fingerprint(labels)
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        """A fresh copy: changing it does not change the alert."""
+        notes: dict[str, str] = orjson.loads(self._notes)
+        return notes
+
+    @property
+    def annotations_json(self) -> bytes:
+        """The annotations as canonical JSON (`pack_annotations`)."""
+        return self._notes
 
     @property
     def one_shot(self) -> bool:
@@ -72,7 +100,7 @@ class AlertChange:
 
     def resolved(self, ends_at: int, **extra: str) -> AlertChange:
         """The resolution of this firing alert at `ends_at` (never before it started)."""
-        notes = {**self.annotations, **extra} if extra else self.annotations
+        notes = pack_annotations({**self.annotations, **extra}) if extra else self._notes
         return AlertChange(
             RESOLVED,
             self.labels,
@@ -100,7 +128,7 @@ class AlertChange:
         return (
             self.status,
             self.labels,
-            self.annotations,
+            self._notes,
             self.starts_at,
             self.ends_at,
             self.fingerprint,
@@ -110,7 +138,7 @@ class AlertChange:
         (
             self.status,
             self.labels,
-            self.annotations,
+            self._notes,
             self.starts_at,
             self.ends_at,
             self.fingerprint,
