@@ -107,7 +107,13 @@ def collect(runtime: Runtime, sink: AlertFileSink) -> Summary:
 
 def sort_alert_file(path: Path) -> None:
     """Rewrite the alert lines in a canonical order (see module docstring)."""
-    lines = path.read_bytes().splitlines()
+    # One copy of the lines in memory, newlines kept: a backfill can write millions of
+    # alerts, and reading the file whole, then splitting it, then joining the sorted lines
+    # held three copies at once.
+    with path.open("rb") as f:
+        lines = f.readlines()
+    if lines and not lines[-1].endswith(b"\n"):
+        lines[-1] += b"\n"
 
     def key(line: bytes) -> tuple[str, str, int]:
         a = orjson.loads(line)
@@ -116,7 +122,8 @@ def sort_alert_file(path: Path) -> None:
 
     lines.sort(key=key)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(b"".join(line + b"\n" for line in lines))
+    with tmp.open("wb") as out:
+        out.writelines(lines)
     os.replace(tmp, path)
 
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from orderwatch.connectors.raw import RawChunk
 from orderwatch.domain.alert import AlertChange
 from orderwatch.pipelines.orders import Outputs, build_flow
+from orderwatch.replay import sort_alert_file
 from orderwatch.runtime import Runtime
 from orderwatch.simulate import Simulator
 from tests.factories import BASE, HOUR
@@ -269,3 +270,27 @@ def test_replay_output_lines_follow_the_contract(
         assert {"alertname", "rule", "severity", "order_id"} <= set(a["labels"])
         if a["status"] == "resolved":
             assert a["endsAt"] >= a["startsAt"]
+
+
+def test_sorting_the_alert_file_keeps_every_line_whole(tmp_path: Path) -> None:
+    """Canonical order: time of the change, fingerprint, firing before resolved; every line
+    kept byte for byte, a last line without its newline included."""
+
+    def line(status: str, at: str, fp: str) -> bytes:
+        ends = at if status == "resolved" else None
+        starts = "2026-11-11T00:00:00.000Z" if status == "resolved" else at
+        a = {"status": status, "startsAt": starts, "endsAt": ends, "fingerprint": fp}
+        return orjson.dumps(a)
+
+    first = line("firing", "2026-11-11T00:01:00.000Z", "aa")
+    second = line("firing", "2026-11-11T00:02:00.000Z", "aa")
+    same_time_later_fp = line("firing", "2026-11-11T00:02:00.000Z", "bb")
+    resolved_at_same_time = line("resolved", "2026-11-11T00:02:00.000Z", "bb")
+    path = tmp_path / "alerts.jsonl"
+    path.write_bytes(
+        b"\n".join([resolved_at_same_time, same_time_later_fp, second, first])  # no final \n
+    )
+    sort_alert_file(path)
+    assert path.read_bytes() == b"".join(
+        x + b"\n" for x in (first, second, same_time_later_fp, resolved_at_same_time)
+    )
