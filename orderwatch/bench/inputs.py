@@ -93,12 +93,18 @@ def ensure_mixed(work: Path, events: int) -> tuple[Path, dict[str, Any]]:
     return path, info
 
 
-def open_order_events(orders: int, *, start_ms: int = START_MS) -> Iterator[dict[str, Any]]:
+def open_order_events(
+    orders: int, *, start_ms: int = START_MS, pushed: bool = True
+) -> Iterator[dict[str, Any]]:
     """Five events per order, none terminal, in time order: `orders` orders left open.
 
     created → payment success (+5 s) → paid (+6 s) → WMS outbound_created (+30 s) → allocated
     (+60 s). Timestamps are written the way the simulator's systems write them (Beijing offset
     for OMS and WMS, `Z` for the payment gateway), ids look like the simulator's.
+
+    `pushed=False` leaves out the WMS event: the warehouse never hears of any order (漏发 for
+    every one, an alert storm), so `paid_without_wms` fires for each order paid more than
+    10 minutes before the last event, and keeps firing.
     """
     local, zulu = beijing(), utc()
     step = OPEN_SPAN_MS / max(orders, 1)
@@ -107,8 +113,10 @@ def open_order_events(orders: int, *, start_ms: int = START_MS) -> Iterator[dict
         # Each stream is in time order by itself; heapq.merge interleaves the five lazily.
         return ((start_ms + int(i * step) + offset_ms, kind, i) for i in range(orders))
 
-    offsets = (0, 5_000, 6_000, 30_000, 60_000)
-    for n, (ts, kind, i) in enumerate(heapq.merge(*(stream(k, o) for k, o in enumerate(offsets)))):
+    offsets = {0: 0, 1: 5_000, 2: 6_000, 3: 30_000, 4: 60_000}
+    if not pushed:
+        del offsets[3]
+    for n, (ts, kind, i) in enumerate(heapq.merge(*(stream(k, o) for k, o in offsets.items()))):
         oid = f"OB20261111{i:08d}"
         eid = f"e{kind}-b0e0b0e0-{n}"
         channel = _CHANNELS[i % len(_CHANNELS)]
@@ -170,13 +178,13 @@ def open_order_events(orders: int, *, start_ms: int = START_MS) -> Iterator[dict
             }
 
 
-def write_open_orders(path: Path, orders: int) -> int:
-    """Write `open_order_events(orders)` as JSON lines with orjson; the number of lines."""
+def write_open_orders(path: Path, orders: int, *, pushed: bool = True) -> int:
+    """Write `open_order_events(orders, pushed=...)` as JSON lines; the number of lines."""
     dumps, option = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     lines = 0
     buf: list[bytes] = []
     with path.open("wb") as f:
-        for event in open_order_events(orders):
+        for event in open_order_events(orders, pushed=pushed):
             buf.append(dumps(event, option=option))
             if len(buf) >= 8192:
                 f.write(b"".join(buf))
@@ -187,19 +195,23 @@ def write_open_orders(path: Path, orders: int) -> int:
     return lines
 
 
-def ensure_open_orders(work: Path, orders: int) -> tuple[Path, dict[str, Any]]:
-    """The open-orders stream of `orders` orders in `work` (generated unless cached)."""
+def ensure_open_orders(
+    work: Path, orders: int, *, pushed: bool = True
+) -> tuple[Path, dict[str, Any]]:
+    """The open-orders stream of `orders` orders in `work` (generated unless cached);
+    `pushed=False`: the one where no order reaches the warehouse."""
     work.mkdir(parents=True, exist_ok=True)
-    path = work / f"open-orders-{orders}.jsonl"
-    params = {"kind": "open_orders", "orders": orders, "version": OPEN_ORDERS_VERSION}
+    kind = "open_orders" if pushed else "unpushed_orders"
+    path = work / f"{kind.replace('_', '-')}-{orders}.jsonl"
+    params = {"kind": kind, "orders": orders, "version": OPEN_ORDERS_VERSION}
     reused = _cached(path, params)
     if not reused:
-        write_open_orders(path, orders)
+        write_open_orders(path, orders, pushed=pushed)
         _remember(path, params, {})
     return path, {
         "path": str(path),
         "orders": orders,
         "reused": reused,
         "bytes": path.stat().st_size,
-        "events_per_order": 5,
+        "events_per_order": 5 if pushed else 4,
     }

@@ -32,6 +32,7 @@ from orderwatch.bench.measure import (
 from orderwatch.bench.profile import profile
 from orderwatch.bench.report import (
     add_ratios,
+    bytes_per_order,
     git_commit,
     goals,
     machine_info,
@@ -300,6 +301,45 @@ def open_orders(work: Path, out: Path, sizes: tuple[int, ...]) -> dict[str, Any]
     }
 
 
+def still_firing(alerts: dict[str, int]) -> int:
+    """Alerts firing at the end of a replay, from its summary's `"<rule> <status>"` counts."""
+    fired = sum(n for k, n in alerts.items() if k.endswith(" firing"))
+    return fired - sum(n for k, n in alerts.items() if k.endswith(" resolved"))
+
+
+def alert_storm(work: Path, out: Path, sizes: tuple[int, ...]) -> dict[str, Any]:
+    """Peak RSS of replays in which no order reaches the warehouse, so a `paid_without_wms`
+    alert fires for nearly every order and never resolves: bytes per firing alert, the order
+    it is about included. What a 漏发 storm at a promotion peak holds in memory.
+
+    The replays leave their alert file unsorted (`--no-sort`): sorting it reads every line
+    into memory once the flow has ended, which is the replay's cost, not the state's."""
+    runs: list[Measured] = []
+    firing: list[int] = []
+    inputs_info = []
+    for n in sizes:
+        path, info = inputs.ensure_open_orders(work, n, pushed=False)
+        inputs_info.append(info)
+        runs.append(
+            _check(
+                run_measured(replay_argv(path, out, f"storm-{n}", ["--no-sort"]), cwd=ROOT),
+                "storm",
+            )
+        )
+        summary = json.loads((out / f"storm-{n}.summary.json").read_text())
+        firing.append(still_firing(summary["alerts"]))
+        _log(f"alert storm {n:,} orders: {firing[-1]:,} firing, {runs[-1].maxrss_mib:.0f} MiB")
+    rss = [m.maxrss_mib for m in runs]
+    return {
+        "orders": list(sizes),
+        "inputs": inputs_info,
+        "firing_at_end": firing,
+        "peak_rss_mib": rss,
+        "bytes_per_firing_alert": bytes_per_order(rss[0], rss[-1], firing[0], firing[-1]),
+        "command": runs[0].argv[1:],
+    }
+
+
 def run_bench(opts: Options) -> int:
     started = time.time()
     tree_at_start = tree_fingerprint(ROOT)
@@ -344,6 +384,7 @@ def run_bench(opts: Options) -> int:
     # doublings fall (278 vs 451 B at 100k-300k-500k); the steps between runs show it.
     sizes = (20_000, 100_000) if opts.quick else (100_000, 500_000, 1_000_000)
     result["open_orders"] = open_orders(opts.work, out_runs, sizes)
+    result["alert_storm"] = alert_storm(opts.work, out_runs, sizes[:2])
     if opts.skip_latency:
         result["latency"] = {"skipped": True}
     else:

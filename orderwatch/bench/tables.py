@@ -119,6 +119,26 @@ def memory_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
     return head, rows
 
 
+def storm_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
+    st = result.get("alert_storm")
+    if not st:
+        return [], []
+    sizes = st["orders"]
+    head = [
+        "no order pushed to WMS",
+        *(f"firing, {n:,} orders" for n in sizes),
+        *(f"peak RSS, {n:,} (MiB)" for n in sizes),
+        "bytes / firing alert",
+    ]
+    row = [
+        "orderwatch replay, 1 worker",
+        *(_num(v) for v in st["firing_at_end"]),
+        *(_num(v, ".1f") for v in st["peak_rss_mib"]),
+        _num(st["bytes_per_firing_alert"]),
+    ]
+    return head, [row]
+
+
 STAGE_LABELS = {
     "read": "read lines (file source)",
     "decode_route": "decode + route to shards",
@@ -270,6 +290,7 @@ def markdown(result: dict[str, Any]) -> str:
         profile_rows(result),
         function_rows(result),
         memory_rows(result),
+        storm_rows(result),
         latency_rows(result),
     ):
         if head:
@@ -293,6 +314,7 @@ def print_tables(result: dict[str, Any]) -> None:
         ("where the time goes, sampled", profile_rows(result)),
         ("heaviest functions", function_rows(result)),
         ("memory per open order", memory_rows(result)),
+        ("memory per firing alert (the order it is about included)", storm_rows(result)),
         ("live alert latency", latency_rows(result)),
     ):
         if not head:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from orderwatch.bench.report import (
     result_name,
     slopes,
 )
-from orderwatch.bench.run import compare_outputs
+from orderwatch.bench.run import compare_outputs, still_firing
 from orderwatch.bench.tables import markdown
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,10 +91,38 @@ def test_open_orders_fire_nothing_and_stay_open_in_the_plain_script() -> None:
     assert not rejected
 
 
+def test_unpushed_orders_leave_out_the_warehouse_and_fire_paid_without_wms_only() -> None:
+    """The alert-storm stream: the open-orders stream without its WMS events, so the plain
+    script fires `paid_without_wms` for every order paid 10 min or more before the end."""
+    events = list(open_order_events(200, pushed=False))
+    assert len(events) == 4 * 200 and not [e for e in events if e["type"] == "wms"]
+    cfg = yaml.safe_load((ROOT / "examples" / "orderwatch.yaml").read_text())
+    alerts = plain_run([orjson.dumps(e) for e in events], cfg)
+    assert {a["labels"]["rule"] for a in alerts} == {"paid_without_wms"}
+    assert {a["status"] for a in alerts} == {"firing"}
+
+    # due 10 min after the payment; the input ends at its last event
+    def ms(ts: str) -> int:
+        return int(datetime.fromisoformat(ts).timestamp() * 1000)
+
+    end = max(ms(e["ts"]) for e in events)
+    paid = [e for e in events if e["type"] == "payment"]
+    due = [p for p in paid if ms(p["ts"]) + 10 * 60_000 <= end]
+    assert 0 < len(due) < len(paid)
+    assert len(alerts) == len(due)
+
+
+def test_still_firing_counts_firings_less_resolutions() -> None:
+    counts = {"paid_without_wms firing": 7, "paid_without_wms resolved": 2, "x firing": 1}
+    assert still_firing(counts) == 6
+
+
 def test_open_orders_file_is_cached_by_parameters(tmp_path: Path) -> None:
     path, info = ensure_open_orders(tmp_path, 50)
     assert not info["reused"] and count_lines(path) == 250
     assert ensure_open_orders(tmp_path, 50)[1]["reused"]
+    storm, info = ensure_open_orders(tmp_path, 50, pushed=False)  # another file, not a reuse
+    assert storm != path and not info["reused"] and count_lines(storm) == 200
     path.write_bytes(b"truncated\n")  # a changed file is not trusted
     assert not ensure_open_orders(tmp_path, 50)[1]["reused"]
     assert count_lines(path) == 250
@@ -195,6 +224,12 @@ def fake_result() -> dict[str, Any]:
                 "steps": [2097.152, 2097.152],
             },
         },
+        "alert_storm": {
+            "orders": [100_000, 300_000],
+            "firing_at_end": [90_000, 270_000],
+            "peak_rss_mib": [300.0, 700.0],
+            "bytes_per_firing_alert": 2330.169,
+        },
         "latency": {
             "api": {"count": 10, "missing": 0, "p50_ms": 120.0, "p99_ms": 1200.0, "max_ms": 1300},
             "console": {"count": 9, "missing": 1, "p50_ms": 100.0, "p99_ms": 200.0, "max_ms": 210},
@@ -243,6 +278,7 @@ def test_result_name_and_markdown() -> None:
     assert "9 (1 missing)" in md
     assert "| orderwatch replay, 1 worker | 100.0 | 160.0 | 250.0 | 393 | 315 / 472 |" in md
     assert "bytes / order, 100,000 → 500,000 | each step |" in md
+    assert "| orderwatch replay, 1 worker | 90,000 | 270,000 | 300.0 | 700.0 | 2,330 |" in md
     assert "not measured: notifiers not built yet" in md
     assert "Test CPU 9000" in md and "abc1234-dirty" in md
     # where the time goes: shares of the sum, and what the whole replay adds (4 µs at 250k/s)
