@@ -113,12 +113,16 @@ class AlertChange:
     def sort_key(self) -> tuple[int, str, int]:
         return (self.at, self.fingerprint, 0 if self.status == FIRING else 1)
 
-    def to_json(self) -> dict[str, Any]:
-        """The CONTRACT §4 line: status, labels, annotations, startsAt, endsAt, fingerprint."""
+    def to_json(self, *, packed: bool = False) -> dict[str, Any]:
+        """The CONTRACT §4 line: status, labels, annotations, startsAt, endsAt, fingerprint.
+
+        `packed`: the annotations as an `orjson.Fragment` of their JSON, which orjson embeds
+        as it is (other serializers cannot read it).
+        """
         return {
             "status": self.status,
             "labels": self.labels,
-            "annotations": self.annotations,
+            "annotations": orjson.Fragment(self._notes) if packed else self.annotations,
             "startsAt": rfc3339_ms(self.starts_at),
             "endsAt": None if self.ends_at is None else rfc3339_ms(self.ends_at),
             "fingerprint": self.fingerprint,

@@ -134,8 +134,13 @@ def test_alerts_lists_firing_with_filters_and_one_shots_apart() -> None:
     d = Daemon().feed(SCENARIO, until=HOUR)
 
     async def check(client: TestClient[Any, Any]) -> None:
-        body = await (await client.get("/v1/alerts")).json()
+        r = await client.get("/v1/alerts")
+        assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert "漏发" in await r.text()  # UTF-8 as it is, not \u escapes
+        body = await r.json()
         assert body["count"] == len(body["alerts"]) == len(d.store.firing())
+        # the annotations are served from the JSON they are kept as: the same as decoded
+        assert body["alerts"] == [a.to_json() for a in d.store.firing()]
         first = body["alerts"][0]
         assert set(first) == {
             "status",
