@@ -41,7 +41,8 @@ ALERTNAMES = (STUCK_ALERT, GAP_ALERT, ANOMALY_ALERT)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # orjson embeds each alert's annotations as the JSON they are kept as (no decoding): with
-# 30,000 alerts firing, GET /v1/alerts took ~9x less time and ~5x less memory than stdlib json
+# 30,000 alerts firing, GET /v1/alerts takes 0.13 s instead of 0.31 s with stdlib json, and
+# the control-plane loop (store writes, /metrics) waits for it that much less
 _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
