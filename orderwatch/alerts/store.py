@@ -287,7 +287,9 @@ class AlertStore:
 
     def counts(self) -> dict[AlertKey, int]:
         """Firing alerts by (alertname, rule, severity)."""
-        return dict(Counter(_key(a) for a in self.firing()))
+        with self._lock:  # every scrape asks: no need to sort thousands of alerts for it
+            alerts = list(self._firing.values())
+        return dict(Counter(_key(a) for a in alerts))
 
     def fired(self) -> dict[AlertKey, int]:
         """Effective firings (one-shots included) applied since this process started."""
