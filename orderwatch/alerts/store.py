@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from orderwatch.domain.alert import FIRING, RESOLVED, AlertChange, pack_annotations
+from orderwatch.domain.alert import FIRING, RESOLVED, AlertChange
 from orderwatch.domain.rules import GAP_ALERT, PAID_WITHOUT_WMS, STUCK_ALERT
 from orderwatch.domain.stats import LabelCap
 
@@ -74,8 +74,10 @@ def _row_to_change(row: tuple[Any, ...]) -> AlertChange:
     fp, starts_at, state, ends_at, labels, annotations = row
     status = RESOLVED if state == "resolved" else FIRING
     # orjson shares the key strings of every row it reads (json.loads makes new ones each
-    # time); the annotations are re-packed so that an alert read back equals the one written
-    notes = pack_annotations(orjson.loads(annotations))
+    # time); the annotations stay the JSON they were written as, checked to be JSON, since
+    # the API embeds them as they are
+    notes = annotations.encode()
+    orjson.loads(notes)
     return AlertChange(status, orjson.loads(labels), notes, starts_at, ends_at, fp)
 
 

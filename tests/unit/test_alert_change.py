@@ -25,6 +25,7 @@ def firing() -> AlertChange:
 def test_annotations_read_back_as_given_and_a_changed_copy_changes_nothing() -> None:
     a = firing()
     assert a.annotations == NOTES
+    assert list(a.annotations) == list(NOTES)  # in their order: the summary first
     copy = a.annotations
     copy["summary"] = "changed"
     assert a.annotations == NOTES
@@ -45,6 +46,9 @@ def test_packed_annotations_equal_whatever_order_they_were_given_in() -> None:
     a, b = firing(), AlertChange(FIRING, {**LABELS, "order_id": "JD1"}, backwards, 1_000, None)
     assert a == b
     assert AlertChange(FIRING, a.labels, pack_annotations(backwards), 1_000, None) == a
+    other = AlertChange(FIRING, a.labels, {**NOTES, "summary": "another"}, 1_000, None)
+    assert other != a
+    assert AlertChange(FIRING, a.labels, NOTES, 2_000, None) != a
 
 
 def test_an_alert_survives_pickling_as_snapshots_do() -> None:
