@@ -220,7 +220,7 @@ def run_daemon(
     channels = LabelCap(caps, cfg.metrics.channels)
     try:
         store = (
-            AlertStore.in_dir(state_dir, channels=channels)
+            AlertStore.in_dir(state_dir, channels=channels, process=pid)
             if primary
             else AlertStore(None, channels=channels)
         )
@@ -236,6 +236,12 @@ def run_daemon(
         gone = sorted({f"{a.labels.get('rule')}/{a.labels.get('severity')}" for a in retired})
         log.warning("resolved alerts of rules no longer configured", count=len(retired), rules=gone)
         printer(retired)
+        store.mark_announced()
+    leftovers = store.unannounced(processes=len(addresses.split(",")) if addresses else 1)
+    if leftovers:  # stored, then the process died before it printed them
+        log.warning("announcing alert changes stored before the last stop", count=len(leftovers))
+        printer(leftovers)
+        store.mark_announced()
     control = ControlPlane(app, cfg.http.host, cfg.http.port + pid, runtime, store, printer)
     try:
         control.start()

@@ -21,6 +21,12 @@ instance that old is dropped as already seen: pruning never reopens a duplicate.
 Decisions use event time only (never the wall clock), so a replay decides as the live
 run did.
 
+Announcing is at least once: each kept change also goes to the `outbox` table in the same
+transaction, and leaves it once it was announced (`mark_announced`; the row is deleted in the
+next write). A process that dies between storing and printing finds its changes there at its
+next start (`unannounced`), so nothing stored goes unannounced; the last batch before a crash
+may be announced twice.
+
 The store is written and read by one thread (the control plane's asyncio loop); a lock
 makes the occasional read from another thread (e.g. a test, a CLI) safe as well.
 """
@@ -32,6 +38,7 @@ import sqlite3
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +67,13 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS instances_by_state ON instances (state, starts_at);
 CREATE INDEX IF NOT EXISTS instances_by_order ON instances (order_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    process     INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    starts_at   INTEGER NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('firing', 'resolved'))
+);
 """
 _COLUMNS = "fingerprint, starts_at, state, ends_at, labels, annotations"
 
@@ -96,9 +110,11 @@ class AlertStore:
         retention_ms: int = DEFAULT_RETENTION_MS,
         channels: LabelCap | None = None,
         warehouses: LabelCap | None = None,
+        process: int = 0,
     ) -> None:
         self.path = path
         self.retention_ms = retention_ms
+        self.process = process  # of a cluster sharing this file: whose outbox rows are whose
         self._channels = channels or LabelCap(50)
         self._warehouses = warehouses or LabelCap(50)
         self._lock = threading.Lock()
@@ -120,6 +136,10 @@ class AlertStore:
         self._leaks: Counter[tuple[str, str]] = Counter()  # paid_without_wms by channel, warehouse
         self._high_water = 0
         self._pruned_at = 0
+        self._queued = 0  # the last outbox row this store wrote
+        self._announced = 0  # ... and the last one announced, deleted at the next write
+        self._claimed: list[int] = []  # outbox rows `unannounced` returned
+        self._claimed_done: list[int] = []  # ... and announced since
         self._load()
 
     @classmethod
@@ -143,6 +163,8 @@ class AlertStore:
 
     def close(self) -> None:
         with self._lock:
+            with suppress(sqlite3.Error):  # a store that cannot write announces again, later
+                self._delete_announced(commit=True)
             self._db.close()
 
     def __enter__(self) -> AlertStore:
@@ -165,6 +187,16 @@ class AlertStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 kept = [c for c in changes if self._decide(c, horizon)]
+                self._delete_announced()
+                for c in kept:
+                    self._queued = (
+                        db.execute(
+                            "INSERT INTO outbox (process, fingerprint, starts_at, status) "
+                            "VALUES (?, ?, ?, ?)",
+                            (self.process, c.fingerprint, c.starts_at, c.status),
+                        ).lastrowid
+                        or self._queued
+                    )
                 db.execute(
                     "INSERT INTO meta (key, value) VALUES ('high_water', ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -188,6 +220,53 @@ class AlertStore:
             for change in kept:
                 self._remember(change)
             return kept
+
+    def mark_announced(self) -> None:
+        """Everything `apply` and `unannounced` returned so far was announced: its outbox rows
+        may go (they are deleted with the next write, or at `close`)."""
+        with self._lock:
+            self._announced = self._queued
+            self._claimed_done += self._claimed
+            self._claimed = []
+
+    def _delete_announced(self, *, commit: bool = False) -> None:
+        if not (self._announced or self._claimed_done):
+            return
+        db = self._db
+        if commit:
+            db.execute("BEGIN IMMEDIATE")
+        db.execute(
+            "DELETE FROM outbox WHERE process = ? AND seq <= ?", (self.process, self._announced)
+        )
+        db.executemany("DELETE FROM outbox WHERE seq = ?", [(q,) for q in self._claimed_done])
+        if commit:
+            db.execute("COMMIT")
+        self._announced, self._claimed_done = 0, []
+
+    def unannounced(self, processes: int = 1) -> list[AlertChange]:
+        """Changes stored but not announced before the last stop (a crash between the two),
+        in the order they were stored; `mark_announced` once they are. Process 0 also takes
+        those of processes beyond `processes` (the cluster is smaller now)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT o.seq, o.status, i.fingerprint, i.starts_at, i.state, i.ends_at, "
+                "i.labels, i.annotations FROM outbox o LEFT JOIN instances i "
+                "ON i.fingerprint = o.fingerprint AND i.starts_at = o.starts_at "
+                "WHERE o.process = ? OR (? AND o.process >= ?) ORDER BY o.seq",
+                (self.process, self.process == 0, processes),
+            ).fetchall()
+        out = []
+        for _, status, *instance in rows:
+            if instance[0] is None:
+                continue  # pruned since: too old to announce now
+            change = _row_to_change(tuple(instance))
+            if status == FIRING and change.status == RESOLVED:  # it resolved since
+                notes = change.annotations_json
+                change = AlertChange(FIRING, change.labels, notes, change.starts_at, None)
+            out.append(change)
+        with self._lock:
+            self._claimed += [r[0] for r in rows]
+        return out
 
     def retire(self, could_fire: Callable[[dict[str, str]], bool]) -> list[AlertChange]:
         """Resolve the firing alerts the running rules could not have fired (a rule removed,

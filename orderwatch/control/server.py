@@ -161,6 +161,7 @@ async def consume_alerts(
                 _release(acks)
                 if effective:
                     await _call(on_change, effective)
+                    store.mark_announced()  # an error in on_change leaves them for the restart
         elif acks:
             _release(acks)  # batches without changes
         if others:
@@ -201,6 +202,7 @@ async def _last_tries(
             runtime.alerts_waiting = 0
             if effective:
                 await _call(on_change, effective)
+                store.mark_announced()
             return
         await asyncio.sleep(_RETRY_FIRST)
     log.error(

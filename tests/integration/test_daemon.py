@@ -18,6 +18,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from orderwatch.alerts.store import DB_NAME, AlertStore
+from orderwatch.domain.alert import FIRING, AlertChange
 from orderwatch.pipelines import snapshots
 from orderwatch.pipelines.snapshots import SHARD_STEP
 from tests.factories import CONTRACT_RULES
@@ -524,3 +526,31 @@ def test_alerts_a_busy_store_holds_back_survive_a_kill(tmp_path: Path) -> None:
             holder.close()
     with daemon(tmp_path, cfg, name="second", state=state) as d2:
         wait_for(lambda: firing_rules(d2) == expected, 30, "every alert after the restart")
+
+
+def test_alerts_stored_but_never_printed_are_printed_at_the_next_start(tmp_path: Path) -> None:
+    """The process died between storing a change and printing it: the next start prints it
+    (once: a start after that does not)."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    state = tmp_path / "state"
+    state.mkdir()
+    labels = {
+        "alertname": "OrderGap",
+        "rule": "paid_without_wms",
+        "severity": "critical",
+        "order_id": "LOST1",
+    }
+    notes = {"summary": "Order LOST1 paid 10m ago but the warehouse has no outbound order"}
+    stored = AlertChange(FIRING, labels, notes, 1_762_790_400_000, None)
+    with AlertStore(state / DB_NAME) as store:
+        assert store.apply([stored]) == [stored]  # stored; never announced
+    with daemon(tmp_path, sample_config(events), name="first", state=state) as d:
+        wait_for(lambda: "LOST1" in d.console(), 20, "the stored alert printed")
+        assert "FIRING" in d.console() and notes["summary"] in d.console()
+        assert "announcing alert changes stored before the last stop" in d.logs()
+        _, body = d.get("/v1/alerts")
+        assert [a["labels"]["order_id"] for a in body["alerts"]] == ["LOST1"]
+    with daemon(tmp_path, sample_config(events), name="second", state=state) as d:
+        wait_for(lambda: "orderwatch_dataflow_running 1.0" in d.get("/metrics")[1], 20, "flow")
+        assert "LOST1" not in d.console()

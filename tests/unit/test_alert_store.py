@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from orderwatch.alerts.store import DB_NAME, AlertStore
@@ -247,3 +248,56 @@ def test_alerts_of_rules_no_longer_configured_are_resolved_once(tmp_path: Path) 
     with AlertStore(path) as store:
         assert store.retire(rules.could_fire) == []
         assert store.firing() == [kept]
+
+
+def test_changes_stored_but_not_announced_are_handed_out_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A crash between storing and printing: the next start announces those changes, in the
+    order they were stored; announced ones are not handed out again."""
+    path = tmp_path / DB_NAME
+    printed, lost = alert("paid_not_allocated", "A"), alert("paid_not_shipped", "B", starts=MIN)
+    shot = one_shot(oid="C", at=2 * MIN)
+    with AlertStore(path) as store:
+        assert store.apply([printed]) == [printed]
+        store.mark_announced()
+        assert store.apply([lost, shot]) == [lost, shot]  # ... and the process dies here
+        store._db.close()  # no clean close: nothing more is written
+        store._db = sqlite3.connect(":memory:")
+    with AlertStore(path) as store:
+        assert store.unannounced() == [lost, shot]
+        # handed out until marked: a crash while announcing them hands them out again
+    with AlertStore(path) as store:
+        assert store.unannounced() == [lost, shot]
+        store.mark_announced()
+    with AlertStore(path) as store:
+        assert store.unannounced() == []
+
+
+def test_an_unannounced_firing_resolved_since_is_handed_out_as_it_fired() -> None:
+    store = AlertStore(None)
+    a = alert()
+    store.apply([a])
+    store.apply([a.resolved(BASE + HOUR)])
+    fired, ended = store.unannounced()
+    assert (fired.status, fired.ends_at, fired.labels) == ("firing", None, a.labels)
+    assert ended == a.resolved(BASE + HOUR)
+
+
+def test_each_process_hands_out_its_own_and_process_0_those_of_a_gone_process(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / DB_NAME
+    ones, twos = alert(oid="P1"), alert(oid="P2")
+    with AlertStore(path, process=1) as p1:
+        p1.apply([ones])
+    with AlertStore(path, process=2) as p2:
+        p2.apply([twos])
+    with AlertStore(path, process=0) as p0:
+        assert p0.unannounced(processes=3) == []  # 1 and 2 are still in the cluster
+        assert p0.unannounced(processes=2) == [twos]  # process 2 is gone: 0 takes its share
+        p0.mark_announced()
+    with AlertStore(path, process=1) as p1:
+        assert p1.unannounced(processes=2) == [ones]
+    with AlertStore(path, process=2) as p2:
+        assert p2.unannounced(processes=3) == []
