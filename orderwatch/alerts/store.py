@@ -22,10 +22,10 @@ Decisions use event time only (never the wall clock), so a replay decides as the
 run did.
 
 Announcing is at least once: each kept change also goes to the `outbox` table in the same
-transaction, and leaves it once it was announced (`mark_announced`; the row is deleted in the
-next write). A process that dies between storing and printing finds its changes there at its
-next start (`unannounced`), so nothing stored goes unannounced; the last batch before a crash
-may be announced twice.
+transaction, and leaves it once it was announced (`mark_announced`). A process that dies
+between storing and printing finds its changes there at its next start (`unannounced`), so
+nothing stored goes unannounced; one that dies between printing and that delete prints them
+twice.
 
 The store is written and read by one thread (the control plane's asyncio loop); a lock
 makes the occasional read from another thread (e.g. a test, a CLI) safe as well.
@@ -38,15 +38,17 @@ import sqlite3
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 
 from orderwatch.domain.alert import FIRING, RESOLVED, AlertChange
 from orderwatch.domain.rules import GAP_ALERT, PAID_WITHOUT_WMS, STUCK_ALERT
 from orderwatch.domain.stats import LabelCap
+
+log = structlog.get_logger()
 
 DB_NAME = "alerts.db"
 DEFAULT_RETENTION_MS = 7 * 86_400_000
@@ -137,9 +139,7 @@ class AlertStore:
         self._high_water = 0
         self._pruned_at = 0
         self._queued = 0  # the last outbox row this store wrote
-        self._announced = 0  # ... and the last one announced, deleted at the next write
         self._claimed: list[int] = []  # outbox rows `unannounced` returned
-        self._claimed_done: list[int] = []  # ... and announced since
         self._load()
 
     @classmethod
@@ -163,8 +163,6 @@ class AlertStore:
 
     def close(self) -> None:
         with self._lock:
-            with suppress(sqlite3.Error):  # a store that cannot write announces again, later
-                self._delete_announced(commit=True)
             self._db.close()
 
     def __enter__(self) -> AlertStore:
@@ -187,7 +185,6 @@ class AlertStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 kept = [c for c in changes if self._decide(c, horizon)]
-                self._delete_announced()
                 for c in kept:
                     self._queued = (
                         db.execute(
@@ -223,25 +220,28 @@ class AlertStore:
 
     def mark_announced(self) -> None:
         """Everything `apply` and `unannounced` returned so far was announced: its outbox rows
-        may go (they are deleted with the next write, or at `close`)."""
+        go now. Without waiting for the disk (a lost delete only announces them again), so
+        announcing costs no second fsync per batch."""
         with self._lock:
-            self._announced = self._queued
-            self._claimed_done += self._claimed
-            self._claimed = []
-
-    def _delete_announced(self, *, commit: bool = False) -> None:
-        if not (self._announced or self._claimed_done):
-            return
-        db = self._db
-        if commit:
-            db.execute("BEGIN IMMEDIATE")
-        db.execute(
-            "DELETE FROM outbox WHERE process = ? AND seq <= ?", (self.process, self._announced)
-        )
-        db.executemany("DELETE FROM outbox WHERE seq = ?", [(q,) for q in self._claimed_done])
-        if commit:
-            db.execute("COMMIT")
-        self._announced, self._claimed_done = 0, []
+            claimed, self._claimed = self._claimed, []
+            if not (claimed or self._queued):
+                return
+            db = self._db
+            try:
+                db.execute("PRAGMA synchronous=NORMAL")  # WAL: this commit is not fsynced
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "DELETE FROM outbox WHERE process = ? AND seq <= ?",
+                    (self.process, self._queued),
+                )
+                db.executemany("DELETE FROM outbox WHERE seq = ?", [(q,) for q in claimed])
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:  # left in the outbox: announced again at a restart
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                log.warning("alert_outbox_not_cleared", error=str(exc))
+            finally:
+                db.execute("PRAGMA synchronous=FULL")  # an acknowledged change survives a crash
 
     def unannounced(self, processes: int = 1) -> list[AlertChange]:
         """Changes stored but not announced before the last stop (a crash between the two),
