@@ -14,6 +14,6 @@ from typing import Any
 import orjson
 
 
-def dumps_kept(obj: Any, option: int | None = None) -> bytes:
-    """`orjson.dumps(obj, option=option)` in a buffer of its own length."""
-    return bytes(memoryview(orjson.dumps(obj, option=option)))
+def dumps_kept(obj: Any) -> bytes:
+    """`orjson.dumps(obj)` in a buffer of its own length."""
+    return bytes(memoryview(orjson.dumps(obj)))
