@@ -288,3 +288,25 @@ def test_non_ascii_digits_in_a_timestamp_are_invalid_on_every_path(frac: str) ->
     parser("2025-11-10T16:00:00.000Z")  # the second is cached
     with pytest.raises(TimestampError):
         parser(f"2025-11-10T16:00:00.{frac}Z")
+
+
+def test_decoded_events_hold_nothing_no_rule_reads() -> None:
+    """A live daemon holds `lateness` × rate decoded events: on both decoding paths an event
+    keeps its instant as the int of its pair (not the timestamp text), no buyer id, and
+    the one copy of its emitting system's name. The buyer id is still type-checked."""
+    line = (
+        '{"type":"order","ts":"2026-11-11T00:00:0%d.250+08:00","order_id":"A%d",'
+        '"status":"%s","buyer_id":"U1","source":"o' + "m" + 's","amount":"1.00"}'
+    )
+    # a second not seen before takes the careful path (which caches it), a repeat the fast one
+    raws = [(line % (i % 3, i, s)).encode() for i, s in enumerate(["created", "paid", "已付款"])]
+    decoder = Decoder(status_map={"已付款": "paid"})
+    good, bad = decoder.decode_lines([raws[0], raws[0], *raws], "src")
+    assert not bad and len(good) == 5
+    assert [ev.status for _, ev in good] == ["created", "created", "created", "paid", "paid"]
+    for ms, ev in good:
+        assert ev.ts is ms and ev.buyer_id is None and ev.amount == Decimal("1.00")
+    assert len({id(ev.source) for _, ev in good}) == 1 and good[0][1].source == "oms"
+    typo = raws[0].replace(b'"U1"', b"17")
+    assert reason(typo) == "invalid_field"
+    assert decoder.decode_lines([typo], "src")[1][0][1].reason == "invalid_field"
