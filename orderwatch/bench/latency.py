@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -103,30 +104,37 @@ class _Console(threading.Thread):
 
 
 class _Poller(threading.Thread):
-    """Polls `GET /v1/alerts?rule=lat` every POLL_S on one keep-alive connection."""
+    """Polls `path` every POLL_S on one keep-alive connection; for `/v1/alerts` it notes the
+    first time each order's alert is in the answer."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, path: str = "/v1/alerts?rule=lat") -> None:
         super().__init__(daemon=True)
         self.port = port
+        self.path = path
         self.seen: dict[str, float] = {}
         self.stop = threading.Event()
         self.polls = 0
         self.errors = 0
         self.error_samples: list[str] = []
-        self.round_trip_s = 0.0
+        self.round_trips_s: list[float] = []
+
+    @property
+    def round_trip_s(self) -> float:
+        return sum(self.round_trips_s)
 
     def run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        alerts = self.path.startswith("/v1/alerts")
         while not self.stop.is_set():
             sent = time.time()
             try:
-                conn.request("GET", "/v1/alerts?rule=lat")
+                conn.request("GET", self.path)
                 body = conn.getresponse().read()
                 now = time.time()  # when the answer is in hand, so the delay is an upper bound
-                for a in orjson.loads(body).get("alerts", []):
+                for a in orjson.loads(body).get("alerts", []) if alerts else ():
                     self.seen.setdefault(a["labels"]["order_id"], now)
                 self.polls += 1
-                self.round_trip_s += now - sent
+                self.round_trips_s.append(now - sent)
             except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
                 self.errors += 1
                 if len(self.error_samples) < 3 and repr(exc) not in self.error_samples:
@@ -161,22 +169,34 @@ def _order(ts: int, oid: str, status: str) -> bytes:
 _FILLER = {"type": "access_log", "route": "/api/ping", "method": "GET", "status": 200}
 
 
+def spread(owed: float, per_tick: float) -> tuple[int, float]:
+    """New orders for this tick, and those owed after it: `per_tick` a tick on average."""
+    new = int(owed + 1e-9)  # 0.1 added ten times is 0.9999999999999999
+    return new, owed - new + per_tick
+
+
 def _feed(
-    path: Path, seconds: float, rate: float, orders_per_s: float
+    path: Path,
+    seconds: float,
+    rate: float,
+    orders_per_s: float,
+    resolve_after_s: float | None = RESOLVE_AFTER_S,
 ) -> tuple[dict[str, float], int]:
     """Append a steady stream for `seconds`, then filler only until the last deadline passed.
 
-    One tick every 1/`rate` s; every `rate/orders_per_s`-th tick a new order enters `paid`
-    (`created` and `paid` at the same ts), any other tick writes an access log, which moves
-    event time on and touches no order. Allocations due are written on top, whatever the tick.
-    Returns each order's due moment and the number of lines written.
+    One tick every 1/`rate` s; new orders enter `paid` (`created` and `paid` at the same ts)
+    at `orders_per_s` spread over the ticks (one every 10th tick at 10/s and 100 ticks/s, five
+    a tick at 1,000/s and 200); a tick without one writes an access log, which moves event time
+    on and touches no order. Each order is `allocated` `resolve_after_s` later (None: never,
+    so its alert keeps firing), written on top of whatever the tick writes. Returns each
+    order's due moment and the number of lines written.
     """
     due: dict[str, float] = {}
     pending: list[tuple[float, str]] = []  # (wall time to allocate, order id), in order
-    new_order_every = max(1, round(rate / orders_per_s))
     started = time.monotonic()
     tick = lines = 0
-    drain_until = seconds + DWELL_MS / 1000 + RESOLVE_AFTER_S + 2
+    owed = 1.0  # orders due by this tick: the first tick writes one
+    drain_until = seconds + DWELL_MS / 1000 + (resolve_after_s or 0) + 2
     with path.open("ab", buffering=0) as f:
         while (elapsed := time.monotonic() - started) < drain_until:
             now = time.time()
@@ -184,12 +204,14 @@ def _feed(
             out: list[bytes] = []
             while pending and pending[0][0] <= now:
                 out.append(_order(ts, pending.pop(0)[1], "allocated"))
-            if tick % new_order_every == 0 and elapsed < seconds:
+            new, owed = spread(owed, orders_per_s / rate) if elapsed < seconds else (0, owed)
+            for _ in range(new):
                 oid = f"L{len(due):06d}"
                 out += [_order(ts, oid, "created"), _order(ts, oid, "paid")]
                 due[oid] = due_s(ts)
-                pending.append((now + RESOLVE_AFTER_S, oid))
-            else:
+                if resolve_after_s is not None:
+                    pending.append((now + resolve_after_s, oid))
+            if not new:
                 out.append(orjson.dumps({**_FILLER, "ts": ts, "latency_ms": 1}) + b"\n")
             f.write(b"".join(out))  # one write: the tailer never sees half a batch
             lines += len(out)
@@ -198,8 +220,34 @@ def _feed(
     return due, lines
 
 
-def run_latency(seconds: float = 30, rate: float = 100, orders_per_s: float = 10) -> dict[str, Any]:
-    """Start the daemon, feed it, poll it, stop it; the figures and how they were made."""
+@dataclass
+class _Run:
+    """What one live run saw: due moments, sightings, polls, the daemon's exit."""
+
+    argv: list[str]
+    config: dict[str, Any]
+    due: dict[str, float]
+    lines: int
+    console: _Console
+    poller: _Poller
+    exit_code: int
+    stderr_tail: str
+
+    @property
+    def troubled(self) -> bool:
+        return bool(
+            self.exit_code != 0 or self.poller.errors or set(self.due) - set(self.console.seen)
+        )
+
+
+def _live_run(
+    seconds: float,
+    rate: float,
+    orders_per_s: float,
+    resolve_after_s: float | None,
+    poll_path: str,
+) -> _Run:
+    """Start the daemon, feed it, poll it, stop it."""
     with tempfile.TemporaryDirectory(prefix="orderwatch-bench-live-") as tmp:
         events, state, port = Path(tmp) / "events.jsonl", Path(tmp) / "state", free_port()
         events.touch()
@@ -217,11 +265,11 @@ def run_latency(seconds: float = 30, rate: float = 100, orders_per_s: float = 10
         assert proc.stdout is not None
         console = _Console(proc.stdout)
         console.start()
-        poller = _Poller(port)
+        poller = _Poller(port, poll_path)
         try:
             _wait_ready(port, proc)
             poller.start()
-            due, lines_written = _feed(events, seconds, rate, orders_per_s)
+            due, lines_written = _feed(events, seconds, rate, orders_per_s, resolve_after_s)
         finally:
             poller.stop.set()
             if proc.poll() is None:
@@ -235,27 +283,67 @@ def run_latency(seconds: float = 30, rate: float = 100, orders_per_s: float = 10
             if poller.is_alive():
                 poller.join(timeout=10)
         stderr_tail = (Path(tmp) / "daemon.err").read_text(errors="replace")[-3000:]
-    troubled = code != 0 or poller.errors > 0 or set(due) - set(console.seen)
+    return _Run(argv, cfg, due, lines_written, console, poller, code, stderr_tail)
+
+
+def _parameters(run: _Run, seconds: float, rate: float, orders_per_s: float) -> dict[str, Any]:
     return {
-        "api": summarize(due, poller.seen),
-        "console": summarize(due, console.seen),
+        "seconds": seconds,
+        "events_per_s": rate,
+        "orders_per_s": orders_per_s,
+        "lines": run.lines,
+        "poll_interval_ms": POLL_S * 1000,
+        "command": run.argv[1:],
+        "config": {k: v for k, v in run.config.items() if k not in ("state", "http", "sources")},
+    }
+
+
+def run_latency(seconds: float = 30, rate: float = 100, orders_per_s: float = 10) -> dict[str, Any]:
+    """Alerts of a steady trickle: the figures and how they were made."""
+    run = _live_run(seconds, rate, orders_per_s, RESOLVE_AFTER_S, "/v1/alerts?rule=lat")
+    poller = run.poller
+    return {
+        "api": summarize(run.due, poller.seen),
+        "console": summarize(run.due, run.console.seen),
         "notifier": NOTIFIERS,
-        "orders": len(due),
-        "exit_code": code,
+        "orders": len(run.due),
+        "exit_code": run.exit_code,
         "polls": poller.polls,
         "poll_errors": poller.errors,
         "poll_round_trip_ms": 1000 * poller.round_trip_s / poller.polls if poller.polls else None,
         "parameters": {
-            "seconds": seconds,
-            "events_per_s": rate,
-            "orders_per_s": orders_per_s,
-            "lines": lines_written,
-            "poll_interval_ms": POLL_S * 1000,
+            **_parameters(run, seconds, rate, orders_per_s),
             "resolve_after_s": RESOLVE_AFTER_S,
-            "command": argv[1:],
-            "config": {k: v for k, v in cfg.items() if k not in ("state", "http", "sources")},
         },
         "poll_error_samples": poller.error_samples,
         # Kept whenever something looks wrong, so a bad run can be understood afterwards.
-        "daemon_stderr_tail": stderr_tail if troubled else "",
+        "daemon_stderr_tail": run.stderr_tail if run.troubled else "",
+    }
+
+
+def run_storm_latency(
+    seconds: float = 30, rate: float = 200, orders_per_s: float = 1000
+) -> dict[str, Any]:
+    """Alerts of a 漏发 storm: `orders_per_s` orders enter `paid` and none is ever allocated,
+    so every one fires and keeps firing (30,000 at the end with the defaults). The console
+    shows how late the alerts come once thousands are firing; `/healthz`, polled meanwhile,
+    how long the control plane (which stores the alerts and answers the API and scrapes)
+    keeps a request waiting. The API is not polled for the alerts: each answer would carry
+    them all."""
+    run = _live_run(seconds, rate, orders_per_s, None, "/healthz")
+    trips = [t * 1000 for t in run.poller.round_trips_s]
+    return {
+        "console": summarize(run.due, run.console.seen),
+        "firing_at_end": len(run.due),
+        "healthz_ms": {
+            "polls": len(trips),
+            "p50": percentile(trips, 50) if trips else None,
+            "p99": percentile(trips, 99) if trips else None,
+            "max": max(trips) if trips else None,
+        },
+        "exit_code": run.exit_code,
+        "poll_errors": run.poller.errors,
+        "poll_error_samples": run.poller.error_samples,
+        "parameters": {**_parameters(run, seconds, rate, orders_per_s), "resolve_after_s": None},
+        "daemon_stderr_tail": run.stderr_tail if run.troubled else "",
     }

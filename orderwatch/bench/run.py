@@ -340,6 +340,31 @@ def alert_storm(work: Path, out: Path, sizes: tuple[int, ...]) -> dict[str, Any]
     }
 
 
+def waiting_events(events: Path, out: Path, lines: tuple[int, ...]) -> dict[str, Any]:
+    """Peak RSS of runs that keep the first N lines of the mixed input waiting for the
+    watermark (`orderwatch.bench.waiting`): bytes per waiting event, the figure that sizes a
+    live daemon's `lateness` × rate."""
+    runs: list[Measured] = []
+    held: list[dict[str, Any]] = []
+    for n in lines:
+        result = out / f"waiting-{n}.json"
+        argv = [sys.executable, "-m", "orderwatch.bench.waiting", str(events), "--lines", str(n)]
+        argv += ["--config", str(CONFIG), "--out", str(result)]
+        runs.append(_check(run_measured(argv, cwd=ROOT), "waiting"))
+        held.append(json.loads(result.read_text()))
+        _log(f"waiting events: {held[-1]['waiting']:,} held, {runs[-1].maxrss_mib:.0f} MiB")
+    rss = [m.maxrss_mib for m in runs]
+    waiting = [h["waiting"] for h in held]
+    return {
+        "lines": list(lines),
+        "waiting": waiting,
+        "orders_applied": [h["orders"] for h in held],
+        "peak_rss_mib": rss,
+        "bytes_per_waiting_event": bytes_per_order(rss[0], rss[-1], waiting[0], waiting[-1]),
+        "command": runs[0].argv[1:],
+    }
+
+
 def run_bench(opts: Options) -> int:
     started = time.time()
     tree_at_start = tree_fingerprint(ROOT)
@@ -385,13 +410,17 @@ def run_bench(opts: Options) -> int:
     sizes = (20_000, 100_000) if opts.quick else (100_000, 500_000, 1_000_000)
     result["open_orders"] = open_orders(opts.work, out_runs, sizes)
     result["alert_storm"] = alert_storm(opts.work, out_runs, sizes[:2])
+    held = (info["lines"] // 5, info["lines"])
+    result["waiting_events"] = waiting_events(events, out_runs, held)
     if opts.skip_latency:
         result["latency"] = {"skipped": True}
     else:
-        from orderwatch.bench.latency import run_latency
+        from orderwatch.bench.latency import run_latency, run_storm_latency
 
         _log("live latency run")
         result["latency"] = run_latency(seconds=10 if opts.quick else 30)
+        _log("live latency run in a 漏发 storm (1,000 new alerts/s)")
+        result["storm_latency"] = run_storm_latency(seconds=10 if opts.quick else 30)
     add_ratios(result)
     result["goals"] = goals(result)
     result["duration_s"] = round(time.time() - started, 1)

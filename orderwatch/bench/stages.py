@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,24 @@ from orderwatch.pipelines.route import DEAD_LETTER_KEY
 from orderwatch.runtime import Runtime, tune_gc
 
 STAGES = ("read", "decode_route", "track")
+
+
+def feed(
+    shards: dict[str, ShardLogic],
+    routed: list[tuple[str, Any]],
+    build_shard: Callable[[bytes | None], ShardLogic],
+) -> int:
+    """Hand one routed chunk's batches to their shards (built when first needed), as the
+    dataflow's `track_orders` step does; the number of alert changes they emitted."""
+    alerts = 0
+    for key, batch in routed:
+        if key == DEAD_LETTER_KEY:
+            continue
+        logic = shards.get(key)
+        if logic is None:
+            logic = shards[key] = build_shard(None)
+        alerts += len(logic.on_batch([batch])[0])
+    return alerts
 
 
 def split(
@@ -54,15 +73,7 @@ def split(
     decoded = time.perf_counter()
 
     shards: dict[str, ShardLogic] = {}
-    alerts = 0
-    for items in routed:
-        for key, batch in items:
-            if key == DEAD_LETTER_KEY:
-                continue
-            logic = shards.get(key)
-            if logic is None:
-                logic = shards[key] = build_shard(None)
-            alerts += len(logic.on_batch([batch])[0])
+    alerts = sum(feed(shards, items, build_shard) for items in routed)
     for logic in shards.values():
         alerts += len(logic.on_eof()[0])
     tracked = time.perf_counter()

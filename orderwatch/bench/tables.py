@@ -23,15 +23,18 @@ own figure; × = ratio to the yardstick of the same run, best (median) when repe
 `ru_maxrss` of the process (`os.wait4`), for 2 processes the largest one, then the parent's and
 each worker's VmHWM sampled from /proc; bytes / order = (peak RSS₂ − peak RSS₁) ÷ (N₂ − N₁) from
 the smallest to the largest input whose orders all stay open, each step between neighbours;
-latency = from the moment the watermark passes an alert's deadline to its first sighting; where
-the time goes = `python -m orderwatch.bench.stages`: the replay's own steps called in one thread
-without bytewax, each over the whole input before the next, seconds best (median) of the rounds;
-its last row is the 1-worker replay's wall time per line, and the difference what bytewax,
-start-up and the alert file add; samples = one more 1-worker replay under `py-spy record` (250
-Hz): each sample counts for the area of its deepest frame that has one, µs / line = that share
-of the measured 1-worker replay's time; own = samples whose innermost Python frame is the
-function (C calls it makes included), with callees = samples with the function anywhere on the
-stack.
+bytes / firing alert and bytes / waiting event the same over alerts still firing at the end of
+replays in which no order reaches the warehouse, and over events held unapplied by the replay's
+router and trackers (`python -m orderwatch.bench.waiting`, a lateness beyond the input's span)
+after the first fifth and all of the mixed input's lines; latency = from the moment the
+watermark passes an alert's deadline to its first sighting; where the time goes = `python -m
+orderwatch.bench.stages`: the replay's own steps called in one thread without bytewax, each over
+the whole input before the next, seconds best (median) of the rounds; its last row is the
+1-worker replay's wall time per line, and the difference what bytewax, start-up and the alert
+file add; samples = one more 1-worker replay under `py-spy record` (250 Hz): each sample counts
+for the area of its deepest frame that has one, µs / line = that share of the measured 1-worker
+replay's time; own = samples whose innermost Python frame is the function (C calls it makes
+included), with callees = samples with the function anywhere on the stack.
 """
 
 
@@ -139,6 +142,25 @@ def storm_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
     return head, [row]
 
 
+def waiting_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
+    w = result.get("waiting_events")
+    if not w:
+        return [], []
+    head = [
+        "events waiting for the watermark",
+        *(f"waiting, first {n:,} lines" for n in w["lines"]),
+        *(f"peak RSS, {n:,} lines (MiB)" for n in w["lines"]),
+        "bytes / waiting event",
+    ]
+    row = [
+        "router + shard trackers, 1 thread",
+        *(_num(v) for v in w["waiting"]),
+        *(_num(v, ".1f") for v in w["peak_rss_mib"]),
+        _num(w["bytes_per_waiting_event"]),
+    ]
+    return head, [row]
+
+
 STAGE_LABELS = {
     "read": "read lines (file source)",
     "decode_route": "decode + route to shards",
@@ -224,6 +246,17 @@ def latency_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
         count = f"{s['count']}" + (f" ({s['missing']} missing)" if s["missing"] else "")
         rows.append([label, count, _num(s["p50_ms"]), _num(s["p99_ms"]), _num(s["max_ms"])])
     rows.append(["notifier HTTP request", lat["notifier"], "", "", ""])
+    storm = result.get("storm_latency") or {}
+    if storm and not storm.get("skipped"):
+        c, h = storm["console"], storm["healthz_ms"]
+        count = f"{c['count']:,}" + (f" ({c['missing']:,} missing)" if c["missing"] else "")
+        label = f"console, 漏发 storm ({storm['firing_at_end']:,} firing at the end)"
+        rows.append([label, count, _num(c["p50_ms"]), _num(c["p99_ms"]), _num(c["max_ms"])])
+        polls = f"{h['polls']:,} polls" + (
+            f" ({storm['poll_errors']} failed)" if storm["poll_errors"] else ""
+        )
+        trip = "GET /healthz round trip during the storm"
+        rows.append([trip, polls, _num(h["p50"], ".1f"), _num(h["p99"], ".1f"), _num(h["max"])])
     return head, rows
 
 
@@ -291,6 +324,7 @@ def markdown(result: dict[str, Any]) -> str:
         function_rows(result),
         memory_rows(result),
         storm_rows(result),
+        waiting_rows(result),
         latency_rows(result),
     ):
         if head:
@@ -315,6 +349,7 @@ def print_tables(result: dict[str, Any]) -> None:
         ("heaviest functions", function_rows(result)),
         ("memory per open order", memory_rows(result)),
         ("memory per firing alert (the order it is about included)", storm_rows(result)),
+        ("memory per event waiting for the watermark (lateness × rate)", waiting_rows(result)),
         ("live alert latency", latency_rows(result)),
     ):
         if not head:

@@ -15,7 +15,14 @@ import yaml
 
 from bench.plain_rules import run as plain_run
 from orderwatch.bench.inputs import ensure_open_orders, open_order_events, simulate_argv
-from orderwatch.bench.latency import _FIRING, daemon_config, delays_ms, due_s, summarize
+from orderwatch.bench.latency import (
+    _FIRING,
+    daemon_config,
+    delays_ms,
+    due_s,
+    spread,
+    summarize,
+)
 from orderwatch.bench.measure import (
     Measured,
     Proc,
@@ -36,6 +43,7 @@ from orderwatch.bench.report import (
 )
 from orderwatch.bench.run import compare_outputs, still_firing
 from orderwatch.bench.tables import markdown
+from orderwatch.bench.waiting import hold
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"completed", "cancelled", "refunded", "closed"}
@@ -126,6 +134,17 @@ def test_open_orders_file_is_cached_by_parameters(tmp_path: Path) -> None:
     path.write_bytes(b"truncated\n")  # a changed file is not trusted
     assert not ensure_open_orders(tmp_path, 50)[1]["reused"]
     assert count_lines(path) == 250
+
+
+def test_waiting_run_holds_every_event_of_its_lines_and_applies_none(tmp_path: Path) -> None:
+    """`bench.waiting` keeps the events of exactly its first N lines buffered and applies
+    none, though most of these orders go 10 minutes unpushed; a dead letter does not wait."""
+    path, _ = ensure_open_orders(tmp_path, 200, pushed=False)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*lines[:100], b"not json\n", *lines[100:]]))
+    held = hold(path, ROOT / "examples" / "orderwatch.yaml", 501)
+    assert held == {**held, "lines": 501, "waiting": 500, "orders": 0, "alert_changes": 0}
+    assert hold(path, ROOT / "examples" / "orderwatch.yaml", 10_000)["waiting"] == 800
 
 
 def test_simulate_command_has_every_scenario_of_the_mix() -> None:
@@ -230,11 +249,29 @@ def fake_result() -> dict[str, Any]:
             "peak_rss_mib": [300.0, 700.0],
             "bytes_per_firing_alert": 2330.169,
         },
+        "waiting_events": {
+            "lines": [220_000, 1_100_000],
+            "waiting": [120_000, 600_000],
+            "peak_rss_mib": [150.0, 400.0],
+            "bytes_per_waiting_event": 546.133,
+        },
         "latency": {
             "api": {"count": 10, "missing": 0, "p50_ms": 120.0, "p99_ms": 1200.0, "max_ms": 1300},
             "console": {"count": 9, "missing": 1, "p50_ms": 100.0, "p99_ms": 200.0, "max_ms": 210},
             "notifier": "not measured: notifiers not built yet",
             "exit_code": 0,
+        },
+        "storm_latency": {
+            "console": {
+                "count": 29_000,
+                "missing": 1000,
+                "p50_ms": 40.0,
+                "p99_ms": 90.4,
+                "max_ms": 131,
+            },
+            "firing_at_end": 30_000,
+            "healthz_ms": {"polls": 1500, "p50": 0.62, "p99": 12.25, "max": 66.0},
+            "poll_errors": 1,
         },
     }
 
@@ -279,7 +316,17 @@ def test_result_name_and_markdown() -> None:
     assert "| orderwatch replay, 1 worker | 100.0 | 160.0 | 250.0 | 393 | 315 / 472 |" in md
     assert "bytes / order, 100,000 → 500,000 | each step |" in md
     assert "| orderwatch replay, 1 worker | 90,000 | 270,000 | 300.0 | 700.0 | 2,330 |" in md
+    assert "| waiting, first 220,000 lines | waiting, first 1,100,000 lines |" in md
+    assert "| router + shard trackers, 1 thread | 120,000 | 600,000 | 150.0 | 400.0 | 546 |" in md
     assert "not measured: notifiers not built yet" in md
+    assert (
+        "| console, 漏发 storm (30,000 firing at the end) | 29,000 (1,000 missing) | 40 | 90 |"
+        in md
+    )
+    assert (
+        "| GET /healthz round trip during the storm | 1,500 polls (1 failed) | 0.6 | 12.2 | 66 |"
+        in md
+    )
     assert "Test CPU 9000" in md and "abc1234-dirty" in md
     # where the time goes: shares of the sum, and what the whole replay adds (4 µs at 250k/s)
     assert "| decode + route to shards | 0.90 | 30% | 0.99 (1.98) |" in md
@@ -378,6 +425,23 @@ def test_latency_from_recorded_timestamps() -> None:
     assert s["p99_ms"] == pytest.approx(298.0)
     assert s["max_ms"] == pytest.approx(300.0)
     assert summarize(due, {})["p99_ms"] is None
+
+
+def test_orders_are_spread_evenly_over_the_ticks() -> None:
+    """10 orders/s at 100 ticks/s: one every 10th tick from the first; 1,000/s at 200: five."""
+
+    def ticks(n: int, per_tick: float) -> list[int]:
+        owed, out = 1.0, []
+        for _ in range(n):
+            new, owed = spread(owed, per_tick)
+            out.append(new)
+        return out
+
+    trickle = ticks(100, 10 / 100)
+    assert [i for i, n in enumerate(trickle) if n] == list(range(0, 100, 10))
+    assert set(trickle) == {0, 1}
+    assert ticks(200, 1000 / 200) == [1] + [5] * 199
+    assert sum(ticks(1000, 3 / 7)) == 429  # 1 + 999 * 3/7, rounded down
 
 
 def test_console_lines_are_recognised() -> None:
