@@ -346,28 +346,22 @@ class OrderwatchCollector(Collector):
         clock = event_clock_ms(self.runtime, self.now)
         windows = rule_windows(self.runtime, self.rules)
         ages: dict[tuple[str, str], float] = {}
-        per_rule: Counter[str] = Counter()
-        for alert in self.store.stuck():  # oldest first
-            rule = alert.labels.get("rule", "")
-            window = windows.get((STUCK_ALERT, rule))
-            if window is None or per_rule[rule] >= self.top_stuck:
-                continue  # a rule no longer configured has no clock to measure from
-            per_rule[rule] += 1
-            age = (clock - alert.starts_at + window) / 1000
-            ages[(rule, alert.labels.get("order_id", ""))] = max(age, 0.0)
+        # rules no longer configured have no clock to measure from
+        for (name, rule), window in windows.items():
+            if name != STUCK_ALERT:
+                continue
+            for alert in self.store.oldest(STUCK_ALERT, rule, self.top_stuck):
+                age = (clock - alert.starts_at + window) / 1000
+                ages[(rule, alert.labels.get("order_id", ""))] = max(age, 0.0)
         yield self._gauge("orderwatch_stuck_order_age_seconds", ages)
 
     def _reconcile(self) -> Iterator[Metric]:
         clock = event_clock_ms(self.runtime, self.now)
         windows = rule_windows(self.runtime, self.rules)
-        open_: Counter[str] = Counter({r: 0 for r in GAP_RULES})
+        open_ = {r: self.store.firing_count(GAP_ALERT, r) for r in GAP_RULES}
         oldest: dict[str, float] = {r: 0.0 for r in GAP_RULES}
-        for alert in self.store.firing():  # oldest first: the first seen per rule is the oldest
-            if alert.labels.get("alertname") != GAP_ALERT:
-                continue
-            rule = alert.labels.get("rule", "")
-            open_[rule] += 1
-            if open_[rule] == 1:
+        for rule in GAP_RULES:
+            for alert in self.store.oldest(GAP_ALERT, rule, 1):
                 window = windows.get((GAP_ALERT, rule), 0)
                 oldest[rule] = max((clock - alert.starts_at + window) / 1000, 0.0)
         yield self._gauge("orderwatch_gaps_open", {(r,): n for r, n in open_.items()})

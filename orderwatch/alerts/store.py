@@ -33,16 +33,19 @@ makes the occasional read from another thread (e.g. a test, a CLI) safe as well.
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
+from sortedcontainers import SortedList
 
 from orderwatch.domain.alert import FIRING, RESOLVED, AlertChange
 from orderwatch.domain.rules import GAP_ALERT, PAID_WITHOUT_WMS, STUCK_ALERT
@@ -133,6 +136,10 @@ class AlertStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
         self._firing: dict[str, AlertChange] = {}
+        # The firing alerts again, by (alertname, rule), oldest first, and their counts: what
+        # every scrape reads, kept as they change so a scrape does not sort a storm's alerts.
+        self._oldest: dict[tuple[str, str], SortedList] = {}
+        self._counts: Counter[AlertKey] = Counter()
         self._recent: deque[AlertChange] = deque(maxlen=RECENT_ONE_SHOTS)
         self._fired: Counter[AlertKey] = Counter()  # effective firings since this process began
         self._leaks: Counter[tuple[str, str]] = Counter()  # paid_without_wms by channel, warehouse
@@ -150,8 +157,7 @@ class AlertStore:
     def _load(self) -> None:
         db = self._db
         for row in db.execute(f"SELECT {_COLUMNS} FROM instances WHERE state = 'firing'"):
-            alert = _row_to_change(row)
-            self._firing[alert.fingerprint] = alert
+            self._hold(_row_to_change(row))
         rows = db.execute(
             f"SELECT {_COLUMNS} FROM instances WHERE state = 'once' "
             "ORDER BY starts_at DESC, fingerprint LIMIT ?",
@@ -329,12 +335,13 @@ class AlertStore:
             current = self._firing.get(c.fingerprint)
             if current is not None and current.starts_at == c.starts_at:
                 del self._firing[c.fingerprint]
+                self._unindex(current)
             return
         self._fired[_key(c)] += 1
         if c.one_shot:
             self._recent.append(c)
             return
-        self._firing[c.fingerprint] = c
+        self._hold(c)
         labels = c.labels
         if labels.get("alertname") == GAP_ALERT and labels.get("rule") == PAID_WITHOUT_WMS:
             where = (
@@ -342,6 +349,29 @@ class AlertStore:
                 self._warehouses(labels.get("warehouse")),
             )
             self._leaks[where] += 1
+
+    def _hold(self, c: AlertChange) -> None:
+        """`c` fires now, in place of any other instance of its fingerprint."""
+        superseded = self._firing.get(c.fingerprint)
+        if superseded is not None:
+            self._unindex(superseded)
+        self._firing[c.fingerprint] = c
+        labels = c.labels
+        where = (labels.get("alertname", ""), labels.get("rule", ""))
+        oldest = self._oldest.get(where)
+        if oldest is None:
+            oldest = self._oldest[where] = SortedList()
+        oldest.add((c.starts_at, c.fingerprint))
+        self._counts[_key(c)] += 1
+
+    def _unindex(self, c: AlertChange) -> None:
+        labels = c.labels
+        where = (labels.get("alertname", ""), labels.get("rule", ""))
+        self._oldest[where].remove((c.starts_at, c.fingerprint))
+        key = _key(c)
+        self._counts[key] -= 1
+        if not self._counts[key]:
+            del self._counts[key]
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -361,19 +391,32 @@ class AlertStore:
 
     def stuck(self, rule: str | None = None, limit: int | None = None) -> list[AlertChange]:
         """Firing `OrderStuck` alerts (of one `rule` if given), oldest `starts_at` first."""
-        alerts = [
-            a
-            for a in self.firing()
-            if a.labels.get("alertname") == STUCK_ALERT
-            and (rule is None or a.labels.get("rule") == rule)
-        ]
-        return alerts if limit is None else alerts[: max(limit, 0)]
+        return self.oldest(STUCK_ALERT, rule, limit)
+
+    def oldest(
+        self, alertname: str, rule: str | None = None, limit: int | None = None
+    ) -> list[AlertChange]:
+        """Firing alerts named `alertname` (of one `rule` if given), oldest `starts_at` first
+        (then by fingerprint), at most `limit`: the cost of what is returned, not of all that
+        fires."""
+        with self._lock:
+            lists = [
+                v
+                for (name, r), v in self._oldest.items()
+                if name == alertname and rule in (None, r)
+            ]
+            entries = lists[0] if len(lists) == 1 else heapq.merge(*lists)
+            first = islice(entries, None if limit is None else max(limit, 0))
+            return [self._firing[fp] for _, fp in first]
+
+    def firing_count(self, alertname: str, rule: str) -> int:
+        with self._lock:
+            return len(self._oldest.get((alertname, rule), ()))
 
     def counts(self) -> dict[AlertKey, int]:
         """Firing alerts by (alertname, rule, severity)."""
-        with self._lock:  # every scrape asks: no need to sort thousands of alerts for it
-            alerts = list(self._firing.values())
-        return dict(Counter(_key(a) for a in alerts))
+        with self._lock:
+            return dict(self._counts)
 
     def fired(self) -> dict[AlertKey, int]:
         """Effective firings (one-shots included) applied since this process started."""

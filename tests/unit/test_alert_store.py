@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orderwatch.alerts.store import DB_NAME, AlertStore
 from orderwatch.domain.alert import FIRING, AlertChange
@@ -342,3 +348,52 @@ def test_storing_an_alert_costs_the_same_with_many_firing(tmp_path: Path) -> Non
         assert len(store.firing()) == firing + 101 - 100
     few, many = work
     assert all(m < 2 * f for f, m in zip(few, many, strict=True)), (few, many)
+
+
+_RULES = (("OrderStuck", "paid_not_shipped"), ("OrderStuck", "paid_not_allocated"))
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["fire", "resolve", "once"]),
+        st.integers(0, 5),  # order: fingerprints repeat, so newer instances supersede
+        st.integers(0, 1),  # rule
+        st.integers(0, 20),  # starts_at, minutes
+    ),
+    max_size=40,
+)
+
+
+@given(ops=_OPS, limit=st.integers(0, 4))
+@settings(max_examples=150, deadline=None)
+def test_oldest_and_counts_agree_with_what_fires(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, int, int]], limit: int
+) -> None:
+    """The per-rule oldest-first lists and counts, kept as alerts change (scrapes read them),
+    are what sorting and counting the firing alerts gives: after supersedes, resolutions of
+    current and stale instances, one-shots, and a restart."""
+    path = tmp_path_factory.mktemp("store") / DB_NAME
+    with AlertStore(path) as store:
+        for op, oid, rule, minute in ops:
+            name, rule_name = _RULES[rule]
+            a = alert(rule_name, f"O{oid}", minute * MIN, alertname=name)
+            if op == "once":
+                store.apply([one_shot(oid=f"O{oid}", at=minute * MIN)])
+            else:
+                store.apply([a if op == "fire" else a.resolved(a.starts_at + MIN)])
+        before = _indexes(store, limit)
+    with AlertStore(path) as store:
+        assert _indexes(store, limit) == before
+
+
+def _indexes(store: AlertStore, limit: int) -> list[Any]:
+    firing = store.firing()  # sorted by (starts_at, fingerprint)
+    assert store.counts() == Counter(
+        (a.labels["alertname"], a.labels["rule"], a.labels["severity"]) for a in firing
+    )
+    for name, rule in (*_RULES, ("OrderGap", "paid_without_wms")):
+        of_rule = [a for a in firing if (a.labels["alertname"], a.labels["rule"]) == (name, rule)]
+        assert store.oldest(name, rule) == of_rule
+        assert store.oldest(name, rule, limit) == of_rule[:limit]
+        assert store.firing_count(name, rule) == len(of_rule)
+    stuck = [a for a in firing if a.labels["alertname"] == "OrderStuck"]
+    assert store.stuck() == stuck and store.stuck(limit=limit) == stuck[:limit]
+    return [(a.fingerprint, a.starts_at) for a in firing]

@@ -320,3 +320,33 @@ def test_scrapes_tolerate_a_worker_changing_its_shard() -> None:
     finally:
         stop.set()
         worker.join()
+
+
+def test_a_scrape_reads_only_the_alerts_it_reports(monkeypatch: Any) -> None:
+    """In a 漏发 storm tens of thousands of alerts fire: a scrape must not list or sort them
+    all (it took ~1 s at 300,000, blocking the control plane). The store keeps counts and
+    oldest-first lists per rule; listing every alert is refused here, and the figures are
+    still those of the alerts."""
+    cfg = config(metrics={"top_stuck": 3})
+    lines = [order(i * MIN, f"O{i:03d}", "paid", channel="tmall") for i in range(200)]
+    lines += [payment(i * MIN, f"O{i:03d}") for i in range(200)]
+    world = World(cfg).feed(lines, until=6 * HOUR)
+
+    def refuse() -> None:
+        raise AssertionError("a scrape listed every firing alert")
+
+    monkeypatch.setattr(world.store, "firing", refuse)
+    reg = world.registry()
+    stuck = {"alertname": "OrderStuck", "rule": "paid_not_shipped", "severity": "critical"}
+    assert value(reg, "orderwatch_alerts_firing", **stuck) == 200
+    assert value(reg, "orderwatch_gaps_open", rule="paid_without_wms") == 200
+    # the oldest gap fired 10 min after O000 was paid at 0; the watermark is at 6 h
+    assert value(reg, "orderwatch_gap_oldest_age_seconds", rule="paid_without_wms") == 6 * 3600
+    ages = {
+        s.labels["order_id"]
+        for fam in reg.collect()
+        if fam.name == "orderwatch_stuck_order_age_seconds"
+        for s in fam.samples
+        if s.labels["rule"] == "paid_not_shipped"
+    }
+    assert ages == {"O000", "O001", "O002"}
