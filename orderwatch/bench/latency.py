@@ -326,16 +326,16 @@ def run_storm_latency(
 ) -> dict[str, Any]:
     """Alerts of a 漏发 storm: `orders_per_s` orders enter `paid` and none is ever allocated,
     so every one fires and keeps firing (30,000 at the end with the defaults). The console
-    shows how late the alerts come once thousands are firing; `/healthz`, polled meanwhile,
-    how long the control plane (which stores the alerts and answers the API and scrapes)
-    keeps a request waiting. The API is not polled for the alerts: each answer would carry
-    them all."""
-    run = _live_run(seconds, rate, orders_per_s, None, "/healthz")
+    shows how late the alerts come once thousands are firing; `/metrics`, scraped every
+    POLL_S meanwhile (far more often than Prometheus would), how long a scrape takes then and
+    keeps the control plane, which also stores the alerts and answers the API, busy. The API
+    is not polled for the alerts: each answer would carry them all."""
+    run = _live_run(seconds, rate, orders_per_s, None, "/metrics")
     trips = [t * 1000 for t in run.poller.round_trips_s]
     return {
         "console": summarize(run.due, run.console.seen),
         "firing_at_end": len(run.due),
-        "healthz_ms": {
+        "scrape_ms": {
             "polls": len(trips),
             "p50": percentile(trips, 50) if trips else None,
             "p99": percentile(trips, 99) if trips else None,

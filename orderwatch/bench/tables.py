@@ -248,14 +248,14 @@ def latency_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
     rows.append(["notifier HTTP request", lat["notifier"], "", "", ""])
     storm = result.get("storm_latency") or {}
     if storm and not storm.get("skipped"):
-        c, h = storm["console"], storm["healthz_ms"]
+        c, h = storm["console"], storm["scrape_ms"]
         count = f"{c['count']:,}" + (f" ({c['missing']:,} missing)" if c["missing"] else "")
         label = f"console, 漏发 storm ({storm['firing_at_end']:,} firing at the end)"
         rows.append([label, count, _num(c["p50_ms"]), _num(c["p99_ms"]), _num(c["max_ms"])])
         polls = f"{h['polls']:,} polls" + (
             f" ({storm['poll_errors']} failed)" if storm["poll_errors"] else ""
         )
-        trip = "GET /healthz round trip during the storm"
+        trip = "GET /metrics round trip during the storm"
         rows.append([trip, polls, _num(h["p50"], ".1f"), _num(h["p99"], ".1f"), _num(h["max"])])
     return head, rows
 

@@ -270,7 +270,7 @@ def fake_result() -> dict[str, Any]:
                 "max_ms": 131,
             },
             "firing_at_end": 30_000,
-            "healthz_ms": {"polls": 1500, "p50": 0.62, "p99": 12.25, "max": 66.0},
+            "scrape_ms": {"polls": 1500, "p50": 0.62, "p99": 12.25, "max": 66.0},
             "poll_errors": 1,
         },
     }
@@ -324,7 +324,7 @@ def test_result_name_and_markdown() -> None:
         in md
     )
     assert (
-        "| GET /healthz round trip during the storm | 1,500 polls (1 failed) | 0.6 | 12.2 | 66 |"
+        "| GET /metrics round trip during the storm | 1,500 polls (1 failed) | 0.6 | 12.2 | 66 |"
         in md
     )
     assert "Test CPU 9000" in md and "abc1234-dirty" in md
