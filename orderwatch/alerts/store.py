@@ -38,7 +38,7 @@ import json
 import sqlite3
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,10 @@ def _row_to_change(row: tuple[Any, ...]) -> AlertChange:
 def _key(alert: AlertChange) -> AlertKey:
     labels = alert.labels
     return (labels.get("alertname", ""), labels.get("rule", ""), labels.get("severity", ""))
+
+
+def _shifted(entries: Iterable[tuple[int, str]], by: int) -> Iterable[tuple[int, str]]:
+    return ((at - by, fp) for at, fp in entries)
 
 
 class AlertStore:
@@ -394,24 +398,35 @@ class AlertStore:
         return self.oldest(STUCK_ALERT, rule, limit)
 
     def oldest(
-        self, alertname: str, rule: str | None = None, limit: int | None = None
+        self,
+        alertname: str,
+        rule: str | None = None,
+        limit: int | None = None,
+        shift: Mapping[str, int] | None = None,
     ) -> list[AlertChange]:
         """Firing alerts named `alertname` (of one `rule` if given), oldest `starts_at` first
         (then by fingerprint), at most `limit`: the cost of what is returned, not of all that
-        fires."""
+        fires. `shift` orders by `starts_at` less each rule's amount instead (e.g. its window:
+        when the order's clock started)."""
         with self._lock:
-            lists = [
-                v
-                for (name, r), v in self._oldest.items()
-                if name == alertname and rule in (None, r)
+            lists = {r: v for (name, r), v in self._oldest.items() if name == alertname}
+            if rule is not None:
+                lists = {rule: lists[rule]} if rule in lists else {}
+            runs: list[Iterable[tuple[int, str]]] = [
+                _shifted(v, shift.get(r, 0)) if shift else v for r, v in lists.items()
             ]
-            entries = lists[0] if len(lists) == 1 else heapq.merge(*lists)
+            entries = runs[0] if len(runs) == 1 else heapq.merge(*runs)
             first = islice(entries, None if limit is None else max(limit, 0))
             return [self._firing[fp] for _, fp in first]
 
-    def firing_count(self, alertname: str, rule: str) -> int:
+    def firing_count(self, alertname: str, rule: str | None = None) -> int:
+        """How many alerts named `alertname` (of one `rule` if given) fire now."""
         with self._lock:
-            return len(self._oldest.get((alertname, rule), ()))
+            return sum(
+                len(v)
+                for (name, r), v in self._oldest.items()
+                if name == alertname and rule in (None, r)
+            )
 
     def counts(self) -> dict[AlertKey, int]:
         """Firing alerts by (alertname, rule, severity)."""

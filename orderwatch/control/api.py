@@ -319,11 +319,10 @@ async def stuck_orders(request: web.Request) -> web.Response:
         return windows.get((STUCK_ALERT, a.labels.get("rule", "")))
 
     # Oldest first: by when the order's clock started (startsAt - max_dwell), across rules
-    stuck = sorted(
-        ctx.store.stuck(rule), key=lambda a: (a.starts_at - (window_of(a) or 0), a.fingerprint)
-    )
+    shift = {r: w for (name, r), w in windows.items() if name == STUCK_ALERT}
+    stuck = ctx.store.oldest(STUCK_ALERT, rule, limit, shift=shift)
     orders = []
-    for a in stuck[:limit]:
+    for a in stuck:
         notes = a.annotations
         window = window_of(a)
         age = None if window is None else max(clock - a.starts_at + window, 0) / 1000
@@ -345,7 +344,12 @@ async def stuck_orders(request: web.Request) -> web.Response:
             }
         )
     return json_response(
-        {"orders": orders, "count": len(orders), "total": len(stuck), "as_of": rfc3339_ms(clock)}
+        {
+            "orders": orders,
+            "count": len(orders),
+            "total": ctx.store.firing_count(STUCK_ALERT, rule),
+            "as_of": rfc3339_ms(clock),
+        }
     )
 
 

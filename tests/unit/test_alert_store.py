@@ -396,4 +396,9 @@ def _indexes(store: AlertStore, limit: int) -> list[Any]:
         assert store.firing_count(name, rule) == len(of_rule)
     stuck = [a for a in firing if a.labels["alertname"] == "OrderStuck"]
     assert store.stuck() == stuck and store.stuck(limit=limit) == stuck[:limit]
+    # by when the order's clock started: a rule's window earlier (the API's stuck list)
+    shift = {"paid_not_shipped": 10 * MIN, "paid_not_allocated": 0}
+    by_clock = sorted(stuck, key=lambda a: (a.starts_at - shift[a.labels["rule"]], a.fingerprint))
+    assert store.oldest("OrderStuck", limit=limit, shift=shift) == by_clock[:limit]
+    assert store.firing_count("OrderStuck") == len(stuck)
     return [(a.fingerprint, a.starts_at) for a in firing]
