@@ -27,8 +27,10 @@ between storing and printing finds its changes there at its next start (`unannou
 nothing stored goes unannounced; one that dies between printing and that delete prints them
 twice.
 
-The store is written and read by one thread (the control plane's asyncio loop); a lock
-makes the occasional read from another thread (e.g. a test, a CLI) safe as well.
+The control plane writes it from a worker thread, so that a slow fsync or a lock another
+process holds on the file (a backup, a sqlite3 shell) never stalls the API and the scrapes on
+its loop. Two locks: the database's, held while SQLite works or waits, and the alerts', held
+only to change or read the views in memory; reads of what fires never wait for the disk.
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ class AlertStore:
         self.process = process  # of a cluster sharing this file: whose outbox rows are whose
         self._channels = channels or LabelCap(50)
         self._warehouses = warehouses or LabelCap(50)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the views in memory: `_firing`, `_oldest`, counts
+        self._db_lock = threading.Lock()  # the connection, and what only writing touches
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(
@@ -172,7 +175,7 @@ class AlertStore:
         self._high_water = self._pruned_at = got[0] if got else 0
 
     def close(self) -> None:
-        with self._lock:
+        with self._db_lock:
             self._db.close()
 
     def __enter__(self) -> AlertStore:
@@ -188,7 +191,7 @@ class AlertStore:
         changes = list(changes)
         if not changes:
             return []
-        with self._lock:
+        with self._db_lock:
             db = self._db
             horizon = self._high_water - self.retention_ms
             high_water = max(self._high_water, max(c.at for c in changes))
@@ -225,15 +228,16 @@ class AlertStore:
             self._high_water = high_water
             if pruned:
                 self._pruned_at = high_water
-            for change in kept:
-                self._remember(change)
+            with self._lock:
+                for change in kept:
+                    self._remember(change)
             return kept
 
     def mark_announced(self) -> None:
         """Everything `apply` and `unannounced` returned so far was announced: its outbox rows
         go now. Without waiting for the disk (a lost delete only announces them again), so
         announcing costs no second fsync per batch."""
-        with self._lock:
+        with self._db_lock:
             claimed, self._claimed = self._claimed, []
             if not (claimed or self._queued):
                 return
@@ -258,7 +262,7 @@ class AlertStore:
         """Changes stored but not announced before the last stop (a crash between the two),
         in the order they were stored; `mark_announced` once they are. Process 0 also takes
         those of processes beyond `processes` (the cluster is smaller now)."""
-        with self._lock:
+        with self._db_lock:
             rows = self._db.execute(
                 "SELECT o.seq, o.status, i.fingerprint, i.starts_at, i.state, i.ends_at, "
                 "i.labels, i.annotations FROM outbox o LEFT JOIN instances i "
@@ -275,7 +279,7 @@ class AlertStore:
                 notes = change.annotations_json
                 change = AlertChange(FIRING, change.labels, notes, change.starts_at, None)
             out.append(change)
-        with self._lock:
+        with self._db_lock:
             self._claimed += [r[0] for r in rows]
         return out
 
@@ -445,7 +449,7 @@ class AlertStore:
 
     def for_order(self, order_id: str) -> list[AlertChange]:
         """Every remembered instance about one order (firing, resolved, one-shot), oldest first."""
-        with self._lock:
+        with self._db_lock:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM instances WHERE order_id = ? "
                 "ORDER BY starts_at, fingerprint",

@@ -3,9 +3,12 @@
 The dataflow (main thread) puts `AlertBatch`es on `Runtime.alert_queue` and waits until each
 is stored; this module's `consume_alerts` runs on the control plane's asyncio loop, applies
 them to the `AlertStore` (which persists them and drops what was already announced), lets
-the dataflow go on and hands the effective changes on. It waits for the queue on an asyncio
-event the dataflow sets (`Runtime.wake_alerts`), with a short timeout, instead of blocking an
-executor thread, so cancelling it is immediate and leaves no thread behind.
+the dataflow go on and hands the effective changes on. The store's writes run in a worker
+thread (`asyncio.to_thread`): an fsync, or a lock another process holds on the file for up to
+the busy timeout, keeps only the consumer waiting, never the API and the scrapes. It waits for
+the queue on an asyncio event the dataflow sets (`Runtime.wake_alerts`), with a short timeout,
+instead of blocking an executor thread; cancelled while a write runs, it leaves that one write
+to finish (its changes then wait in the store's outbox for the next start).
 """
 
 from __future__ import annotations
@@ -152,7 +155,7 @@ async def consume_alerts(
         runtime.alerts_waiting = len(pending)
         stored = True
         if pending:
-            effective = _try_apply(runtime, store, pending)
+            effective = await asyncio.to_thread(_try_apply, runtime, store, pending)
             if effective is None:
                 stored = False
             else:
@@ -161,7 +164,8 @@ async def consume_alerts(
                 _release(acks)
                 if effective:
                     await _call(on_change, effective)
-                    store.mark_announced()  # an error in on_change leaves them for the restart
+                    # an error in on_change leaves them for the restart
+                    await asyncio.to_thread(store.mark_announced)
         elif acks:
             _release(acks)  # batches without changes
         if others:
@@ -197,12 +201,12 @@ async def _last_tries(
     loop = asyncio.get_running_loop()
     give_up = loop.time() + _LAST_TRIES_SECONDS
     while loop.time() < give_up:
-        effective = _try_apply(runtime, store, pending)
+        effective = await asyncio.to_thread(_try_apply, runtime, store, pending)
         if effective is not None:
             runtime.alerts_waiting = 0
             if effective:
                 await _call(on_change, effective)
-                store.mark_announced()
+                await asyncio.to_thread(store.mark_announced)
             return
         await asyncio.sleep(_RETRY_FIRST)
     log.error(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -507,6 +508,68 @@ def test_a_store_that_refuses_writes_delays_alerts_and_never_drops_them(tmp_path
     asyncio.run(main())
     assert seen == [first, second]
     assert d.runtime.alerts_waiting == 0 and len(d.store.firing()) == 2
+
+
+class WatchedStore(AlertStore):
+    """A real store that says when a write starts and when it ended."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writing, self.written = threading.Event(), False
+
+    def apply(self, changes: Any) -> list[AlertChange]:
+        self.writing.set()
+        try:
+            return super().apply(changes)
+        finally:
+            self.written = True
+
+
+def test_a_write_waiting_for_a_lock_holds_up_no_request(tmp_path: Path) -> None:
+    """Another process holds the alert store's lock (a backup, a sqlite3 shell): the write
+    waits for it in a worker thread, holding only the database's lock, while scrapes and the
+    API are answered from what the store holds in memory; once the lock is free the alert is
+    written and announced. The write used to run on the control plane's loop under the one
+    lock, so every request waited for it (up to the 5 s busy timeout per attempt)."""
+    d = Daemon()
+    tracker = ShardTracker(d.rules)
+    for ev in decode_all([order(0, "A", "paid"), order(MIN, "B", "paid")]):
+        tracker.ingest(ev.ts_ms, ev.event)  # type: ignore[arg-type]
+    first, second = tracker.advance(BASE + HOUR)
+    path = tmp_path / "alerts.db"
+    with AlertStore(path) as before:
+        before.apply([first])
+    store = d.store = WatchedStore(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    seen: list[AlertChange] = []
+    q = d.runtime.alert_queue
+    assert q is not None
+
+    async def main() -> None:
+        consumer = asyncio.create_task(consume_alerts(d.runtime, store, seen.extend))
+        q.put([second])
+        async with TestClient(TestServer(d.app())) as client:
+            await asyncio.to_thread(store.writing.wait, 5)
+            await asyncio.sleep(0.2)  # into SQLite's wait for the lock
+            text = await (await client.get("/metrics")).text()
+            body = await (await client.get("/v1/alerts")).json()
+            assert not store.written, "the requests waited for the write"
+            assert "orderwatch_alerts_waiting 1.0" in text
+            assert [a["labels"]["order_id"] for a in body["alerts"]] == ["A"]
+            holder.execute("ROLLBACK")
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
+        q.put(STOP)
+        await asyncio.wait_for(consumer, 5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        holder.close()
+    assert seen == [second] and len(store.firing()) == 2
 
 
 def test_at_shutdown_alerts_the_store_would_not_take_are_announced_not_lost(
