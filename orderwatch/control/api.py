@@ -11,6 +11,7 @@ name (rule, severity, alertname) only from the values the running config can pro
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -369,10 +370,12 @@ async def order_timeline(request: web.Request) -> web.Response:
             404,
             f"order {order_id} is not tracked: never seen, or forgotten after its retention{where}",
         )
+    # off the loop: the store's database may be busy with a write waiting for a lock
+    known = await asyncio.to_thread(ctx.store.for_order, order_id)
     try:
-        body = timeline(order_id, rec, tracker, ctx.store, ctx.timezone)
+        body = timeline(order_id, rec, tracker, known, ctx.timezone)
     except RuntimeError:  # the worker changed the record while we read it
-        body = timeline(order_id, rec, tracker, ctx.store, ctx.timezone)
+        body = timeline(order_id, rec, tracker, known, ctx.timezone)
     return json_response(body)
 
 
@@ -393,7 +396,8 @@ async def _from_peers(ctx: Context, order_id: str) -> web.Response:
                     body = await r.json()
             except (aiohttp.ClientError, TimeoutError):
                 continue
-            known = ctx.store.for_order(order_id)  # alerts live with process 0's store
+            # alerts live with process 0's store
+            known = await asyncio.to_thread(ctx.store.for_order, order_id)
             body["alerts"] = [
                 a.to_json(packed=True) for a in known if a.status == "firing" and not a.one_shot
             ]

@@ -11,8 +11,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from orderwatch.alerts.store import AlertStore
-from orderwatch.domain.alert import rfc3339_ms
+from orderwatch.domain.alert import AlertChange, rfc3339_ms
 from orderwatch.domain.money import show
 from orderwatch.domain.order import OrderRec, payment_list
 from orderwatch.domain.timeline import Entry, entries
@@ -68,9 +67,10 @@ def _event(e: Entry, zone: str) -> dict[str, Any]:
 
 
 def timeline(
-    order_id: str, rec: OrderRec, tracker: ShardTracker, store: AlertStore, zone: str
+    order_id: str, rec: OrderRec, tracker: ShardTracker, known: list[AlertChange], zone: str
 ) -> dict[str, Any]:
-    """Everything orderwatch knows about one order, oldest event first."""
+    """Everything orderwatch knows about one order, oldest event first; `known` is what the
+    alert store remembers of it (`AlertStore.for_order`)."""
     log = entries(rec.log, rec.log_n, rec.log_status)
     out: dict[str, Any] = {
         "order_id": order_id,
@@ -89,7 +89,6 @@ def timeline(
     _times(out, "last_update", rec.last_update, zone)
     _times(out, "last_seen", rec.seen, zone)
     _times(out, "watermark", tracker.watermark, zone)
-    known = store.for_order(order_id)
     out["alerts"] = [a.to_json() for a in known if a.status == "firing" and not a.one_shot]
     out["anomalies"] = [a.to_json() for a in known if a.one_shot]
     out["resolved_alerts"] = [a.to_json() for a in known if a.status == "resolved"]

@@ -531,15 +531,13 @@ def test_a_write_waiting_for_a_lock_holds_up_no_request(tmp_path: Path) -> None:
     API are answered from what the store holds in memory; once the lock is free the alert is
     written and announced. The write used to run on the control plane's loop under the one
     lock, so every request waited for it (up to the 5 s busy timeout per attempt)."""
-    d = Daemon()
-    tracker = ShardTracker(d.rules)
-    for ev in decode_all([order(0, "A", "paid"), order(MIN, "B", "paid")]):
-        tracker.ingest(ev.ts_ms, ev.event)  # type: ignore[arg-type]
-    first, second = tracker.advance(BASE + HOUR)
+    d = Daemon().feed([order(0, "A", "paid"), order(MIN, "B", "paid")], until=HOUR)
+    first, second = d.store.firing()
     path = tmp_path / "alerts.db"
     with AlertStore(path) as before:
         before.apply([first])
     store = d.store = WatchedStore(path)
+    d.registry = build_registry(d.runtime, store, d.cfg.metrics, process=False)
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     seen: list[AlertChange] = []
@@ -552,12 +550,17 @@ def test_a_write_waiting_for_a_lock_holds_up_no_request(tmp_path: Path) -> None:
         async with TestClient(TestServer(d.app())) as client:
             await asyncio.to_thread(store.writing.wait, 5)
             await asyncio.sleep(0.2)  # into SQLite's wait for the lock
+            # the order's stored alerts wait for the database, in a thread of their own
+            timeline = asyncio.create_task(client.get("/v1/orders/A"))
             text = await (await client.get("/metrics")).text()
             body = await (await client.get("/v1/alerts")).json()
             assert not store.written, "the requests waited for the write"
             assert "orderwatch_alerts_waiting 1.0" in text
+            assert 'orderwatch_alerts_firing{alertname="OrderStuck"' in text
             assert [a["labels"]["order_id"] for a in body["alerts"]] == ["A"]
             holder.execute("ROLLBACK")
+            got = await (await timeline).json()
+            assert [a["labels"]["order_id"] for a in got["alerts"]] == ["A"]
             for _ in range(100):
                 if seen:
                     break
