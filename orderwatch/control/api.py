@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 
 STUCK_LIMIT_DEFAULT = 50
 STUCK_LIMIT_MAX = 1000
+ALERTS_LIMIT_MAX = 100_000
 RECENT_ANOMALIES = 100
 SEVERITIES: tuple[str, ...] = get_args(Severity)
 ALERTNAMES = (STUCK_ALERT, GAP_ALERT, ANOMALY_ALERT)
@@ -157,11 +158,16 @@ def _stuck_rule_names(ctx: Context) -> list[str]:
     return list(dict.fromkeys(s.name for s in ctx.rules.stuck))
 
 
-def _limit(ctx: Context, raw: str) -> int:
-    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else 0  # no "+1", " 1"
-    if not 1 <= value <= STUCK_LIMIT_MAX:
-        raise BadValue(f"must be an integer from 1 to {STUCK_LIMIT_MAX}")
-    return value
+def _limit(maximum: int) -> Reader:
+    """A reader of an integer from 1 to `maximum`."""
+
+    def read(ctx: Context, raw: str) -> int:
+        value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else 0  # no "+1"
+        if not 1 <= value <= maximum:
+            raise BadValue(f"must be an integer from 1 to {maximum}")
+        return value
+
+    return read
 
 
 def _order_id(ctx: Context, raw: str) -> str:
@@ -176,10 +182,11 @@ PARAMETERS: dict[str, dict[str, Reader]] = {
         "rule": _one_of(_rule_names, "no rule of that name in the running config"),
         "severity": _one_of(lambda ctx: SEVERITIES, "not a severity"),
         "order_id": _order_id,
+        "limit": _limit(ALERTS_LIMIT_MAX),
     },
     "/v1/orders/stuck": {
         "rule": _one_of(_stuck_rule_names, "no stuck rule of that name in the running config"),
-        "limit": _limit,
+        "limit": _limit(STUCK_LIMIT_MAX),
     },
     "/v1/orders/{order_id}": {},
 }
@@ -295,17 +302,31 @@ def _matches(alert: AlertChange, filters: dict[str, str]) -> bool:
 
 
 async def alerts(request: web.Request) -> web.Response:
-    filters: dict[str, str] = request[QUERY]
+    """Firing alerts matching the label filters, oldest first; with `limit`, only the first
+    ones (`total` says how many match): in a storm, all of them is a large answer."""
+    query: dict[str, Any] = request[QUERY]
+    limit: int | None = query.get("limit")
+    filters: dict[str, str] = {k: v for k, v in query.items() if k != "limit"}
     store = _ctx(request).store
-    firing = [a.to_json(packed=True) for a in store.firing() if _matches(a, filters)]
+    name = filters.get("alertname")
+    candidates = store.oldest(name, filters.get("rule")) if name else store.firing()
+    matching = [a for a in candidates if _matches(a, filters)]
+    firing = [a.to_json(packed=True) for a in matching[:limit]]
     shots = [
         a.to_json(packed=True)
         for a in store.recent_one_shots(RECENT_ANOMALIES)
         if _matches(a, filters)
     ]
-    return json_response(
-        {"alerts": firing, "count": len(firing), "anomalies": shots, "filters": filters}
-    )
+    body: dict[str, Any] = {
+        "alerts": firing,
+        "count": len(firing),
+        "total": len(matching),
+        "anomalies": shots,
+        "filters": filters,
+    }
+    if limit is not None:
+        body["limit"] = limit
+    return json_response(body)
 
 
 async def stuck_orders(request: web.Request) -> web.Response:

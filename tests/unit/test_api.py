@@ -164,6 +164,36 @@ def test_alerts_lists_firing_with_filters_and_one_shots_apart() -> None:
     serve(d.app(), check)
 
 
+def test_alerts_limit_gives_the_oldest_matching_and_their_total() -> None:
+    """`limit` caps the answer (a storm's alerts all at once are a large one): the oldest
+    matching alerts, in the same order as without it, with `total` of those matching; with
+    an alertname the store's per-rule lists answer, with the same result as a full scan."""
+    lines = [order(i * MIN, f"O{i:02d}", "paid") for i in range(12)]
+    d = Daemon().feed([*SCENARIO, *lines], until=3 * HOUR)
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        every = (await (await client.get("/v1/alerts")).json())["alerts"]
+        assert len(every) > 12
+        body = await (await client.get("/v1/alerts?limit=5")).json()
+        assert body["alerts"] == every[:5]
+        assert (body["count"], body["total"], body["limit"]) == (5, len(every), 5)
+        stuck = [a for a in every if a["labels"]["alertname"] == "OrderStuck"]
+        shipped = [a for a in stuck if a["labels"]["rule"] == "paid_not_shipped"]
+        for query, expected in (
+            ("alertname=OrderStuck", stuck),
+            ("alertname=OrderStuck&rule=paid_not_shipped&limit=4", shipped[:4]),
+            ("rule=paid_not_shipped&limit=4", shipped[:4]),
+            ("alertname=OrderStuck&severity=critical", shipped),
+        ):
+            body = await (await client.get(f"/v1/alerts?{query}")).json()
+            assert body["alerts"] == expected, query
+        assert body["total"] == len(shipped) > 4
+        for bad in ("0", "100001", "x"):
+            await _rejected(client, f"/v1/alerts?limit={bad}", "limit", "1 to 100000")
+
+    serve(d.app(), check)
+
+
 def test_stuck_orders_oldest_first_with_limit() -> None:
     """Stuck orders come oldest first; `limit` caps the list and `rule` filters it."""
     d = Daemon().feed(SCENARIO, until=HOUR)
