@@ -145,6 +145,16 @@ class _Poller(threading.Thread):
         conn.close()
 
 
+def vm_rss_mib(pid: int) -> float | None:
+    """A live process's resident memory (VmRSS), MiB; None if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return int(m.group(1)) / 1024 if m else None
+
+
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -232,6 +242,7 @@ class _Run:
     poller: _Poller
     exit_code: int
     stderr_tail: str
+    rss_mib: float | None  # the daemon's, once the feed ended (before it is stopped)
 
     @property
     def troubled(self) -> bool:
@@ -270,6 +281,7 @@ def _live_run(
             _wait_ready(port, proc)
             poller.start()
             due, lines_written = _feed(events, seconds, rate, orders_per_s, resolve_after_s)
+            rss = vm_rss_mib(proc.pid)
         finally:
             poller.stop.set()
             if proc.poll() is None:
@@ -283,7 +295,7 @@ def _live_run(
             if poller.is_alive():
                 poller.join(timeout=10)
         stderr_tail = (Path(tmp) / "daemon.err").read_text(errors="replace")[-3000:]
-    return _Run(argv, cfg, due, lines_written, console, poller, code, stderr_tail)
+    return _Run(argv, cfg, due, lines_written, console, poller, code, stderr_tail, rss)
 
 
 def _parameters(run: _Run, seconds: float, rate: float, orders_per_s: float) -> dict[str, Any]:
@@ -335,6 +347,7 @@ def run_storm_latency(
     return {
         "console": summarize(run.due, run.console.seen),
         "firing_at_end": len(run.due),
+        "daemon_rss_mib": run.rss_mib,
         "scrape_ms": {
             "polls": len(trips),
             "p50": percentile(trips, 50) if trips else None,

@@ -250,7 +250,9 @@ def latency_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
     if storm and not storm.get("skipped"):
         c, h = storm["console"], storm["scrape_ms"]
         count = f"{c['count']:,}" + (f" ({c['missing']:,} missing)" if c["missing"] else "")
-        label = f"console, 漏发 storm ({storm['firing_at_end']:,} firing at the end)"
+        rss = storm.get("daemon_rss_mib")
+        held = "" if rss is None else f", daemon RSS {rss:,.0f} MiB"
+        label = f"console, 漏发 storm ({storm['firing_at_end']:,} firing at the end{held})"
         rows.append([label, count, _num(c["p50_ms"]), _num(c["p99_ms"]), _num(c["max_ms"])])
         polls = f"{h['polls']:,} polls" + (
             f" ({storm['poll_errors']} failed)" if storm["poll_errors"] else ""

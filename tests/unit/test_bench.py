@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 from collections import Counter
 from datetime import datetime
@@ -22,6 +24,7 @@ from orderwatch.bench.latency import (
     due_s,
     spread,
     summarize,
+    vm_rss_mib,
 )
 from orderwatch.bench.measure import (
     Measured,
@@ -270,6 +273,7 @@ def fake_result() -> dict[str, Any]:
                 "max_ms": 131,
             },
             "firing_at_end": 30_000,
+            "daemon_rss_mib": 231.4,
             "scrape_ms": {"polls": 1500, "p50": 0.62, "p99": 12.25, "max": 66.0},
             "poll_errors": 1,
         },
@@ -320,8 +324,8 @@ def test_result_name_and_markdown() -> None:
     assert "| router + shard trackers, 1 thread | 120,000 | 600,000 | 150.0 | 400.0 | 546 |" in md
     assert "not measured: notifiers not built yet" in md
     assert (
-        "| console, 漏发 storm (30,000 firing at the end) | 29,000 (1,000 missing) | 40 | 90 |"
-        in md
+        "| console, 漏发 storm (30,000 firing at the end, daemon RSS 231 MiB) "
+        "| 29,000 (1,000 missing) | 40 | 90 |" in md
     )
     assert (
         "| GET /metrics round trip during the storm | 1,500 polls (1 failed) | 0.6 | 12.2 | 66 |"
@@ -442,6 +446,14 @@ def test_orders_are_spread_evenly_over_the_ticks() -> None:
     assert set(trickle) == {0, 1}
     assert ticks(200, 1000 / 200) == [1] + [5] * 199
     assert sum(ticks(1000, 3 / 7)) == 429  # 1 + 999 * 3/7, rounded down
+
+
+def test_vm_rss_is_read_for_a_live_process_and_none_for_a_gone_one() -> None:
+    mine = vm_rss_mib(os.getpid())
+    assert mine is not None and 1 < mine < 64 * 1024
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert vm_rss_mib(gone.pid) is None
 
 
 def test_console_lines_are_recognised() -> None:
