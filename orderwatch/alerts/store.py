@@ -50,7 +50,7 @@ import structlog
 from sortedcontainers import SortedList
 
 from orderwatch.domain.alert import FIRING, RESOLVED, AlertChange
-from orderwatch.domain.rules import GAP_ALERT, PAID_WITHOUT_WMS, STUCK_ALERT
+from orderwatch.domain.rules import GAP_ALERT, PAID_WITHOUT_WMS
 from orderwatch.domain.stats import LabelCap
 
 log = structlog.get_logger()
@@ -396,10 +396,6 @@ class AlertStore:
             recent = list(self._recent)
         recent.sort(key=lambda a: (a.starts_at, a.fingerprint), reverse=True)
         return recent[: max(limit, 0)]
-
-    def stuck(self, rule: str | None = None, limit: int | None = None) -> list[AlertChange]:
-        """Firing `OrderStuck` alerts (of one `rule` if given), oldest `starts_at` first."""
-        return self.oldest(STUCK_ALERT, rule, limit)
 
     def oldest(
         self,

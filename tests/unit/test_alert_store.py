@@ -125,7 +125,7 @@ def test_a_newer_instance_supersedes_a_still_firing_one() -> None:
     assert store.apply([old.resolved(BASE + HOUR)]) == []
 
 
-def test_stuck_lists_oldest_first_and_filters_by_rule() -> None:
+def test_oldest_lists_firing_oldest_first_and_filters_by_rule() -> None:
     """`stuck()` returns firing OrderStuck alerts oldest first, optionally of one rule."""
     store = AlertStore(None)
     store.apply(
@@ -136,9 +136,11 @@ def test_stuck_lists_oldest_first_and_filters_by_rule() -> None:
             alert("paid_without_wms", "D", 0, alertname="OrderGap"),
         ]
     )
-    assert [a.labels["order_id"] for a in store.stuck()] == ["C", "A", "B"]
-    assert [a.labels["order_id"] for a in store.stuck("paid_not_shipped", 1)] == ["A"]
-    assert store.stuck("nope") == []
+    assert [a.labels["order_id"] for a in store.oldest("OrderStuck")] == ["C", "A", "B"]
+    assert [a.labels["order_id"] for a in store.oldest("OrderStuck", "paid_not_shipped", 1)] == [
+        "A"
+    ]
+    assert store.oldest("OrderStuck", "nope") == []
 
 
 def test_counts_group_firing_alerts_by_name_rule_severity() -> None:
@@ -395,7 +397,7 @@ def _indexes(store: AlertStore, limit: int) -> list[Any]:
         assert store.oldest(name, rule, limit) == of_rule[:limit]
         assert store.firing_count(name, rule) == len(of_rule)
     stuck = [a for a in firing if a.labels["alertname"] == "OrderStuck"]
-    assert store.stuck() == stuck and store.stuck(limit=limit) == stuck[:limit]
+    assert store.oldest("OrderStuck") == stuck
     # by when the order's clock started: a rule's window earlier (the API's stuck list)
     shift = {"paid_not_shipped": 10 * MIN, "paid_not_allocated": 0}
     by_clock = sorted(stuck, key=lambda a: (a.starts_at - shift[a.labels["rule"]], a.fingerprint))
