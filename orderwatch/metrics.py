@@ -17,7 +17,7 @@ labels and help text, so the code and the documentation cannot drift apart.
 | `orderwatch_dataflow_running` | gauge | | 1 while the bytewax dataflow runs |
 | `orderwatch_sources_connected` | gauge | | 1 when every input source is connected |
 | `orderwatch_shards` | gauge | | order shards served by this process |
-| `orderwatch_alerts_waiting` | gauge | | alert changes held in memory because the alert store refuses writes (disk full, locked); retried until it takes them, `/readyz` says why |
+| `orderwatch_alerts_waiting` | gauge | | alert changes held in memory because the alert store refuses writes (disk full, locked); retried until it takes them while the dataflow waits, `/readyz` says why |
 | `orderwatch_alert_store_write_failures_total` | counter | | failed writes to the alert store (each one retried) |
 | `orderwatch_events_total` | counter | source, type | events decoded, by source and event type |
 | `orderwatch_events_rejected_total` | counter | source, reason | inputs rejected to the dead-letter output, by bounded reason |
@@ -38,7 +38,7 @@ labels and help text, so the code and the documentation cannot drift apart.
 | `orderwatch_status_dwell_seconds` | histogram | status, channel | time spent in a status, observed when the order leaves it |
 | `orderwatch_pay_to_collect_seconds` | histogram | | payment to carrier collection (`paid` → `shipped`) |
 | `orderwatch_pay_to_collect_within_sla_total` | counter | | pay-to-collect observations within the fulfilment SLA |
-| `orderwatch_pay_to_collect_sla_ratio` | gauge | | share of pay-to-collect observations within the SLA (absent before the first) |
+| `orderwatch_pay_to_collect_sla_ratio` | gauge | | share of pay-to-collect observations within the SLA (已揽收达成时效; absent before the first) |
 | `orderwatch_pay_to_collect_sla_seconds` | gauge | | the fulfilment SLA (`rules.fulfilment_sla`) |
 | `orderwatch_anomalies_total` | counter | kind | one-shot anomalies detected, by kind |
 | `orderwatch_alerts_firing` | gauge | alertname, rule, severity | alerts firing now (one-shot anomalies excluded) |
@@ -66,6 +66,8 @@ Useful queries:
   / sum by (channel) (rate(orderwatch_payments_success_total[1h]))`; since start:
   `sum by (channel) (orderwatch_paid_without_wms_total)
   / sum by (channel) (orderwatch_payments_success_total)`
+- payments vs warehouse outbounds: `sum by (channel) (rate(orderwatch_payments_success_total[5m]))`
+  beside `sum by (channel) (rate(orderwatch_wms_outbounds_total[5m]))`
 - route QPS: `sum by (route) (rate(orderwatch_http_requests_total[1m]))`
 - route error ratio: `sum by (route) (rate(orderwatch_http_requests_total{code="5xx"}[5m]))
   / sum by (route) (rate(orderwatch_http_requests_total[5m]))`
