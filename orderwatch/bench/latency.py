@@ -9,6 +9,11 @@ line on the daemon's stdout, read by a thread that timestamps each line as it ar
 
 Orders move on to `allocated` 6 s after `paid`, so the set of firing alerts (and so the size of
 each polled response) stays small and constant instead of growing with the run.
+
+The same trickle runs a second time with recovery on and a million orders open (preloaded, all
+read before the feed starts): each recovery snapshot pickles every shard whole while the
+dataflow waits, so that run shows what a promotion's open orders cost the alerts that come due
+meanwhile.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ DWELL_MS = 2_000
 RESOLVE_AFTER_S = 6.0
 POLL_S = 0.02
 NOTIFIERS = "not measured: notifiers not built yet"
+RECOVERY_OPEN_ORDERS = 1_000_000
+PRELOAD_SPAN_MS = 30_000  # the preloaded orders were created over the 30 s before the start
 _FIRING = re.compile(r"FIRING\s+\S+\s+lat\s+(\S+)")
 
 
@@ -47,8 +54,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def daemon_config(events: Path, state: Path, port: int) -> dict[str, Any]:
-    """The daemon's config: one tailed file, one 2 s stuck rule, fast watermark settings."""
+def daemon_config(events: Path, state: Path, port: int, recovery: bool = False) -> dict[str, Any]:
+    """The daemon's config: one tailed file, one 2 s stuck rule, fast watermark settings;
+    `recovery`: bytewax snapshots every `state.snapshot_interval` (its default, 30 s)."""
     return {
         "lateness": f"{LATENESS_MS}ms",
         "idle_after": "1s",
@@ -57,7 +65,7 @@ def daemon_config(events: Path, state: Path, port: int) -> dict[str, Any]:
             "stuck": [{"name": "lat", "statuses": ["paid"], "max_dwell": f"{DWELL_MS // 1000}s"}]
         },
         "http": {"listen": f"127.0.0.1:{port}"},
-        "state": {"dir": str(state)},
+        "state": {"dir": str(state), "recovery": recovery},
         "engine": {"max_future": "10m"},
         "notifiers": [{"kind": "console"}],
     }
@@ -179,6 +187,46 @@ def _order(ts: int, oid: str, status: str) -> bytes:
 _FILLER = {"type": "access_log", "route": "/api/ping", "method": "GET", "status": 200}
 
 
+def preload(path: Path, orders: int, now_ms: int, chunk: int = 100_000) -> None:
+    """Write `orders` orders that enter `created` over the PRELOAD_SPAN_MS before `now_ms`, in
+    time order, and stay open: no rule of the run watches `created`, so none of them fires."""
+    start = now_ms - PRELOAD_SPAN_MS
+    with path.open("wb") as f:
+        for first in range(0, orders, chunk):
+            f.write(
+                b"".join(
+                    _order(start + i * PRELOAD_SPAN_MS // orders, f"P{i:08d}", "created")
+                    for i in range(first, min(first + chunk, orders))
+                )
+            )
+
+
+def _tracked(port: int) -> float | None:
+    """`orderwatch_orders_tracked` from the daemon's `/metrics`, or None."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    m = re.search(r"^orderwatch_orders_tracked (\S+)$", body, re.MULTILINE)
+    return float(m.group(1)) if m else None
+
+
+def _wait_tracking(port: int, proc: subprocess.Popen[bytes], orders: int, timeout: float) -> float:
+    """Wait until the daemon holds `orders` orders (it has read the preload); seconds waited."""
+    started = time.monotonic()
+    while (waited := time.monotonic() - started) < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited early with {proc.returncode}")
+        if (_tracked(port) or 0) >= orders:
+            return waited
+        time.sleep(0.5)
+    raise RuntimeError(f"daemon did not read the {orders:,} preloaded orders in {timeout:.0f} s")
+
+
 def spread(owed: float, per_tick: float) -> tuple[int, float]:
     """New orders for this tick, and those owed after it: `per_tick` a tick on average."""
     new = int(owed + 1e-9)  # 0.1 added ten times is 0.9999999999999999
@@ -243,6 +291,8 @@ class _Run:
     exit_code: int
     stderr_tail: str
     rss_mib: float | None  # the daemon's, once the feed ended (before it is stopped)
+    catch_up_s: float | None = None  # reading the preloaded orders, before the feed started
+    state_bytes: int = 0  # the state directory once the daemon stopped (recovery store, alerts)
 
     @property
     def troubled(self) -> bool:
@@ -257,12 +307,14 @@ def _live_run(
     orders_per_s: float,
     resolve_after_s: float | None,
     poll_path: str,
+    open_orders: int = 0,
+    recovery: bool = False,
 ) -> _Run:
-    """Start the daemon, feed it, poll it, stop it."""
+    """Start the daemon (`open_orders` preloaded), feed it, poll it, stop it."""
     with tempfile.TemporaryDirectory(prefix="orderwatch-bench-live-") as tmp:
         events, state, port = Path(tmp) / "events.jsonl", Path(tmp) / "state", free_port()
-        events.touch()
-        cfg = daemon_config(events, state, port)
+        preload(events, open_orders, int(time.time() * 1000))
+        cfg = daemon_config(events, state, port, recovery)
         cfg_path = Path(tmp) / "live.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         argv = [sys.executable, "-m", "orderwatch", "run", "--config", str(cfg_path)]
@@ -277,8 +329,11 @@ def _live_run(
         console = _Console(proc.stdout)
         console.start()
         poller = _Poller(port, poll_path)
+        catch_up = None
         try:
             _wait_ready(port, proc)
+            if open_orders:
+                catch_up = _wait_tracking(port, proc, open_orders, timeout=600)
             poller.start()
             due, lines_written = _feed(events, seconds, rate, orders_per_s, resolve_after_s)
             rss = vm_rss_mib(proc.pid)
@@ -295,7 +350,10 @@ def _live_run(
             if poller.is_alive():
                 poller.join(timeout=10)
         stderr_tail = (Path(tmp) / "daemon.err").read_text(errors="replace")[-3000:]
-    return _Run(argv, cfg, due, lines_written, console, poller, code, stderr_tail, rss)
+        held = sum(f.stat().st_size for f in state.rglob("*") if f.is_file())
+    return _Run(
+        argv, cfg, due, lines_written, console, poller, code, stderr_tail, rss, catch_up, held
+    )
 
 
 def _parameters(run: _Run, seconds: float, rate: float, orders_per_s: float) -> dict[str, Any]:
@@ -329,6 +387,36 @@ def run_latency(seconds: float = 30, rate: float = 100, orders_per_s: float = 10
         },
         "poll_error_samples": poller.error_samples,
         # Kept whenever something looks wrong, so a bad run can be understood afterwards.
+        "daemon_stderr_tail": run.stderr_tail if run.troubled else "",
+    }
+
+
+def run_recovery_latency(
+    open_orders: int = RECOVERY_OPEN_ORDERS, seconds: float = 60, rate: float = 100
+) -> dict[str, Any]:
+    """The trickle of `run_latency` with recovery on and `open_orders` orders open: every
+    snapshot pickles them all while the dataflow waits, and the alerts due meanwhile wait too.
+    60 s at the default 30 s snapshot interval takes two snapshots."""
+    run = _live_run(
+        seconds, rate, 10, RESOLVE_AFTER_S, "/v1/alerts?rule=lat", open_orders, recovery=True
+    )
+    delays = delays_ms(run.due, run.console.seen)
+    return {
+        "api": summarize(run.due, run.poller.seen),
+        "console": summarize(run.due, run.console.seen),
+        "console_over_1s": sum(1 for d in delays if d > 1000),
+        "open_orders": open_orders,
+        "catch_up_s": run.catch_up_s,
+        "daemon_rss_mib": run.rss_mib,
+        "state_mib": run.state_bytes / 2**20,
+        "exit_code": run.exit_code,
+        "poll_errors": run.poller.errors,
+        "poll_error_samples": run.poller.error_samples,
+        "parameters": {
+            **_parameters(run, seconds, rate, 10),
+            "resolve_after_s": RESOLVE_AFTER_S,
+            "snapshot_interval": "30s (the default)",
+        },
         "daemon_stderr_tail": run.stderr_tail if run.troubled else "",
     }
 

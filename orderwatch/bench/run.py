@@ -415,12 +415,20 @@ def run_bench(opts: Options) -> int:
     if opts.skip_latency:
         result["latency"] = {"skipped": True}
     else:
-        from orderwatch.bench.latency import run_latency, run_storm_latency
+        from orderwatch.bench.latency import (
+            RECOVERY_OPEN_ORDERS,
+            run_latency,
+            run_recovery_latency,
+            run_storm_latency,
+        )
 
         _log("live latency run")
         result["latency"] = run_latency(seconds=10 if opts.quick else 30)
         _log("live latency run in a 漏发 storm (1,000 new alerts/s)")
         result["storm_latency"] = run_storm_latency(seconds=10 if opts.quick else 30)
+        opened = 100_000 if opts.quick else RECOVERY_OPEN_ORDERS
+        _log(f"live latency run with recovery on and {opened:,} orders open")
+        result["recovery_latency"] = run_recovery_latency(opened, seconds=10 if opts.quick else 60)
     add_ratios(result)
     result["goals"] = goals(result)
     result["duration_s"] = round(time.time() - started, 1)

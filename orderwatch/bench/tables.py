@@ -259,6 +259,14 @@ def latency_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
         )
         trip = "GET /metrics round trip during the storm"
         rows.append([trip, polls, _num(h["p50"], ".1f"), _num(h["p99"], ".1f"), _num(h["max"])])
+    rec = result.get("recovery_latency") or {}
+    if rec and not rec.get("skipped"):
+        held = f"recovery on, {rec['open_orders']:,} orders open"
+        for key, label in (("api", "GET /v1/alerts"), ("console", "console")):
+            s = rec[key]
+            count = f"{s['count']}" + (f" ({s['missing']} missing)" if s["missing"] else "")
+            row = [f"{label}, {held}", count, _num(s["p50_ms"]), _num(s["p99_ms"])]
+            rows.append([*row, _num(s["max_ms"])])
     return head, rows
 
 
@@ -294,6 +302,16 @@ def footer(result: dict[str, Any]) -> list[str]:
         lines.append(
             "WARNING: the work tree changed during the run (now "
             f"{result['code']['git_commit_at_end']}): figures may mix two versions"
+        )
+    rec = result.get("recovery_latency") or {}
+    if rec and not rec.get("skipped"):
+        lines.append(
+            f"recovery on: {rec['open_orders']:,} preloaded orders read in "
+            f"{_num(rec['catch_up_s'])} s before the feed; snapshots every "
+            f"{rec['parameters']['snapshot_interval']}; "
+            f"{rec['console_over_1s']} alerts over 1 s on the console; daemon RSS "
+            f"{_num(rec['daemon_rss_mib'])} MiB, state directory {rec['state_mib']:,.0f} MiB "
+            f"at the end; exit code {rec['exit_code']}"
         )
     lat = result.get("latency") or {}
     if lat and not lat.get("skipped"):

@@ -19,9 +19,11 @@ from bench.plain_rules import run as plain_run
 from orderwatch.bench.inputs import ensure_open_orders, open_order_events, simulate_argv
 from orderwatch.bench.latency import (
     _FIRING,
+    PRELOAD_SPAN_MS,
     daemon_config,
     delays_ms,
     due_s,
+    preload,
     spread,
     summarize,
     vm_rss_mib,
@@ -277,6 +279,23 @@ def fake_result() -> dict[str, Any]:
             "scrape_ms": {"polls": 1500, "p50": 0.62, "p99": 12.25, "max": 66.0},
             "poll_errors": 1,
         },
+        "recovery_latency": {
+            "api": {"count": 590, "missing": 10, "p50_ms": 50.0, "p99_ms": 700.0, "max_ms": 900},
+            "console": {
+                "count": 600,
+                "missing": 0,
+                "p50_ms": 40.0,
+                "p99_ms": 1100.0,
+                "max_ms": 1500,
+            },
+            "console_over_1s": 8,
+            "open_orders": 1_000_000,
+            "catch_up_s": 24.6,
+            "daemon_rss_mib": 410.2,
+            "state_mib": 404.4,
+            "exit_code": 0,
+            "parameters": {"snapshot_interval": "30s (the default)"},
+        },
     }
 
 
@@ -296,6 +315,14 @@ def test_goals_compare_each_figure_with_the_issue() -> None:
     assert g["replay_2_processes_x_parse_only"]["met"] is True
     assert g["bytes_per_open_order"]["met"] is True
     assert g["latency_p99_ms"] == {"goal": 1000, "value": 1200.0, "met": False}
+    # with recovery on, the slower of the two sightings counts: the console's 1,100 ms
+    assert g["latency_p99_ms_recovery_on"] == {"goal": 1000, "value": 1100.0, "met": False}
+    quicker = fake_result()
+    quicker["recovery_latency"]["console"]["p99_ms"] = 650.0
+    g = goals(add_ratios(quicker))
+    assert g["latency_p99_ms_recovery_on"] == {"goal": 1000, "value": 700.0, "met": True}
+    del quicker["recovery_latency"]
+    assert goals(add_ratios(quicker))["latency_p99_ms_recovery_on"]["met"] is None
 
 
 def test_bytes_per_order_is_the_slope_of_two_runs() -> None:
@@ -330,6 +357,15 @@ def test_result_name_and_markdown() -> None:
     assert (
         "| GET /metrics round trip during the storm | 1,500 polls (1 failed) | 0.6 | 12.2 | 66 |"
         in md
+    )
+    assert (
+        "| GET /v1/alerts, recovery on, 1,000,000 orders open | 590 (10 missing) | 50 | 700 |" in md
+    )
+    assert "| console, recovery on, 1,000,000 orders open | 600 | 40 | 1,100 | 1,500 |" in md
+    assert (
+        "recovery on: 1,000,000 preloaded orders read in 25 s before the feed; snapshots every "
+        "30s (the default); 8 alerts over 1 s on the console; daemon RSS 410 MiB, state "
+        "directory 404 MiB at the end; exit code 0" in md
     )
     assert "Test CPU 9000" in md and "abc1234-dirty" in md
     # where the time goes: shares of the sum, and what the whole replay adds (4 µs at 250k/s)
@@ -469,6 +505,30 @@ def test_daemon_config_validates() -> None:
     cfg = daemon_config(Path("/tmp/e.jsonl"), Path("/tmp/state"), 18080)
     validated = validate_config(cfg)
     assert validated.http.port == 18080
+    assert not validated.state.recovery
+    recovering = validate_config(daemon_config(Path("/tmp/e.jsonl"), Path("/s"), 1, True))
+    assert recovering.state.recovery and recovering.state.snapshot_interval == 30_000
+
+
+def test_preloaded_orders_are_open_distinct_and_in_time_order(tmp_path: Path) -> None:
+    """What the recovery run holds open: valid order events, each order once, `created`
+    only (no rule of the run watches it), stamped in time order over the 30 s before now."""
+    from orderwatch.events import Decoder
+
+    path = tmp_path / "events.jsonl"
+    now = 1_790_000_000_000
+    preload(path, 2_500, now, chunk=1_000)  # three chunks, the last one short
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 2_500
+    events, rejected = Decoder().decode_lines(lines, "preload")
+    assert not rejected and len(events) == 2_500
+    stamps = [ts for ts, _ in events]
+    assert stamps == sorted(stamps)
+    assert now - PRELOAD_SPAN_MS <= stamps[0] and stamps[-1] < now
+    assert {ev.status for _, ev in events} == {"created"}
+    assert len({ev.order_id for _, ev in events}) == 2_500
+    preload(path, 0, now)
+    assert path.read_bytes() == b""
 
 
 # ---- the launcher ------------------------------------------------------------------------------
