@@ -171,15 +171,48 @@ class ShardTracker:
         self._update_plan = tuple((s.statuses, s.max_dwell_ms) for s in self._update_rules)
         self._update_firing = sum(stuck_firing(s.index) for s in self._update_rules)
         self._update_done = sum(stuck_done(s.index) for s in self._update_rules)
+        self._bind_handlers()
+        self._firing_mask = sum(_GAP_FIRING.values()) | sum(
+            stuck_firing(s.index) for s in rules.stuck
+        )
+
+    def _bind_handlers(self) -> None:
         self._handlers: dict[type, Callable[..., str | None]] = {
             OrderEvent: self._on_order,
             PaymentEvent: self._on_payment,
             WmsEvent: self._on_wms,
             LogisticsEvent: self._on_logistics,
         }
-        self._firing_mask = sum(_GAP_FIRING.values()) | sum(
-            stuck_firing(s.index) for s in rules.stuck
-        )
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but what the orders themselves tell: the slot table and the deadline
+        heap are rebuilt from them on resume (`__setstate__`). A snapshot pauses the dataflow
+        while it pickles every order, and those two cost a third of it (~0.3 s of ~0.8 s at
+        1M orders: a million ints and a million look-ups of ids already written)."""
+        state = self.__dict__.copy()
+        state["_slots"] = len(self._slots)
+        del state["_deadlines"], state["_handlers"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._bind_handlers()
+        slots: list[str | None] = [None] * state["_slots"]
+        heap: list[int] = []
+        bits, packer = self._bits, self._packer
+        for oid, rec in self.orders.items():
+            if isinstance(rec, bytes):  # its slot is inside: unpack a copy to read it
+                due, slot = packed_due(rec), packer.unpack(rec, oid).slot
+            else:
+                due, slot = rec.due, rec.slot
+            slots[slot] = oid  # the key object, as `oid` of a record and the heap want it
+            if due is not None:
+                heap.append((due - _EPOCH) << bits | slot)
+        heapq.heapify(heap)
+        self._slots, self._deadlines = slots, heap
+        self._heap_limit = len(heap) + len(heap) // 2 + _HEAP_SLACK
 
     # --- intake ------------------------------------------------------------------------------
 

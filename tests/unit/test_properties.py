@@ -22,6 +22,7 @@ from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.events import AccessLogEvent, Decoder, OrderEvent
 from orderwatch.pipelines.orders import ShardLogic
 from orderwatch.pipelines.route import Router, ShardBatch
+from orderwatch.pipelines.snapshots import dump_shard, load_shard, state_settings
 from orderwatch.runtime import Runtime
 from tests.factories import (
     decoded_only,
@@ -33,6 +34,7 @@ from tests.factories import (
 from tests.strategies import rules_config, streams
 
 CFG = rules_config()
+SETTINGS = state_settings(CFG)
 
 
 def reference(lines: list[bytes]) -> list[AlertChange]:
@@ -56,12 +58,14 @@ def through_router(
     shuffle: random.Random | None = None,
     pack_after: int = 0,
     group: int = 1,
+    resume_after: int | None = None,
 ) -> list[AlertChange]:
     """The real router and shard logic, without bytewax, with any shard count and batch size.
 
     `shuffle` decodes the chunks in a random order, as workers racing each other would;
     `pack_after` packs idle orders once that many were unpacked (1: after every batch);
-    `group` hands a shard that many batches per call, as bytewax may.
+    `group` hands a shard that many batches per call, as bytewax may; `resume_after` swaps
+    every shard's state for a copy read back from its snapshot after that many chunks.
     """
     runtime = Runtime(shards=shards)
     router = Router(Decoder(CFG.status_map), runtime, lateness_ms=CFG.lateness)
@@ -82,6 +86,10 @@ def through_router(
             waiting[key].append(item)
             if len(waiting[key]) == group:
                 out.extend(logic.on_batch(waiting.pop(key))[0])
+        if resume_after is not None and chunk.first == resume_after:
+            for logic in logics.values():
+                blob = dump_shard((logic.tracker, logic.clock), SETTINGS)
+                logic.tracker, logic.clock = load_shard(blob, SETTINGS)
     for key, logic in logics.items():
         if waiting.get(key):
             out.extend(logic.on_batch(waiting.pop(key))[0])
@@ -159,6 +167,59 @@ def test_packing_idle_orders_changes_nothing(
     ):
         packed = through_router(lines, shards, batch, pack_after=1)
     assert packed == reference(lines)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=streams(),
+    batch=st.integers(1, 10),
+    data=st.data(),
+    everything=st.booleans(),
+    compressed=st.booleans(),
+)
+def test_resuming_from_a_snapshot_changes_nothing(
+    lines: list[bytes], batch: int, data: st.DataObject, everything: bool, compressed: bool
+) -> None:
+    """A snapshot leaves out the slot table and the deadline heap, and resuming rebuilds both
+    from the orders, packed ones included: after any chunk, the alert changes are the same as
+    those of a run never stopped."""
+    chunks = -(-len(lines) // batch)
+    cut = data.draw(st.integers(1, chunks))
+    always = mock.patch.object(ShardTracker, "_pack_idle", pack_everything)
+    zstd = mock.patch.object(tracker_module, "Packer", trained_packer)
+    with (
+        always if everything else contextlib.nullcontext(),
+        zstd if compressed else contextlib.nullcontext(),
+    ):
+        resumed = through_router(lines, 3, batch, pack_after=1, resume_after=cut)
+    assert resumed == reference(lines)
+
+
+def test_a_resumed_shard_has_the_same_slots_and_live_deadlines() -> None:
+    """What `__setstate__` rebuilds is what the shard held: the same slot table (the dict's
+    own key objects in it) and one heap entry per order with a deadline, its live one."""
+    from tests.pipelines.test_dataflow import SAMPLE
+
+    rules = dataclasses.replace(RuleSet.from_config(CFG), pack_after=1)
+    tracker = ShardTracker(rules)
+    dec = Decoder(CFG.status_map)
+    decoded = [decoded_only(dec.decode(raw, "t", "0")) for raw in SAMPLE]
+    for d in decoded[: len(decoded) // 2]:
+        if not isinstance(d.event, AccessLogEvent):
+            tracker.ingest(*order_scoped(d))
+            tracker.advance(d.ts_ms)  # orders idle since the last call are packed
+    assert tracker.packed and tracker.packed < len(tracker.orders)  # both kinds held
+    assert tracker._free  # and freed slots: forgotten orders
+
+    back = load_shard(dump_shard((tracker,), SETTINGS), SETTINGS)[0]
+    assert back._slots == tracker._slots
+    keys = {id(k) for k in back.orders}
+    assert all(id(k) in keys for k in back._slots if k is not None)
+    tracker._compact()  # drops the superseded entries: what is left is one live one per order
+    assert sorted(back._deadlines) == sorted(tracker._deadlines)
+    assert len(back._deadlines) == sum(
+        (tracker.record(k) or OrderRec(0, 0)).due is not None for k in tracker.orders
+    )
 
 
 @settings(max_examples=150, deadline=None)
