@@ -36,7 +36,9 @@ from typing import IO, Any
 import orjson
 import yaml
 
+from orderwatch.bench.launch import cpu_seconds
 from orderwatch.bench.measure import percentile
+from orderwatch.domain.rules import GAP_RULES
 
 LATENESS_MS = 500
 DWELL_MS = 2_000
@@ -54,16 +56,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def daemon_config(events: Path, state: Path, port: int, recovery: bool = False) -> dict[str, Any]:
+def daemon_config(
+    events: Path, state: Path, port: int, recovery: bool = False, reconcile: bool = False
+) -> dict[str, Any]:
     """The daemon's config: one tailed file, one 2 s stuck rule, fast watermark settings;
-    `recovery`: bytewax snapshots every `state.snapshot_interval` (its default, 30 s)."""
+    `recovery`: bytewax snapshots every `state.snapshot_interval` (its default, 30 s);
+    `reconcile`: the three payment ↔ warehouse gap rules too (10 minutes each)."""
+    rules: dict[str, Any] = {
+        "stuck": [{"name": "lat", "statuses": ["paid"], "max_dwell": f"{DWELL_MS // 1000}s"}]
+    }
+    if reconcile:
+        rules["gaps"] = {name: {"within": "10m"} for name in GAP_RULES}
     return {
         "lateness": f"{LATENESS_MS}ms",
         "idle_after": "1s",
         "sources": [{"kind": "file", "path": str(events), "follow": True}],
-        "rules": {
-            "stuck": [{"name": "lat", "statuses": ["paid"], "max_dwell": f"{DWELL_MS // 1000}s"}]
-        },
+        "rules": rules,
         "http": {"listen": f"127.0.0.1:{port}"},
         "state": {"dir": str(state), "recovery": recovery},
         "engine": {"max_future": "10m"},
@@ -187,6 +195,25 @@ def _order(ts: int, oid: str, status: str) -> bytes:
 _FILLER = {"type": "access_log", "route": "/api/ping", "method": "GET", "status": 200}
 
 
+def busy_order(ts: int, oid: str) -> list[bytes]:
+    """One order's whole way to the warehouse at once, as the load of a busy run writes it:
+    created, its payment, paid, the WMS outbound, allocated. Every tracker step runs for it
+    (dedup, the state machine, payment ↔ WMS reconciliation, deadlines) and nothing fires."""
+    base = {"ts": ts, "order_id": oid}
+    order = {**base, "type": "order", "channel": "tmall", "amount": "100.00"}
+    pay = {**base, "type": "payment", "pay_no": f"Y{oid}", "amount": "100.00"}
+    return [
+        orjson.dumps(ev) + b"\n"
+        for ev in (
+            {**order, "status": "created"},
+            {**pay, "status": "success"},
+            {**order, "status": "paid"},
+            {**base, "type": "wms", "action": "outbound_created", "warehouse": "WH-SH-01"},
+            {**order, "status": "allocated"},
+        )
+    ]
+
+
 def preload(path: Path, orders: int, now_ms: int, chunk: int = 100_000) -> None:
     """Write `orders` orders that enter `created` over the PRELOAD_SPAN_MS before `now_ms`, in
     time order, and stay open: no rule of the run watches `created`, so none of them fires."""
@@ -239,6 +266,7 @@ def _feed(
     rate: float,
     orders_per_s: float,
     resolve_after_s: float | None = RESOLVE_AFTER_S,
+    busy_per_s: float = 0,
 ) -> tuple[dict[str, float], int]:
     """Append a steady stream for `seconds`, then filler only until the last deadline passed.
 
@@ -247,13 +275,15 @@ def _feed(
     a tick at 1,000/s and 200); a tick without one writes an access log, which moves event time
     on and touches no order. Each order is `allocated` `resolve_after_s` later (None: never,
     so its alert keeps firing), written on top of whatever the tick writes. Returns each
-    order's due moment and the number of lines written.
+    order's due moment and the number of lines written. `busy_per_s` more orders a second go
+    all the way to the warehouse at once (`busy_order`: 5 lines each), as load.
     """
     due: dict[str, float] = {}
     pending: list[tuple[float, str]] = []  # (wall time to allocate, order id), in order
     started = time.monotonic()
     tick = lines = 0
     owed = 1.0  # orders due by this tick: the first tick writes one
+    owed_busy, busy = 0.0, 0
     drain_until = seconds + DWELL_MS / 1000 + (resolve_after_s or 0) + 2
     with path.open("ab", buffering=0) as f:
         while (elapsed := time.monotonic() - started) < drain_until:
@@ -269,6 +299,11 @@ def _feed(
                 due[oid] = due_s(ts)
                 if resolve_after_s is not None:
                     pending.append((now + resolve_after_s, oid))
+            if elapsed < seconds and busy_per_s:
+                extra, owed_busy = spread(owed_busy, busy_per_s / rate)
+                for _ in range(extra):
+                    out += busy_order(ts, f"B{busy:09d}")
+                    busy += 1
             if not new:
                 out.append(orjson.dumps({**_FILLER, "ts": ts, "latency_ms": 1}) + b"\n")
             f.write(b"".join(out))  # one write: the tailer never sees half a batch
@@ -292,6 +327,7 @@ class _Run:
     stderr_tail: str
     rss_mib: float | None  # the daemon's, once the feed ended (before it is stopped)
     catch_up_s: float | None = None  # reading the preloaded orders, before the feed started
+    load_cores: float | None = None  # the daemon's CPU seconds per second while fed load
     state_bytes: int = 0  # the state directory once the daemon stopped (recovery store, alerts)
 
     @property
@@ -309,12 +345,13 @@ def _live_run(
     poll_path: str,
     open_orders: int = 0,
     recovery: bool = False,
+    busy_per_s: float = 0,
 ) -> _Run:
     """Start the daemon (`open_orders` preloaded), feed it, poll it, stop it."""
     with tempfile.TemporaryDirectory(prefix="orderwatch-bench-live-") as tmp:
         events, state, port = Path(tmp) / "events.jsonl", Path(tmp) / "state", free_port()
         preload(events, open_orders, int(time.time() * 1000))
-        cfg = daemon_config(events, state, port, recovery)
+        cfg = daemon_config(events, state, port, recovery, reconcile=busy_per_s > 0)
         cfg_path = Path(tmp) / "live.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         argv = [sys.executable, "-m", "orderwatch", "run", "--config", str(cfg_path)]
@@ -329,13 +366,22 @@ def _live_run(
         console = _Console(proc.stdout)
         console.start()
         poller = _Poller(port, poll_path)
-        catch_up = None
+        catch_up = cores = None
         try:
             _wait_ready(port, proc)
             if open_orders:
                 catch_up = _wait_tracking(port, proc, open_orders, timeout=600)
             poller.start()
-            due, lines_written = _feed(events, seconds, rate, orders_per_s, resolve_after_s)
+            cpu = [cpu_seconds(proc.pid)]
+            timer = threading.Timer(seconds, lambda: cpu.append(cpu_seconds(proc.pid)))
+            timer.start()  # the load ends after `seconds`; the drain that follows is idle
+            due, lines_written = _feed(
+                events, seconds, rate, orders_per_s, resolve_after_s, busy_per_s
+            )
+            timer.join()
+            start, end = cpu if len(cpu) == 2 else (None, None)
+            if start is not None and end is not None:
+                cores = (end - start) / seconds
             rss = vm_rss_mib(proc.pid)
         finally:
             poller.stop.set()
@@ -352,7 +398,18 @@ def _live_run(
         stderr_tail = (Path(tmp) / "daemon.err").read_text(errors="replace")[-3000:]
         held = sum(f.stat().st_size for f in state.rglob("*") if f.is_file())
     return _Run(
-        argv, cfg, due, lines_written, console, poller, code, stderr_tail, rss, catch_up, held
+        argv,
+        cfg,
+        due,
+        lines_written,
+        console,
+        poller,
+        code,
+        stderr_tail,
+        rss,
+        catch_up_s=catch_up,
+        load_cores=cores,
+        state_bytes=held,
     )
 
 
@@ -417,6 +474,30 @@ def run_recovery_latency(
             "resolve_after_s": RESOLVE_AFTER_S,
             "snapshot_interval": "30s (the default)",
         },
+        "daemon_stderr_tail": run.stderr_tail if run.troubled else "",
+    }
+
+
+def run_busy_latency(
+    seconds: float = 30, busy_events_per_s: float = 50_000, rate: float = 200
+) -> dict[str, Any]:
+    """The trickle of `run_latency` under load: `busy_events_per_s` more events a second, whole
+    orders that reach the warehouse at once (5 events each, nothing fires), about half of what
+    one worker replays, with the gap rules on so that each order is reconciled. The daemon's
+    CPU over the load shows how busy it was."""
+    busy = busy_events_per_s / 5
+    run = _live_run(seconds, rate, 10, RESOLVE_AFTER_S, "/v1/alerts?rule=lat", busy_per_s=busy)
+    return {
+        "api": summarize(run.due, run.poller.seen),
+        "console": summarize(run.due, run.console.seen),
+        "busy_events_per_s": busy_events_per_s,
+        "lines": run.lines,
+        "daemon_cores": run.load_cores,  # its CPU seconds per second while fed the load
+        "daemon_rss_mib": run.rss_mib,
+        "exit_code": run.exit_code,
+        "poll_errors": run.poller.errors,
+        "poll_error_samples": run.poller.error_samples,
+        "parameters": {**_parameters(run, seconds, rate, 10), "resolve_after_s": RESOLVE_AFTER_S},
         "daemon_stderr_tail": run.stderr_tail if run.troubled else "",
     }
 

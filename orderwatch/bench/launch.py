@@ -42,7 +42,7 @@ def _hwm_kib(pid: int) -> int | None:
     return None  # a zombie has no memory lines
 
 
-def _cpu_s(pid: int) -> float | None:
+def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds the process has used so far (/proc/<pid>/stat)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -100,7 +100,7 @@ class Sampler(threading.Thread):
             if kib is not None:
                 self.peaks[pid] = max(kib, self.peaks.get(pid, 0))
                 self.parents.setdefault(pid, parent)
-                cpu = _cpu_s(pid)
+                cpu = cpu_seconds(pid)
                 if cpu is not None:
                     self.cpu[pid] = max(cpu, self.cpu.get(pid, 0.0))
                 if pid not in self.commands:

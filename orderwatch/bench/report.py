@@ -21,7 +21,8 @@ GOALS = {
     "replay_2_processes_x_parse_only": 0.45,
     "bytes_per_open_order": 400,
     "latency_p99_ms": 1000,
-    "latency_p99_ms_recovery_on": 1000,  # the same goal, in what a promotion holds
+    "latency_p99_ms_busy": 1000,  # the same goal, under load
+    "latency_p99_ms_recovery_on": 1000,  # and in what a promotion holds
 }
 REPLAYS = ("1_worker", "2_workers", "2_processes")
 MIB = 1024 * 1024
@@ -151,15 +152,13 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
     two = rep.get("2_processes", {}).get("ratios", {}).get("x_parse_only", {}).get("best")
     bpo = result.get("open_orders", {}).get("orderwatch", {}).get("bytes_per_order")
     p99 = result.get("latency", {}).get("api", {}).get("p99_ms")
-    recovering = result.get("recovery_latency", {})
-    # the later of the two sightings: an alert is only as early as its slower channel
-    worst = [recovering.get(k, {}).get("p99_ms") for k in ("api", "console")]
     got = {
         "replay_1_worker_x_parse_only": one,
         "replay_2_processes_x_parse_only": two,
         "bytes_per_open_order": bpo,
         "latency_p99_ms": p99,
-        "latency_p99_ms_recovery_on": None if None in worst else max(worst),
+        "latency_p99_ms_busy": _slower(result.get("busy_latency", {})),
+        "latency_p99_ms_recovery_on": _slower(result.get("recovery_latency", {})),
     }
     out: dict[str, Any] = {}
     for key, goal in GOALS.items():
@@ -168,6 +167,13 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
         met = None if value is None else (value <= goal if lower_is_better else value >= goal)
         out[key] = {"goal": goal, "value": value, "met": met}
     return out
+
+
+def _slower(run: dict[str, Any]) -> float | None:
+    """A live run's p99: the later of its two sightings, as an alert is only as early as its
+    slower channel (None when either is missing)."""
+    both = [run.get(k, {}).get("p99_ms") for k in ("api", "console")]
+    return None if None in both else max(both)
 
 
 def result_name(when: datetime, hostname: str) -> str:

@@ -417,6 +417,7 @@ def run_bench(opts: Options) -> int:
     else:
         from orderwatch.bench.latency import (
             RECOVERY_OPEN_ORDERS,
+            run_busy_latency,
             run_latency,
             run_recovery_latency,
             run_storm_latency,
@@ -424,6 +425,8 @@ def run_bench(opts: Options) -> int:
 
         _log("live latency run")
         result["latency"] = run_latency(seconds=10 if opts.quick else 30)
+        _log("live latency run under load (50,000 events/s)")
+        result["busy_latency"] = run_busy_latency(seconds=10 if opts.quick else 30)
         _log("live latency run in a 漏发 storm (1,000 new alerts/s)")
         result["storm_latency"] = run_storm_latency(seconds=10 if opts.quick else 30)
         opened = 100_000 if opts.quick else RECOVERY_OPEN_ORDERS

@@ -240,12 +240,15 @@ def latency_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
     head = ["alert latency after the watermark", "alerts", "p50 ms", "p99 ms", "max ms"]
     if not lat or lat.get("skipped"):
         return head, [["(skipped)", "", "", "", ""]]
-    rows: Rows = []
-    for key, label in (("api", "GET /v1/alerts"), ("console", "console (stdout)")):
-        s = lat[key]
-        count = f"{s['count']}" + (f" ({s['missing']} missing)" if s["missing"] else "")
-        rows.append([label, count, _num(s["p50_ms"]), _num(s["p99_ms"]), _num(s["max_ms"])])
+    rows = _sightings(lat)
     rows.append(["notifier HTTP request", lat["notifier"], "", "", ""])
+    busy = result.get("busy_latency") or {}
+    if busy and not busy.get("skipped"):
+        cores = busy.get("daemon_cores")
+        load = f"{busy['busy_events_per_s']:,.0f} events/s" + (
+            "" if cores is None else f", daemon {cores:.2f} cores"
+        )
+        rows += _sightings(busy, f"under load ({load})")
     storm = result.get("storm_latency") or {}
     if storm and not storm.get("skipped"):
         c, h = storm["console"], storm["scrape_ms"]
@@ -261,13 +264,21 @@ def latency_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
         rows.append([trip, polls, _num(h["p50"], ".1f"), _num(h["p99"], ".1f"), _num(h["max"])])
     rec = result.get("recovery_latency") or {}
     if rec and not rec.get("skipped"):
-        held = f"recovery on, {rec['open_orders']:,} orders open"
-        for key, label in (("api", "GET /v1/alerts"), ("console", "console")):
-            s = rec[key]
-            count = f"{s['count']}" + (f" ({s['missing']} missing)" if s["missing"] else "")
-            row = [f"{label}, {held}", count, _num(s["p50_ms"]), _num(s["p99_ms"])]
-            rows.append([*row, _num(s["max_ms"])])
+        rows += _sightings(rec, f"recovery on, {rec['open_orders']:,} orders open")
     return head, rows
+
+
+def _sightings(run: dict[str, Any], condition: str | None = None) -> Rows:
+    """A live run's API and console rows, labelled with what the run was under, if anything
+    but the plain trickle."""
+    rows: Rows = []
+    labels = ("GET /v1/alerts", "console (stdout)" if condition is None else "console")
+    for key, label in zip(("api", "console"), labels, strict=True):
+        s = run[key]
+        count = f"{s['count']:,}" + (f" ({s['missing']:,} missing)" if s["missing"] else "")
+        shown = label if condition is None else f"{label}, {condition}"
+        rows.append([shown, count, _num(s["p50_ms"]), _num(s["p99_ms"]), _num(s["max_ms"])])
+    return rows
 
 
 def footer(result: dict[str, Any]) -> list[str]:
