@@ -191,8 +191,11 @@ def typical_order(i: int) -> OrderRec:
 
 
 def trained(packer: Packer) -> list[bytes]:
-    """Pack enough orders for `packer` to train its dictionary; their (raw) blobs."""
-    return [packer.pack(typical_order(i)) for i in range(packing.TRAIN_ON)]
+    """Pack enough orders for `packer` to train its dictionary, and wait until it is in;
+    their (raw) blobs."""
+    blobs = [packer.pack(typical_order(i)) for i in range(packing.TRAIN_ON)]
+    packer.settle()
+    return blobs
 
 
 @functools.cache

@@ -298,7 +298,6 @@ class ShardTracker:
         about those busy lately plus `pack_after`. Results never depend on it.
         """
         orders, busy, packer = self.orders, self._busy, self._packer
-        compressing = packer.compressing
         for oid in self._unpacked - busy:
             rec = orders.get(oid)
             if isinstance(rec, OrderRec):
@@ -308,7 +307,7 @@ class ShardTracker:
         self._unpacked &= busy
         self._busy = set()
         self._pack_at = len(self._unpacked) + self._pack_after
-        if packer.compressing and not compressing:  # just trained: compress the earlier ones
+        if packer.take_fresh():  # its dictionary just came in: compress the earlier ones
             for oid, rec in orders.items():
                 if isinstance(rec, bytes):
                     blob = orders[oid] = packer.recompress(rec)

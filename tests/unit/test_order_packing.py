@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import pickle
 import sys
+import threading
 from decimal import Decimal
 from unittest import mock
 
@@ -118,6 +119,36 @@ def test_without_compression_or_when_training_fails_orders_stay_raw() -> None:
         assert packer.unpack(blob, expected.oid or "") == expected
 
 
+def test_training_runs_beside_the_caller_which_packs_raw_until_the_dictionary_is_in() -> None:
+    """Training does not hold up packing: orders pack raw while it runs, the first pack after
+    it finished takes the dictionary in (and `take_fresh` says so, once), later ones compress.
+    A snapshot taken while it trains waits for it and carries the dictionary."""
+    release = threading.Event()
+    real = packing._train
+
+    def slow(samples: list[bytes]) -> bytes | None:
+        release.wait(10)
+        return real(samples)
+
+    with mock.patch.object(packing, "_train", slow):
+        packer, other = Packer(), Packer()
+        for p in (packer, other):
+            for i in range(packing.TRAIN_ON):
+                p.pack(typical_order(i))
+        codec = packing._HEAD.size - 1
+        during = [packer.pack(typical_order(i)) for i in range(5)]
+        assert not packer.compressing and all(b[codec] == 0 for b in during)
+        assert not packer.take_fresh()
+        threading.Timer(0.05, release.set).start()
+        snap = pickle.loads(pickle.dumps(other))  # waits for `other`'s training to end
+    assert snap.compressing and snap.take_fresh()
+    packer._training.result(timeout=10)  # type: ignore[union-attr]
+    assert packer.pack(typical_order(7))[codec] == 0  # this pack takes the dictionary in
+    assert packer.compressing and packer.take_fresh() and not packer.take_fresh()
+    assert packer.pack(typical_order(8))[codec] == 1
+    assert packer.unpack(packer.recompress(during[0]), "x").since == typical_order(0).since
+
+
 def test_a_shard_compresses_its_earlier_orders_once_it_has_trained() -> None:
     """Orders packed before the dictionary existed are compressed when it does; the bytes
     the shard reports are what it holds."""
@@ -128,18 +159,24 @@ def test_a_shard_compresses_its_earlier_orders_once_it_has_trained() -> None:
     rules = dataclasses.replace(RuleSet.from_config(config()), pack_after=1)
     tracker = ShardTracker(rules)
     n = 300
+
+    def one_order(i: int) -> None:
+        oid = f"PS20261111{i:08d}"
+        lines = [order(i * MIN, oid, "created", amount="99.00"), payment(i * MIN, oid, f"P{i}")]
+        for d in decode_all(lines):
+            tracker.ingest(*order_scoped(d))
+        tracker.advance(BASE + i * MIN + 1)  # just past them: applied
+
     with mock.patch.object(packing, "TRAIN_ON", 200):
         for i in range(n):
-            oid = f"PS20261111{i:08d}"
-            lines = [order(i * MIN, oid, "created", amount="99.00"), payment(i * MIN, oid, f"P{i}")]
-            for d in decode_all(lines):
-                tracker.ingest(*order_scoped(d))
-            tracker.advance(BASE + i * MIN + 1)  # just past them: applied
+            one_order(i)
+        tracker._packer.settle()  # the dictionary is in (it trains in the background) ...
+        one_order(n)  # ... and the next pass over idle orders compresses the raw ones
     blobs = [r for r in tracker.orders.values() if isinstance(r, bytes)]
-    assert len(blobs) == n - 1  # all but the one the last event touched
+    assert len(blobs) == n  # all but the one the last event touched
     codec = packing._HEAD.size - 1
     assert all(b[codec] == 1 for b in blobs)  # compressed, the first 200 too
     assert tracker.packed_bytes == sum(map(len, blobs))
-    records = [tracker.record(oid) for oid in list(tracker.orders)[:-1]]
+    records = [tracker.record(oid) for oid in list(tracker.orders)[:-1]]  # the packed ones
     raw = sum(len(Packer(compress=False).pack(rec)) for rec in records if rec is not None)
     assert tracker.packed_bytes < 0.7 * raw
