@@ -189,8 +189,8 @@ class ShardTracker:
     def __getstate__(self) -> dict[str, Any]:
         """Everything but what the orders themselves tell: the slot table and the deadline
         heap are rebuilt from them on resume (`__setstate__`). A snapshot pauses the dataflow
-        while it pickles every order, and those two cost a third of it (~0.3 s of ~0.8 s at
-        1M orders: a million ints and a million look-ups of ids already written)."""
+        while it pickles every order, and those two cost nearly half of it (0.9 → 0.49 s at
+        1M orders without them: a million ints and a million look-ups of ids already written)."""
         state = self.__dict__.copy()
         state["_slots"] = len(self._slots)
         del state["_deadlines"], state["_handlers"]
