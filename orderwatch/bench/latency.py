@@ -425,26 +425,42 @@ def _parameters(run: _Run, seconds: float, rate: float, orders_per_s: float) -> 
     }
 
 
+def _outcome(
+    run: _Run, seconds: float, rate: float, orders_per_s: float, resolve_after_s: float | None
+) -> dict[str, Any]:
+    """What every live run reports beside its figures: how it ended and how it was made."""
+    return {
+        "exit_code": run.exit_code,
+        "poll_errors": run.poller.errors,
+        "poll_error_samples": run.poller.error_samples,
+        "parameters": {
+            **_parameters(run, seconds, rate, orders_per_s),
+            "resolve_after_s": resolve_after_s,
+        },
+        # Kept whenever something looks wrong, so a bad run can be understood afterwards.
+        "daemon_stderr_tail": run.stderr_tail if run.troubled else "",
+    }
+
+
+def _sightings(run: _Run) -> dict[str, Any]:
+    """The delays to the API and to the console of a run that polled `/v1/alerts`."""
+    return {
+        "api": summarize(run.due, run.poller.seen),
+        "console": summarize(run.due, run.console.seen),
+    }
+
+
 def run_latency(seconds: float = 30, rate: float = 100, orders_per_s: float = 10) -> dict[str, Any]:
     """Alerts of a steady trickle: the figures and how they were made."""
     run = _live_run(seconds, rate, orders_per_s, RESOLVE_AFTER_S, "/v1/alerts?rule=lat")
     poller = run.poller
     return {
-        "api": summarize(run.due, poller.seen),
-        "console": summarize(run.due, run.console.seen),
+        **_sightings(run),
         "notifier": NOTIFIERS,
         "orders": len(run.due),
-        "exit_code": run.exit_code,
         "polls": poller.polls,
-        "poll_errors": poller.errors,
         "poll_round_trip_ms": 1000 * poller.round_trip_s / poller.polls if poller.polls else None,
-        "parameters": {
-            **_parameters(run, seconds, rate, orders_per_s),
-            "resolve_after_s": RESOLVE_AFTER_S,
-        },
-        "poll_error_samples": poller.error_samples,
-        # Kept whenever something looks wrong, so a bad run can be understood afterwards.
-        "daemon_stderr_tail": run.stderr_tail if run.troubled else "",
+        **_outcome(run, seconds, rate, orders_per_s, RESOLVE_AFTER_S),
     }
 
 
@@ -458,24 +474,17 @@ def run_recovery_latency(
         seconds, rate, 10, RESOLVE_AFTER_S, "/v1/alerts?rule=lat", open_orders, recovery=True
     )
     delays = delays_ms(run.due, run.console.seen)
-    return {
-        "api": summarize(run.due, run.poller.seen),
-        "console": summarize(run.due, run.console.seen),
+    result = {
+        **_sightings(run),
         "console_over_1s": sum(1 for d in delays if d > 1000),
         "open_orders": open_orders,
         "catch_up_s": run.catch_up_s,
         "daemon_rss_mib": run.rss_mib,
         "state_mib": run.state_bytes / 2**20,
-        "exit_code": run.exit_code,
-        "poll_errors": run.poller.errors,
-        "poll_error_samples": run.poller.error_samples,
-        "parameters": {
-            **_parameters(run, seconds, rate, 10),
-            "resolve_after_s": RESOLVE_AFTER_S,
-            "snapshot_interval": "30s (the default)",
-        },
-        "daemon_stderr_tail": run.stderr_tail if run.troubled else "",
+        **_outcome(run, seconds, rate, 10, RESOLVE_AFTER_S),
     }
+    result["parameters"]["snapshot_interval"] = "30s (the default)"
+    return result
 
 
 def run_busy_latency(
@@ -488,17 +497,12 @@ def run_busy_latency(
     busy = busy_events_per_s / 5
     run = _live_run(seconds, rate, 10, RESOLVE_AFTER_S, "/v1/alerts?rule=lat", busy_per_s=busy)
     return {
-        "api": summarize(run.due, run.poller.seen),
-        "console": summarize(run.due, run.console.seen),
+        **_sightings(run),
         "busy_events_per_s": busy_events_per_s,
         "lines": run.lines,
         "daemon_cores": run.load_cores,  # its CPU seconds per second while fed the load
         "daemon_rss_mib": run.rss_mib,
-        "exit_code": run.exit_code,
-        "poll_errors": run.poller.errors,
-        "poll_error_samples": run.poller.error_samples,
-        "parameters": {**_parameters(run, seconds, rate, 10), "resolve_after_s": RESOLVE_AFTER_S},
-        "daemon_stderr_tail": run.stderr_tail if run.troubled else "",
+        **_outcome(run, seconds, rate, 10, RESOLVE_AFTER_S),
     }
 
 
@@ -523,9 +527,5 @@ def run_storm_latency(
             "p99": percentile(trips, 99) if trips else None,
             "max": max(trips) if trips else None,
         },
-        "exit_code": run.exit_code,
-        "poll_errors": run.poller.errors,
-        "poll_error_samples": run.poller.error_samples,
-        "parameters": {**_parameters(run, seconds, rate, orders_per_s), "resolve_after_s": None},
-        "daemon_stderr_tail": run.stderr_tail if run.troubled else "",
+        **_outcome(run, seconds, rate, orders_per_s, None),
     }
