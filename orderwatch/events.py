@@ -43,6 +43,7 @@ REASONS = (
 # Epoch-ms sanity bounds: an integer below 1973-03-03 is almost surely epoch *seconds*.
 _MIN_MS = 100_000_000_000
 _MAX_MS = 4_102_444_800_000  # 2100-01-01
+_MILLIS = {f"{i:03d}": i for i in range(1000)}  # a ts's milliseconds, as `decode_lines` reads them
 
 
 class OrderEvent(Struct, tag_field="type", tag=ORDER, gc=False):
@@ -354,11 +355,12 @@ class Decoder:
                 ts = ev.ts
                 if type(ts) is int:
                     ms = ts if _MIN_MS <= ts < _MAX_MS else None
-                elif (
-                    len(ts) in (24, 29) and ts[19] == "." and ts.isascii() and ts[20:23].isdigit()
-                ):  # isascii: isdigit() takes '²' or '١' too, which int() refuses or misreads
+                elif len(ts) in (24, 29) and ts[19] == ".":
+                    # Only ASCII seconds are cached, and `_MILLIS` only holds "000".."999": a hit
+                    # in both is a valid ts (isdigit() and int() would also take '²' or '١').
                     base = seconds.get(ts[:19] + ts[23:])
-                    ms = None if base is None else base + int(ts[20:23])
+                    frac = _MILLIS.get(ts[20:23])
+                    ms = None if base is None or frac is None else base + frac
                 else:
                     ms = None
                 if ms is not None and not_after is not None and ms > not_after:

@@ -27,6 +27,7 @@ WHATS: tuple[tuple[str, ...], ...] = (
     get_args(get_type_hints(LogisticsEvent)["node"]),
 )
 _CODES = tuple({w: i for i, w in enumerate(words)} for words in WHATS)
+_ORDER_CODES, _PAYMENT_CODES, _WMS_CODES, _LOGISTICS_CODES = _CODES
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple).decode
 _FIELDS = 9
@@ -63,15 +64,18 @@ class Entry(NamedTuple):
 
 def pack(ts: int, ev: Any, note: str | None = None) -> bytes:
     """One record."""
-    t = type(ev)
+    t = type(ev)  # (the vocabulary look-ups inline: this runs for every event)
     if t is OrderEvent:
-        row = [ts, 0, _code(0, ev.status), ev.tracking_no, _amount(ev.amount), ev.warehouse]
+        amount = None if ev.amount is None else str(ev.amount)
+        what = _ORDER_CODES.get(ev.status, ev.status)
+        row = [ts, 0, what, ev.tracking_no, amount, ev.warehouse]
     elif t is PaymentEvent:
-        row = [ts, 1, _code(1, ev.status), ev.pay_no, _amount(ev.amount), None]
+        amount = None if ev.amount is None else str(ev.amount)
+        row = [ts, 1, _PAYMENT_CODES.get(ev.status, ev.status), ev.pay_no, amount, None]
     elif t is WmsEvent:
-        row = [ts, 2, _code(2, ev.action), ev.wms_order_no, None, ev.warehouse]
+        row = [ts, 2, _WMS_CODES.get(ev.action, ev.action), ev.wms_order_no, None, ev.warehouse]
     elif t is LogisticsEvent:
-        row = [ts, 3, _code(3, ev.node), ev.tracking_no, None, ev.carrier]
+        row = [ts, 3, _LOGISTICS_CODES.get(ev.node, ev.node), ev.tracking_no, None, ev.carrier]
     else:
         raise TypeError(f"not an order-scoped event: {t.__name__}")
     row += (ev.source, ev.event_id, note)
@@ -145,14 +149,5 @@ def _rows(blob: bytes, count: int) -> tuple[Any, ...]:
     return _decode(header + blob)
 
 
-def _code(kind: int, what: str) -> int | str:
-    """`what` as its index in the kind's vocabulary; the string itself if it is not there."""
-    return _CODES[kind].get(what, what)
-
-
 def _word(kind: int, what: int | str) -> str:
     return WHATS[kind][what] if type(what) is int else str(what)
-
-
-def _amount(value: Any) -> str | None:
-    return None if value is None else str(value)

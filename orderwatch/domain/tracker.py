@@ -99,14 +99,6 @@ def heap_entry(entry: int, bits: int = _SLOT_BITS) -> tuple[int, int]:
     return (entry >> bits) + _EPOCH, entry & ((1 << bits) - 1)
 
 
-def _seen(oid: str, rec: OrderRec, event_id: str) -> bool:
-    """Was this order's `event_id` applied before? Its timeline holds the recent ids, `eids`
-    the hashes of older ones."""
-    if timeline.holds_event(rec.log, rec.log_n, event_id):
-        return True
-    return bool(rec.eids) and seen_in(rec.eids, event_key(oid, event_id))
-
-
 class ShardTracker:
     """All orders whose id hashes to one shard."""
 
@@ -563,7 +555,10 @@ class ShardTracker:
             self._busy.add(oid)
         eid = ev.event_id
         if eid is not None and (
-            _seen(oid, rec, eid)
+            (  # seen before? The timeline holds the recent ids, `eids` the hashes of older ones
+                timeline.holds_event(rec.log, rec.log_n, eid)
+                or (rec.eids and seen_in(rec.eids, event_key(oid, eid)))
+            )
             if rec is not None
             else self._dedup.seen_key(oid, event_key(oid, eid), ts)
         ):

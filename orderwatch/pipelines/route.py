@@ -11,7 +11,9 @@ from __future__ import annotations
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -185,7 +187,7 @@ class Router:
             rejects.append((DEAD_LETTER_KEY, rej))
         count = self._count
         per_shard: list[list[tuple[int, Any]]] = [[] for _ in range(count)]
-        by_type: dict[type, int] = {}
+        by_type: Counter[Any] = Counter(map(type, map(itemgetter(1), good)))  # at C speed
         access: list[AccessLogEvent] = []
         late: list[list[tuple[int, int]]] = [[] for _ in range(count)]
         max_ts = -1
@@ -199,9 +201,7 @@ class Router:
                 late_at = None
             else:
                 late_at = floor if floor is not None and ts < floor else None
-            t = type(ev)
-            by_type[t] = by_type.get(t, 0) + 1
-            if t is AccessLogEvent:
+            if type(ev) is AccessLogEvent:
                 access.append(ev)
                 continue
             try:  # plain encode() is CPython's fast path; lone surrogates need the slow one
