@@ -404,9 +404,10 @@ def run_bench(opts: Options) -> int:
     else:
         _log("profile of a 1-worker replay (py-spy)")
         result["profile"] = profile_replay(events, out_runs)
-    # A wide span, up to the millions a promotion holds open: each shard's dict and lists
-    # double at their own sizes, so the slope between close sizes swings with where the
-    # doublings fall (278 vs 451 B at 100k-300k-500k); the steps between runs show it.
+    # Up to the millions a promotion holds open. The figure is the last step, 500k -> 1M: a
+    # step of 2x holds one doubling of each of a shard's dicts and lists (closer sizes swing
+    # with where the doublings fall: 278 vs 451 B at 100k-300k-500k), and no warm-up
+    # (`slopes`); the other step and the whole span are reported beside it.
     sizes = (20_000, 100_000) if opts.quick else (100_000, 500_000, 1_000_000)
     result["open_orders"] = open_orders(opts.work, out_runs, sizes)
     result["alert_storm"] = alert_storm(opts.work, out_runs, sizes[:2])

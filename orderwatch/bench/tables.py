@@ -108,16 +108,17 @@ def memory_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
         return [], []
     sizes = oo["orders"]
     head = ["open orders", *(f"peak RSS, {n:,} (MiB)" for n in sizes)]
-    head.append(f"bytes / order, {sizes[0]:,} → {sizes[-1]:,}")
+    head.append(f"bytes / order, {sizes[-2]:,} → {sizes[-1]:,}")
     steps = len(sizes) > 2
     if steps:
-        head.append("each step")
+        head += ["each step", f"{sizes[0]:,} → {sizes[-1]:,}"]
     rows: Rows = []
     for key, label in (("orderwatch", "orderwatch replay, 1 worker"), ("plain", "plain_rules.py")):
         e = oo[key]
         row = [label, *(_num(v, ".1f") for v in e["peak_rss_mib"]), _num(e["bytes_per_order"])]
         if steps:
             row.append(" / ".join(_num(v) for v in e.get("steps", [])))
+            row.append(_num(e.get("whole_span")))
         rows.append(row)
     return head, rows
 

@@ -240,13 +240,17 @@ def fake_result() -> dict[str, Any]:
         "open_orders": {
             "orders": [100_000, 300_000, 500_000],
             "orderwatch": {
-                "peak_rss_mib": [100.0, 160.0, 250.0],
-                "bytes_per_order": 393.216,
-                "steps": [314.5728, 471.8592],
+                "peak_rss_mib": [100.0, 160.0, 230.0],
+                "bytes_per_order": 367.0016,
+                "span": [300_000, 500_000],
+                "whole_span": 340.7872,
+                "steps": [314.5728, 367.0016],
             },
             "plain": {
                 "peak_rss_mib": [300.0, 700.0, 1100.0],
                 "bytes_per_order": 2097.152,
+                "span": [300_000, 500_000],
+                "whole_span": 2097.152,
                 "steps": [2097.152, 2097.152],
             },
         },
@@ -338,10 +342,13 @@ def test_bytes_per_order_is_the_slope_of_two_runs() -> None:
     assert bytes_per_order(100.0, 160.0, 100_000, 300_000) == pytest.approx(314.5728)
     with pytest.raises(ValueError):
         bytes_per_order(1.0, 2.0, 5, 5)
-    # over the whole span, and each step: 60 MiB per 200k orders, then 90 MiB per 200k
+    # each step: 60 MiB per 200k orders, then 90 MiB per 200k; the figure is the last step
     s = slopes([100.0, 160.0, 250.0], [100_000, 300_000, 500_000])
-    assert s["bytes_per_order"] == pytest.approx(150 * 2**20 / 400_000)
     assert s["steps"] == pytest.approx([60 * 2**20 / 200_000, 90 * 2**20 / 200_000])
+    assert s["bytes_per_order"] == pytest.approx(90 * 2**20 / 200_000)
+    assert s["span"] == [300_000, 500_000]
+    assert s["whole_span"] == pytest.approx(150 * 2**20 / 400_000)
+    assert slopes([100.0, 160.0], [100_000, 300_000])["bytes_per_order"] == s["steps"][0]
 
 
 def test_result_name_and_markdown() -> None:
@@ -353,8 +360,8 @@ def test_result_name_and_markdown() -> None:
     assert "100 (parent 40; 90 + 80)" in md
     assert "outputs identical: no" in md
     assert "9 (1 missing)" in md
-    assert "| orderwatch replay, 1 worker | 100.0 | 160.0 | 250.0 | 393 | 315 / 472 |" in md
-    assert "bytes / order, 100,000 → 500,000 | each step |" in md
+    assert "| orderwatch replay, 1 worker | 100.0 | 160.0 | 230.0 | 367 | 315 / 367 | 341 |" in md
+    assert "bytes / order, 300,000 → 500,000 | each step | 100,000 → 500,000 |" in md
     assert "| orderwatch replay, 1 worker | 90,000 | 270,000 | 300.0 | 700.0 | 2,330 |" in md
     assert "| waiting, first 220,000 lines | waiting, first 1,100,000 lines |" in md
     assert "| router + shard trackers, 1 thread | 120,000 | 600,000 | 150.0 | 400.0 | 546 |" in md
