@@ -21,8 +21,9 @@ events/s = input lines ÷ wall seconds of the whole process (start-up, sorting t
 included); *in-process /s* = the replay's own summary (`lines ÷ seconds`) or the plain script's
 own figure; × = ratio to the yardstick of the same run, best (median) when repeated; peak RSS =
 `ru_maxrss` of the process (`os.wait4`), for 2 processes the largest one, then the parent's and
-each worker's VmHWM sampled from /proc; bytes / order = (peak RSS₂ − peak RSS₁) ÷ (N₂ − N₁) from
-the smallest to the largest input whose orders all stay open, each step between neighbours;
+each worker's VmHWM sampled from /proc; bytes / order = (peak RSS₂ − peak RSS₁) ÷ (N₂ − N₁)
+between the two largest inputs whose orders all stay open (a 2× step), each step between
+neighbours and the whole span beside it;
 bytes / firing alert and bytes / waiting event the same over alerts still firing at the end of
 replays in which no order reaches the warehouse, and over events held unapplied by the replay's
 router and trackers (`python -m orderwatch.bench.waiting`, a lateness beyond the input's span)
