@@ -63,6 +63,7 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
         self._ahead: list[bytes] = []  # complete lines read but not yet emitted
         self._next = 0
         self._rest = b""  # a trailing partial line
+        self._cr = False  # a carriage return was read: CRLF lines may follow
         self._awake: datetime | None = None
         self._eof = False
 
@@ -118,7 +119,9 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
         data = self._f.read(_READ_SIZE)
         if not data:
             return False
-        parts = (self._rest + data).split(b"\n")
+        buf = self._rest + data
+        self._cr = self._cr or buf.find(b"\r") >= 0  # one C scan instead of a check per line
+        parts = buf.split(b"\n")
         self._rest = parts.pop()
         self._ahead, self._next = parts, 0
         return True
@@ -166,7 +169,8 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
             return []
         self._awake = None
         self._src.progress(self._offset)
-        lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
+        if self._cr:
+            lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
         src = self._src
         shown_first = None if shown == first else shown
         return [RawChunk(src.name, first, lines, src.bound_type, src.fmt, shown_first=shown_first)]

@@ -110,7 +110,9 @@ def append(blob: bytes, count: int, record: bytes, keep: int) -> tuple[bytes, in
 def holds_event(blob: bytes, count: int, event_id: str) -> bool:
     """Does one of the records carry `event_id`? (A byte search first: most events are new.)"""
     try:
-        if event_id.encode() not in blob:  # msgpack keeps a str as its UTF-8 bytes
+        # msgpack keeps a str as its UTF-8 bytes. find(), not `in`: bytes.__contains__ first
+        # tries its operand as an int and builds a TypeError to discard (~1,800 instructions)
+        if blob.find(event_id.encode()) < 0:
             return False
     except UnicodeEncodeError:
         pass

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from bytewax.inputs import StatefulSourcePartition
 
+from orderwatch.connectors import files
 from orderwatch.connectors.files import JsonlSource, ResumeState
 from orderwatch.connectors.raw import RawChunk
 
@@ -149,3 +151,18 @@ def test_a_new_file_that_cannot_be_opened_yet_is_tried_again(tmp_path: Path) -> 
     live.rmdir()
     live.write_text("b1\n")
     assert tail.read() == [(1, [b"b1"])]
+
+
+def test_crlf_lines_lose_their_carriage_return_wherever_the_first_one_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows tools end lines with CRLF. The reader looks for a CR once per read instead
+    of per line, so one first met in a later read must still be stripped (and the resume
+    offset still counts every byte)."""
+    monkeypatch.setattr(files, "_READ_SIZE", 4)  # "a1\nb" holds no CR; later reads do
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"a1\nb2\r\nc\r3\r\nd4\n")
+    part = JsonlSource(path, batch_size=100).build_part("test", "f", None)
+    lines = [ln for c in part.next_batch() for ln in c.lines]
+    assert lines == [b"a1", b"b2", b"c\r3", b"d4"]  # a CR inside a line is the line's
+    assert part.snapshot()[0] == path.stat().st_size
