@@ -78,6 +78,9 @@ def pack(ts: int, ev: Any, note: str | None = None) -> bytes:
         row = [ts, 3, _LOGISTICS_CODES.get(ev.node, ev.node), ev.tracking_no, None, ev.carrier]
     else:
         raise TypeError(f"not an order-scoped event: {t.__name__}")
+    if note is None and ev.event_id is not None:  # the common case: nothing to trim
+        row += (ev.source, ev.event_id)
+        return _encode(row)
     row += (ev.source, ev.event_id, note)
     while row[-1] is None:
         row.pop()

@@ -583,12 +583,18 @@ class ShardTracker:
         if ts > rec.seen:
             rec.seen = ts
         record = timeline.pack(ts, ev)  # before the handler: its alerts list this event
-        rec.log, rec.log_n, dropped = timeline.append(rec.log, rec.log_n, record, self._log_size)
-        if dropped is not None:
-            if dropped.status is not None:
-                rec.log_status = dropped.status
-            if dropped.event_id is not None:  # its id now only lives on as a hash
-                rec.eids += event_key(oid, dropped.event_id)
+        if rec.log_n < self._log_size:  # `timeline.append` without a drop, inline
+            rec.log += record
+            rec.log_n += 1
+        else:
+            rec.log, rec.log_n, dropped = timeline.append(
+                rec.log, rec.log_n, record, self._log_size
+            )
+            if dropped is not None:
+                if dropped.status is not None:
+                    rec.log_status = dropped.status
+                if dropped.event_id is not None:  # its id now only lives on as a hash
+                    rec.eids += event_key(oid, dropped.event_id)
         note = self._handlers[type(ev)](oid, rec, ev, ts, out)
         if self._settled is not None and ts <= self._settled:
             note = f"{note}; late" if note else "late"
