@@ -11,9 +11,7 @@ from __future__ import annotations
 import sys
 import time
 import zlib
-from collections import Counter
 from collections.abc import Callable, Iterable
-from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -187,7 +185,7 @@ class Router:
             rejects.append((DEAD_LETTER_KEY, rej))
         count = self._count
         per_shard: list[list[tuple[int, Any]]] = [[] for _ in range(count)]
-        by_type: Counter[Any] = Counter(map(type, map(itemgetter(1), good)))  # at C speed
+        by_type: dict[type, int] = {}
         access: list[AccessLogEvent] = []
         late: list[list[tuple[int, int]]] = [[] for _ in range(count)]
         max_ts = -1
@@ -202,7 +200,9 @@ class Router:
                 late_at = None
             else:
                 late_at = floor if floor is not None and ts < floor else None
-            if type(ev) is AccessLogEvent:
+            t = type(ev)
+            by_type[t] = by_type.get(t, 0) + 1
+            if t is AccessLogEvent:
                 access.append(ev)
                 continue
             try:  # plain encode() is CPython's fast path; lone surrogates need the slow one
