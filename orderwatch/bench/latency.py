@@ -36,7 +36,7 @@ from typing import IO, Any
 import orjson
 import yaml
 
-from orderwatch.bench.launch import cpu_seconds
+from orderwatch.bench.launch import cpu_seconds, status_kib
 from orderwatch.bench.measure import percentile
 from orderwatch.domain.rules import GAP_RULES
 
@@ -163,12 +163,8 @@ class _Poller(threading.Thread):
 
 def vm_rss_mib(pid: int) -> float | None:
     """A live process's resident memory (VmRSS), MiB; None if it is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-    return int(m.group(1)) / 1024 if m else None
+    kib = status_kib(pid, "VmRSS")
+    return None if kib is None else kib / 1024
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:

@@ -31,11 +31,13 @@ SAMPLE_S = 0.02
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _hwm_kib(pid: int) -> int | None:
+def status_kib(pid: int, field: str) -> int | None:
+    """A memory line of /proc/<pid>/status (`VmHWM`, `VmRSS`, ...), KiB; None if it is gone."""
+    key = field.encode() + b":"
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except (OSError, ValueError):
         return None
@@ -96,7 +98,7 @@ class Sampler(threading.Thread):
         todo = [(self.root, 0)]
         while todo:
             pid, parent = todo.pop()
-            kib = _hwm_kib(pid)
+            kib = status_kib(pid, "VmHWM")
             if kib is not None:
                 self.peaks[pid] = max(kib, self.peaks.get(pid, 0))
                 self.parents.setdefault(pid, parent)
@@ -137,7 +139,7 @@ def main(argv: list[str]) -> int:
             }
             for p, kib in sorted(sampler.peaks.items())
         ],
-        "launcher_hwm_kib": _hwm_kib(os.getpid()),  # the floor it adds to ru_maxrss
+        "launcher_hwm_kib": status_kib(os.getpid(), "VmHWM"),  # the floor it adds to ru_maxrss
     }
     with open(result_path, "w", encoding="utf-8") as f:
         json.dump(result, f)
