@@ -25,6 +25,7 @@ from typing import Any
 
 from orderwatch.domain import timeline, wording
 from orderwatch.domain.alert import FIRING, AlertChange
+from orderwatch.domain.deadlines import FarDeadlines
 from orderwatch.domain.dedup import Deduper, event_key, seen_in
 from orderwatch.domain.lifecycle import (
     CLOSING,
@@ -118,7 +119,8 @@ class ShardTracker:
         self.watermark: int | None = None
         self._settled: int | None = None  # events and deadlines at or before it are done
         self._pending: list[tuple[int, int, int, Any]] = []
-        self._deadlines: list[int] = []  # heap entries (`heap_entry`)
+        self._deadlines: list[int] = []  # heap entries (`heap_entry`) due soon, and
+        self._far = FarDeadlines()  # those due after the watermark's time bucket
         # Order ids by slot: each order holds one slot for life (its heap entries name it).
         # The same str objects as the keys of `orders`. Freed slots are reused at once: a
         # stale entry then names another order, which it only touches if that order's own
@@ -185,6 +187,7 @@ class ShardTracker:
         1M orders without them: a million ints and a million look-ups of ids already written)."""
         state = self.__dict__.copy()
         state["_slots"] = len(self._slots)
+        state["_far"] = self._far.open_until
         del state["_deadlines"], state["_handlers"]
         return state
 
@@ -193,6 +196,7 @@ class ShardTracker:
         self._bind_handlers()
         slots: list[str | None] = [None] * state["_slots"]
         heap: list[int] = []
+        far = self._far = FarDeadlines(state["_far"])
         bits, packer = self._bits, self._packer
         for oid, rec in self.orders.items():
             if isinstance(rec, bytes):  # its slot is inside: unpack a copy to read it
@@ -201,10 +205,13 @@ class ShardTracker:
                 due, slot = rec.due, rec.slot
             slots[slot] = oid  # the key object, as `oid` of a record and the heap want it
             if due is not None:
-                heap.append((due - _EPOCH) << bits | slot)
+                entry = (due - _EPOCH) << bits | slot
+                if due < far.open_until or not far.add(entry, due):
+                    heap.append(entry)
         heapq.heapify(heap)
         self._slots, self._deadlines = slots, heap
-        self._heap_limit = len(heap) + len(heap) // 2 + _HEAP_SLACK
+        live = len(heap) + far.count
+        self._heap_limit = live + live // 2 + _HEAP_SLACK
 
     # --- intake ------------------------------------------------------------------------------
 
@@ -252,10 +259,13 @@ class ShardTracker:
             # Input is nearly in time order, so this sort is close to linear (timsort runs).
             pending.sort()
             cut = bisect_right(pending, (settled, _AFTER_ANY_RANK))
-            deadlines = self._deadlines
+            deadlines, far = self._deadlines, self._far
             apply = self._apply
             for ts, _, _, ev in pending[:cut]:
-                if deadlines and deadlines[0] < (ts - _EPOCH) << self._bits:  # due before ts
+                # due before ts? (`far` holds nothing due before its `open_until`)
+                if ts > far.open_until or (
+                    deadlines and deadlines[0] < (ts - _EPOCH) << self._bits
+                ):
                     self._fire_due(ts - 1, out)
                 apply(ts, ev, out)
             del pending[:cut]
@@ -314,12 +324,21 @@ class ShardTracker:
         times = [min(p[0] for p in self._pending)] if self._pending else []
         if self._deadlines:
             times.append(heap_entry(self._deadlines[0], self._bits)[0])
+        far = self._far.earliest()
+        if far is not None:
+            times.append(heap_entry(far, self._bits)[0])
         return min(times) if times else None
 
     # --- deadlines ---------------------------------------------------------------------------
 
+    def deadline_entries(self) -> list[int]:
+        """Every heap entry held, the heap's and the far buckets' (`heap_entry` reads one)."""
+        return [*self._deadlines, *self._far.entries()]
+
     def _fire_due(self, limit: int, out: list[AlertChange]) -> None:
         heap = self._deadlines
+        if limit >= self._far.open_until:
+            self._far.open(limit, heap)
         orders, slots = self.orders, self._slots
         bits, mask = self._bits, self._mask  # firing adds no order, so they stay as they are
         bound = (limit - _EPOCH) << bits | mask  # the last entry due at `limit`
@@ -357,32 +376,37 @@ class ShardTracker:
 
     def _push(self, oid: str, rec: OrderRec, due: int) -> None:
         rec.due = due
-        heap = self._deadlines
-        heapq.heappush(heap, (due - _EPOCH) << self._bits | rec.slot)
-        if len(heap) > self._heap_limit:
+        heap, far = self._deadlines, self._far
+        entry = (due - _EPOCH) << self._bits | rec.slot
+        if due < far.open_until or not far.add(entry, due):
+            heapq.heappush(heap, entry)
+        if len(heap) + far.count > self._heap_limit:
             self._compact()
 
     def _compact(self) -> None:
         """Drop superseded heap entries (an earlier offer for the same order replaced them).
 
-        They would pop harmlessly, but until then each costs ~90 bytes; an order gets a new
-        entry whenever its next deadline moves earlier. Rebuilding after the heap has grown by
-        half keeps the cost amortised O(1) per push.
+        They would pop harmlessly, but until then each costs ~40 bytes in the heap (~8 in
+        `_far`); an order gets a new entry whenever its next deadline moves earlier. Rebuilding
+        after the entries have grown by half keeps the cost amortised O(1) per push.
         """
         orders, slots = self.orders, self._slots
         bits, mask = self._bits, self._mask
-        live = []
-        for entry in self._deadlines:
+
+        def is_live(entry: int) -> bool:
             oid = slots[entry & mask]
             if oid is None:
-                continue
+                return False
             rec = orders[oid]
             due = packed_due(rec) if isinstance(rec, bytes) else rec.due
-            if due == (entry >> bits) + _EPOCH:
-                live.append(entry)
+            return due == (entry >> bits) + _EPOCH
+
+        live = [entry for entry in self._deadlines if is_live(entry)]
         heapq.heapify(live)
         self._deadlines[:] = live  # in place: `_fire_due` holds the list while it pops
-        self._heap_limit = len(live) + len(live) // 2 + _HEAP_SLACK
+        self._far.keep(is_live)
+        count = len(live) + self._far.count
+        self._heap_limit = count + count // 2 + _HEAP_SLACK
 
     def _widen(self) -> None:
         """More orders than the slot bits can name: give every heap entry more of them. Rare
@@ -391,6 +415,7 @@ class ShardTracker:
         old, mask = self._bits, self._mask
         new = old + _WIDEN_BY
         self._deadlines[:] = [(e >> old) << new | (e & mask) for e in self._deadlines]
+        self._far.rewrite(lambda e: (e >> old) << new | (e & mask), self._deadlines)
         self._bits, self._mask = new, (1 << new) - 1
 
     def _next_due(self, rec: OrderRec) -> int | None:

@@ -443,12 +443,34 @@ def test_a_shard_with_more_orders_than_slot_bits_widens_its_heap_entries() -> No
     assert tracker.advance(BASE + MIN) == []
     assert tracker._bits == 1 + 2 * tracker_module._WIDEN_BY  # 2 slots, then 32, then 512
     assert tracker._deadlines is heap
-    entries = {tracker_module.heap_entry(e, tracker._bits) for e in heap}
+    entries = {tracker_module.heap_entry(e, tracker._bits) for e in tracker.deadline_entries()}
     for rec in tracker.orders.values():
         assert isinstance(rec, OrderRec) and (rec.due, rec.slot) in entries
     fired = summary(tracker.advance(BASE + HOUR))
     assert sorted(f[2] for f in fired) == sorted(f"A{i}" for i in range(40))
     assert all(f[3] == int(f[2][1:]) + 10 * MIN for f in fired)  # each at its own due time
+
+
+def test_deadlines_hours_ahead_wait_in_the_far_buckets_and_fire_on_time() -> None:
+    """A deadline beyond the watermark's time bucket is kept as an 8-byte array item, not a
+    heap int; it joins the heap when the watermark reaches its bucket, and fires on time."""
+    from orderwatch.domain import deadlines
+    from tests.factories import BASE, decode_all, payment
+
+    cfg = config({"gaps": {"paid_without_wms": {"within": "3h"}}})
+    tracker = ShardTracker(RuleSet.from_config(cfg))
+    lines = [order(i * MIN, f"A{i}", "paid") for i in range(10)]
+    lines += [payment(i * MIN, f"A{i}", f"P{i}") for i in range(10)]
+    for d in decode_all(lines, cfg):
+        tracker.ingest(*order_scoped(d))
+    assert tracker.advance(BASE + 20 * MIN) == []
+    assert 3 * HOUR - 20 * MIN > 1 << deadlines.BUCKET_BITS  # due past the next bucket
+    # each order's gap deadline, and the 30-day idle expiry it superseded
+    assert tracker._deadlines == [] and tracker._far.count == 20
+    assert tracker.next_due() == BASE + 3 * HOUR  # exact, not its bucket's start
+    fired = summary(tracker.advance(BASE + 4 * HOUR))
+    assert [(f[2], f[3]) for f in fired] == [(f"A{i}", i * MIN + 3 * HOUR) for i in range(10)]
+    assert tracker._far.count == 10  # the superseded expiries, 30 days ahead
 
 
 def test_a_reused_slot_with_a_stale_heap_entry_fires_once_on_time() -> None:
@@ -471,7 +493,7 @@ def test_a_reused_slot_with_a_stale_heap_entry_fires_once_on_time() -> None:
     a = [order(0, "A", "paid"), payment(0, "A"), wms(MIN, "A"), order(2 * MIN, "A", "completed")]
     assert feed(a, 3 * HOUR) == []
     assert "A" not in tracker.orders  # forgotten at 1h02m ...
-    stale = {tracker_module.heap_entry(e) for e in tracker._deadlines}
+    stale = {tracker_module.heap_entry(e) for e in tracker.deadline_entries()}
     assert stale == {(BASE + 4 * HOUR, 0)}  # ... its first expiry entry (idle 4h) still queued
     z = [order(3 * HOUR + 50 * MIN, "Z", "paid"), payment(3 * HOUR + 50 * MIN, "Z", "PZ")]
     assert feed(z, 5 * HOUR) == [("firing", "paid_without_wms", "Z", 4 * HOUR, None)]

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orderwatch.connectors.raw import RawChunk
+from orderwatch.domain import deadlines as deadlines_module
 from orderwatch.domain import tracker as tracker_module
 from orderwatch.domain.alert import FIRING, AlertChange
 from orderwatch.domain.lifecycle import TERMINAL
@@ -216,8 +217,9 @@ def test_a_resumed_shard_has_the_same_slots_and_live_deadlines() -> None:
     keys = {id(k) for k in back.orders}
     assert all(id(k) in keys for k in back._slots if k is not None)
     tracker._compact()  # drops the superseded entries: what is left is one live one per order
-    assert sorted(back._deadlines) == sorted(tracker._deadlines)
-    assert len(back._deadlines) == sum(
+    assert sorted(back._deadlines) == sorted(tracker._deadlines)  # due before `open_until`
+    assert sorted(back.deadline_entries()) == sorted(tracker.deadline_entries())
+    assert len(back.deadline_entries()) == sum(
         (tracker.record(k) or OrderRec(0, 0)).due is not None for k in tracker.orders
     )
 
@@ -267,6 +269,26 @@ def test_widening_heap_entries_changes_nothing(lines: list[bytes]) -> None:
     assert widened == reference(lines)
 
 
+@settings(max_examples=100, deadline=None)
+@given(lines=streams(), bits=st.sampled_from([0, 6, 12, 20]))
+def test_far_deadline_buckets_of_any_width_change_nothing(lines: list[bytes], bits: int) -> None:
+    """Buckets of 1 ms to ~17 min (deadlines through them early or late, often or rarely)
+    against the plain heap: a tracker whose far buckets take nothing."""
+    with mock.patch.object(deadlines_module, "BUCKET_BITS", bits):
+        bucketed = reference(lines)
+    with mock.patch.object(deadlines_module.FarDeadlines, "add", lambda *_: False):
+        assert bucketed == reference(lines)
+
+
+@settings(max_examples=50, deadline=None)
+@given(lines=streams())
+def test_entries_too_wide_for_a_far_bucket_stay_in_the_heap(lines: list[bytes]) -> None:
+    """With 44 slot bits no entry fits in an array's 64 bits: each one goes to the heap."""
+    with mock.patch.object(tracker_module, "_SLOT_BITS", 44):
+        wide = reference(lines)
+    assert wide == reference(lines)
+
+
 def test_compaction_keeps_one_heap_entry_per_order() -> None:
     """An order whose next deadline moves earlier leaves a superseded entry; compaction drops it."""
     with mock.patch.object(tracker_module, "_HEAP_SLACK", 0):
@@ -281,7 +303,7 @@ def test_compaction_keeps_one_heap_entry_per_order() -> None:
             ):
                 tracker.ingest(*order_scoped(dec.decode(line.encode(), "t", "0")))
         tracker.advance(1_700_000_001_000)
-    heap = tracker._deadlines
+    heap = tracker.deadline_entries()
     assert len(heap) <= len(tracker.orders) * 3 // 2
     assert len(heap) >= len(tracker.orders)  # every open order keeps its live entry
     entries = {tracker_module.heap_entry(e) for e in heap}
