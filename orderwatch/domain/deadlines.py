@@ -54,11 +54,10 @@ class FarDeadlines:
         """Push every entry of the buckets that start at or before `limit` onto `heap` (in
         place), so that `open_until` is past `limit`."""
         last = limit >> BUCKET_BITS
-        keys, buckets = self._keys, self._buckets
+        keys, buckets, push = self._keys, self._buckets, heapq.heappush
         while keys and keys[0] <= last:
             bucket = buckets.pop(heapq.heappop(keys))
             self.count -= len(bucket)
-            push = heapq.heappush
             for entry in bucket:  # later than most of the heap: each push stays near a leaf
                 push(heap, entry)
         self.open_until = max(self.open_until, (last + 1) << BUCKET_BITS)
@@ -66,7 +65,7 @@ class FarDeadlines:
 
     def earliest(self) -> int | None:
         """The smallest entry held (the earliest due), or None: a scan of the first bucket
-        when asked first after it changed (a live shard asks when it goes idle)."""
+        once after each `open` (a live shard asks after every batch; `add` keeps it)."""
         if self._first is None and self._keys:
             self._first = min(self._buckets[self._keys[0]])
         return self._first

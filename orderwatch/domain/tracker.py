@@ -414,8 +414,12 @@ class ShardTracker:
         the list stays a heap, changed in place as `advance` holds it."""
         old, mask = self._bits, self._mask
         new = old + _WIDEN_BY
-        self._deadlines[:] = [(e >> old) << new | (e & mask) for e in self._deadlines]
-        self._far.rewrite(lambda e: (e >> old) << new | (e & mask), self._deadlines)
+
+        def wider(entry: int) -> int:
+            return (entry >> old) << new | (entry & mask)
+
+        self._deadlines[:] = [wider(e) for e in self._deadlines]
+        self._far.rewrite(wider, self._deadlines)
         self._bits, self._mask = new, (1 << new) - 1
 
     def _next_due(self, rec: OrderRec) -> int | None:
