@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 BUCKET_BITS = 20  # 2**20 ms: ~17.5 min of due times per bucket
 _NOTHING_OPEN = -(1 << 62)  # before the first `open`, every due time is "ahead"
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1  # what an array('q') item holds
 
 
 class FarDeadlines:
@@ -36,15 +37,14 @@ class FarDeadlines:
     def add(self, entry: int, due: int) -> bool:
         """File `entry`, due at `due` (not before `open_until`); False when it does not fit
         in 64 bits (due times centuries away, or a widened shard's), for the heap to keep."""
+        if not _INT64_MIN <= entry <= _INT64_MAX:  # before any bucket: none is left empty
+            return False
         key = due >> BUCKET_BITS
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = array("q")
             heapq.heappush(self._keys, key)
-        try:
-            bucket.append(entry)
-        except OverflowError:
-            return False
+        bucket.append(entry)
         self.count += 1
         if self._first is not None and entry < self._first:
             self._first = entry  # its bucket is the first one, or one before it
@@ -89,9 +89,9 @@ class FarDeadlines:
             kept = array("q")
             for entry in bucket:
                 new = change(entry)
-                try:
+                if _INT64_MIN <= new <= _INT64_MAX:
                     kept.append(new)
-                except OverflowError:
+                else:
                     heapq.heappush(heap, new)
                     self.count -= 1
             self._buckets[key] = kept

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 
 from orderwatch.config import ConfigError, load_config, validate_config
@@ -471,6 +473,25 @@ def test_deadlines_hours_ahead_wait_in_the_far_buckets_and_fire_on_time() -> Non
     fired = summary(tracker.advance(BASE + 4 * HOUR))
     assert [(f[2], f[3]) for f in fired] == [(f"A{i}", i * MIN + 3 * HOUR) for i in range(10)]
     assert tracker._far.count == 10  # the superseded expiries, 30 days ahead
+
+
+def test_a_deadline_too_wide_for_a_far_bucket_stays_in_the_heap_and_next_due_finds_it() -> None:
+    """An entry that does not fit in 64 bits (here: 44 slot bits, as a shard widened many
+    times would have) is kept by the heap; the far buckets keep no trace of it, so asking
+    when the shard is next due (a live shard does after every batch) still answers."""
+    from orderwatch.domain import tracker as tracker_module
+    from tests.factories import BASE, decode_all
+
+    cfg = config({"stuck": [{"name": "stuck_paid", "statuses": ["paid"], "max_dwell": "3h"}]})
+    with mock.patch.object(tracker_module, "_SLOT_BITS", 44):
+        tracker = ShardTracker(RuleSet.from_config(cfg))
+    for d in decode_all([order(0, "A", "paid")], cfg):
+        tracker.ingest(*order_scoped(d))
+    assert tracker.advance(BASE + MIN) == []
+    assert tracker._far.count == 0 and len(tracker._deadlines) == 1
+    assert tracker.next_due() == BASE + 3 * HOUR
+    fired = summary(tracker.advance(BASE + 4 * HOUR))
+    assert [(f[2], f[3]) for f in fired] == [("A", 3 * HOUR)]
 
 
 def test_a_reused_slot_with_a_stale_heap_entry_fires_once_on_time() -> None:
