@@ -11,6 +11,8 @@ another host, it starts at once and timely's retry covers it as before.
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import subprocess
 import time
@@ -23,6 +25,7 @@ from bytewax.run import cli_main
 
 _TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 _LISTEN = "0A"  # TCP_LISTEN in the kernel's `st` column
+_TICK_S = 0.2
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"})
 
 
@@ -100,20 +103,43 @@ def supervise(
 ) -> list[int]:
     """Wait for every child; once one fails, stop the rest (they would wait for it forever).
 
-    Returns the exit codes, in order. `on_tick` runs every 0.2 s meanwhile.
+    Returns the exit codes, in order. `on_tick` runs every 0.2 s meanwhile. A child's exit
+    wakes the wait at once (its pidfd, on Linux), so a replay does not end up to a tick late.
     """
-    while any(p.poll() is None for p in procs):
-        if any(p.returncode not in (None, 0) for p in procs):
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            break
-        if on_tick is not None:
-            on_tick()
-        time.sleep(0.2)
+    exits = _exit_signals(procs)
+    try:
+        while any(p.poll() is None for p in procs):
+            if any(p.returncode not in (None, 0) for p in procs):
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+                for p in procs:
+                    try:
+                        p.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                break
+            if on_tick is not None:
+                on_tick()
+            running = [fd for p, fd in zip(procs, exits, strict=False) if p.returncode is None]
+            if running:
+                select.select(running, [], [], _TICK_S)
+            else:
+                time.sleep(_TICK_S)
+    finally:
+        for fd in exits:
+            os.close(fd)
     return [p.wait() for p in procs]
+
+
+def _exit_signals(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """A pidfd per child, readable once it exits; none at all where the OS has no pidfds."""
+    fds: list[int] = []
+    try:
+        for p in procs:
+            fds.append(os.pidfd_open(p.pid))
+    except (AttributeError, OSError):  # not Linux ≥ 5.3, or a child already reaped
+        for fd in fds:
+            os.close(fd)
+        return []
+    return fds

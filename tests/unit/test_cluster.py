@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import socket
 import subprocess
@@ -9,7 +11,13 @@ import sys
 import threading
 import time
 
-from orderwatch.cluster import await_lower_peers, free_ports, listening_ports, supervise
+from orderwatch.cluster import (
+    _exit_signals,
+    await_lower_peers,
+    free_ports,
+    listening_ports,
+    supervise,
+)
 
 
 def _listen() -> socket.socket:
@@ -94,6 +102,30 @@ def test_children_that_succeed_are_all_waited_for() -> None:
     ticks: list[int] = []
     assert supervise([quick, slower], lambda: ticks.append(1)) == [0, 0]
     assert ticks  # progress was reported while waiting
+
+
+def test_a_childs_exit_wakes_the_wait_and_an_exited_child_does_not_spin_it() -> None:
+    # The pidfd of a child that exited stays readable; waiting on it again would turn the
+    # 0.2 s tick into a busy loop until the slower child ends.
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ending = subprocess.Popen([sys.executable, "-c", "pass"])
+    fds = _exit_signals([running, ending])
+    try:
+        assert len(fds) == 2
+        assert select.select(fds, [], [], 30)[0] == [fds[1]]  # only the one that ended
+    finally:
+        running.kill()
+        for fd in fds:
+            os.close(fd)
+        running.wait()
+        ending.wait()
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    slower = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    open_fds = len(os.listdir("/proc/self/fd"))
+    ticks: list[int] = []
+    assert supervise([quick, slower], lambda: ticks.append(1)) == [0, 0]
+    assert 1 <= len(ticks) < 50  # ~6 ticks of 0.2 s; a spin makes thousands
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # the pidfds are closed
 
 
 def test_a_cluster_failure_names_who_failed_and_who_was_stopped() -> None:
