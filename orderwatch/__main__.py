@@ -1,7 +1,5 @@
 """`python -m orderwatch` is the `orderwatch` command."""
 
-import sys
+from orderwatch.cli import entry
 
-from orderwatch.cli import main
-
-sys.exit(main())
+entry()

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from orderwatch.config import REPLAY_BATCH_LINES, Config, ConfigError, load_config
 
@@ -142,9 +143,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return _dispatch(_parse(argv))
+
+
+def entry() -> NoReturn:
+    """The `orderwatch` command (and `python -m orderwatch`): `main`, then the exit.
+
+    A replay leaves without the interpreter's teardown. Its orders are garbage once its files
+    are closed, and freeing them object by object took ~0.23 s of a 1.1M-line replay (9.4 s).
+    """
+    args = _parse(None)
+    code = _dispatch(args)
+    if args.command == "replay":
+        sys.stdout.flush()  # os._exit skips the flush of what is still buffered
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
     _check_scaling(parser, args)
+    return args
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     handler = {
         "replay": _cmd_replay,
         "check-config": _cmd_check_config,
@@ -303,4 +327,4 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -5,6 +5,8 @@ exit 0, `--batch-size 0` to hang), and the replay summary is the one the README 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,33 @@ def test_replay_summary_is_the_readme_example(
 
     assert rows(printed) == rows(block.group(1).splitlines())
     assert len(rows(printed)) == 23
+
+
+def test_the_command_leaves_a_replay_with_all_it_printed_and_wrote(tmp_path: Path) -> None:
+    """`orderwatch replay` ends without the interpreter's teardown (`cli.entry`): what it
+    printed (piped, so block-buffered) and wrote is all there, and so is its exit code."""
+    args = ["replay", SAMPLE, "--config", "examples/orderwatch.yaml"]
+    here = tmp_path / "here.jsonl"
+    assert main([*args, "--quiet", "--alerts-out", str(here), "--dead-letters", "/dev/null"]) == 0
+    alerts, summary = tmp_path / "a.jsonl", tmp_path / "summary.json"
+    argv = [*args, "--alerts-out", str(alerts), "--dead-letters", str(tmp_path / "d.jsonl")]
+    done = subprocess.run(
+        [sys.executable, "-m", "orderwatch", *argv, "--summary-json", str(summary)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "replay summary" in done.stdout
+    assert "dead letters:" in done.stdout
+    assert done.stdout.rstrip().endswith("d.jsonl")  # its last line, wrapped at 80 columns
+    assert alerts.read_bytes() == here.read_bytes() != b""
+    assert '"lines":' in summary.read_text()
+    missing = subprocess.run(
+        [sys.executable, "-m", "orderwatch", "replay", str(tmp_path / "none.jsonl")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 2
+    assert "no such file" in missing.stderr
