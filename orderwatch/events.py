@@ -29,6 +29,7 @@ EVENT_TYPES = (ORDER, PAYMENT, WMS, LOGISTICS, ACCESS_LOG)
 
 REASONS = (
     "malformed_json",
+    "malformed_line",  # a plain-text (nginx) line that is not in the configured format
     "encoding",
     "oversized",
     "missing_field",
@@ -114,6 +115,10 @@ _BY_TYPE: dict[str, type[Struct]] = {
 }
 
 
+class _TypeOnly(Struct):
+    type: str
+
+
 class Rejected(Struct, gc=False):
     """An input that could not become an event; it goes to the dead-letter output."""
 
@@ -134,8 +139,10 @@ class Decoded(Struct, gc=False):
 
 def _reason_for(exc: msgspec.ValidationError) -> str:
     msg = str(exc)
-    if msg.startswith("Object missing required field `type`") or "at `$.type`" in msg:
-        return "unknown_type" if "Invalid value" in msg else "missing_field"
+    if msg.startswith("Object missing required field `type`"):
+        return "missing_field"
+    if "at `$.type`" in msg:  # present, but no type's name ("Invalid value") or no string
+        return "unknown_type" if "Invalid value" in msg else "invalid_field"
     if msg.startswith("Object missing required field"):
         return "missing_field"
     if "Invalid enum value" in msg:
@@ -225,8 +232,14 @@ class TimestampParser:
         return base + int(sec) * 1000 + ms
 
     def _full(self, ts: str) -> int:
+        leap = 0
+        text = ts.upper()  # RFC 3339 allows a lowercase "t" and "z"
+        if text[16:19] == ":60" and text[13] == ":":
+            # a leap second (RFC 3339 allows one at 23:59:60 UTC, whatever the offset shows):
+            # as POSIX time counts it, the instant of the next day's first second
+            text, leap = f"{text[:17]}59{text[19:]}", 1000
         try:
-            dt = datetime.fromisoformat(ts.upper())  # RFC 3339 allows a lowercase "t" and "z"
+            dt = datetime.fromisoformat(text)
         except ValueError:
             raise TimestampError(
                 "invalid_timestamp", f"ts {ts[:64]!r} is not RFC 3339 or epoch milliseconds"
@@ -240,7 +253,9 @@ class TimestampParser:
             dt = dt.replace(tzinfo=self._assume)
         # Integer arithmetic: exact to the millisecond, no float rounding.
         delta = dt - _EPOCH
-        ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+        if leap and delta.seconds % 86_400 != 86_399:
+            raise TimestampError("invalid_timestamp", f"ts {ts[:64]!r} has no such second")
+        ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000 + leap
         if not _MIN_MS <= ms < _MAX_MS:
             raise TimestampError("invalid_timestamp", f"ts {ts[:64]!r} out of range")
         return ms
@@ -298,29 +313,34 @@ class Decoder:
                 truncated=True,
             )
         try:
-            if bound_type is None or raw.find(b'"type"') >= 0:
-                ev = self._mixed.decode(raw)
-                if bound_type is not None and ev.__struct_config__.tag != bound_type:
-                    return Rejected(
-                        "unknown_type",
-                        f"source carries {bound_type} events, got {ev.__struct_config__.tag}",
-                        source,
-                        position,
-                        raw,
-                    )
-            else:
-                ev = self._bound[bound_type].decode(raw)
+            # A bound type's struct takes a line with or without `type` (msgspec checks the
+            # tag only when it is there), whatever text the line's values hold.
+            ev = (self._mixed if bound_type is None else self._bound[bound_type]).decode(raw)
         except msgspec.ValidationError as exc:
+            if bound_type is not None and "Invalid value" in str(exc) and "at `$.type`" in str(exc):
+                return self._other_type(raw, source, position, bound_type)
             return Rejected(_reason_for(exc), str(exc), source, position, raw)
         except UnicodeDecodeError:
             return Rejected("encoding", _utf8_error(raw), source, position, raw)
         except msgspec.DecodeError as exc:
-            reason = "encoding" if "UTF-8" in str(exc) or "utf-8" in str(exc) else "malformed_json"
-            return Rejected(reason, str(exc), source, position, raw)
+            if _is_utf8(raw):
+                return Rejected("malformed_json", str(exc), source, position, raw)
+            return Rejected("encoding", _utf8_error(raw), source, position, raw)
         except RecursionError:  # msgspec follows nesting on the C stack
             detail = "JSON nested too deeply (an event is a flat object)"
             return Rejected("malformed_json", detail, source, position, raw)
         return self.finish(ev, raw, source, position)
+
+    def _other_type(self, raw: bytes, source: str, position: str, bound_type: str) -> Rejected:
+        """A bound source's line that names another type: which one, if it is one."""
+        try:
+            tag = self._mixed.decode(raw).__struct_config__.tag
+        except msgspec.ValidationError as exc:
+            if "at `$.type`" in str(exc):  # not a type's name at all
+                return Rejected(_reason_for(exc), str(exc), source, position, raw)
+            tag = msgspec.json.decode(raw, type=_TypeOnly).type
+        detail = f"source carries {bound_type} events, got {tag}"
+        return Rejected("unknown_type", detail, source, position, raw)
 
     def decode_lines(
         self,
@@ -369,6 +389,8 @@ class Decoder:
                 if ms is not None:
                     # as `_slim` (why there): less to hold while the event waits
                     ev.ts = ms
+                    if ev.event_id == "":
+                        ev.event_id = None  # as `_slim`
                     if t is not AccessLogEvent and ev.source is not None:
                         ev.source = interned.get(ev.source) or self._intern(ev.source)
                     if t is OrderEvent:
@@ -401,6 +423,8 @@ class Decoder:
                             ev.warehouse = interned.get(ev.warehouse) or self._intern(ev.warehouse)
                         good.append((ms, ev))
                         continue
+            if not raw.strip():
+                continue  # a line of whitespace only
             d = _not_after(self.decode(raw, source, "", bound_type), not_after, source, raw)
             if type(d) is Decoded:
                 good.append((d.ts_ms, d.event))
@@ -413,8 +437,12 @@ class Decoder:
         (a live daemon holds `lateness` × rate of them): the timestamp text, which nothing
         reads again (the int is shared with the `(ts, event)` pair), the buyer id, which no
         rule reads (it is still type-checked), and a copy of each emitting system's name.
+        An empty `event_id` is no id: systems that have none often write `""`, and as an id
+        it would make every later event of the order a duplicate.
         `decode_lines` does the same inline."""
         ev.ts = ts_ms
+        if ev.event_id == "":
+            ev.event_id = None
         if t is not AccessLogEvent and ev.source is not None:
             ev.source = self._interned.get(ev.source) or self._intern(ev.source)
         if t is OrderEvent:
@@ -452,6 +480,14 @@ class Decoder:
         return Decoded(ts_ms, ev)
 
 
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _utf8_error(raw: bytes) -> str:
     """Where the line stops being UTF-8 (msgspec counts from the start of the string value;
     whoever reads the dead letter counts from the start of the line)."""
@@ -475,8 +511,11 @@ def _amount_ok(amount: Decimal) -> bool:
 # --- nginx "combined" access logs with $request_time appended ---------------------------------
 
 _NGINX = re.compile(
-    rb'^(?P<addr>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "(?P<method>[A-Z]+) (?P<path>\S+)'
-    rb'(?: [^"]*)?" (?P<status>\d{3}) (?P<bytes>\d+|-) "(?:[^"\\]|\\.)*" "(?:[^"\\]|\\.)*"'
+    rb"^(?P<addr>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "
+    # the request line; or what nginx logs when it could read none: `-`, or the bytes of a
+    # TLS handshake sent to a plain-HTTP port, escaped (`\x16\x03\x01`), both with a 400
+    rb'"(?:(?P<method>[A-Z]+) (?P<path>\S+)(?: [^"]*)?|(?:[^"\\]|\\.)*)" '
+    rb'(?P<status>\d{3}) (?P<bytes>\d+|-) "(?:[^"\\]|\\.)*" "(?:[^"\\]|\\.)*"'
     rb" (?P<rt>\d+(?:\.\d+)?)\s*$"
 )
 
@@ -520,7 +559,7 @@ def decode_nginx(raw: bytes, source: str, position: str) -> Decoded | Rejected:
     m = _NGINX.match(raw)
     if m is None:
         return Rejected(
-            "malformed_json",
+            "malformed_line",
             "not an nginx combined log line with $request_time",
             source,
             position,
@@ -530,13 +569,14 @@ def decode_nginx(raw: bytes, source: str, position: str) -> Decoded | Rejected:
         ts_ms = parse_nginx_time(m.group("time").decode())
     except ValueError:
         return Rejected("invalid_timestamp", "bad nginx time", source, position, raw)
-    path = m.group("path").decode("utf-8", "replace").split("?", 1)[0]
+    method = m.group("method")
+    path = "-" if method is None else m.group("path").decode("utf-8", "replace").split("?", 1)[0]
     ev = AccessLogEvent(
         ts=ts_ms,
         route=sys.intern(path) if len(path) <= 512 else path[:512],
         status=int(m.group("status")),
         latency_ms=float(m.group("rt")) * 1000.0,
-        method=m.group("method").decode(),
+        method=None if method is None else method.decode(),
     )
     return Decoded(ts_ms, ev)
 

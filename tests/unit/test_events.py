@@ -109,6 +109,8 @@ def test_epoch_seconds_are_rejected_with_a_hint() -> None:
             "invalid_field",
         ),
         (b'{"type":"order","ts":1794326400000,"order_id":"\xff\xfe","status":"paid"}', "encoding"),
+        (b'\xff{"type":"order","ts":1794326400000,"order_id":"A","status":"paid"}', "encoding"),
+        (b'{"type":5,"ts":1794326400000,"order_id":"A","status":"paid"}', "invalid_field"),
     ],
 )
 def test_bad_input_gets_a_bounded_reason(raw: bytes, why: str) -> None:
@@ -154,6 +156,20 @@ def test_impossible_seconds_and_far_years_are_invalid_and_quoted_as_sent(ts: str
         parse(ts)
     assert err.value.reason == "invalid_timestamp"
     assert repr(ts) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("ts", "ms"),
+    [
+        ("2016-12-31T23:59:60Z", 1_483_228_800_000),
+        ("2016-12-31T23:59:60.250Z", 1_483_228_800_250),
+        ("2017-01-01T07:59:60+08:00", 1_483_228_800_000),
+    ],
+)
+def test_a_leap_second_is_the_next_days_first_second(ts: str, ms: int) -> None:
+    """RFC 3339 allows `23:59:60` UTC; it was rejected. POSIX time (and epoch ms) has no
+    such second and counts it as the next one."""
+    assert TimestampParser()(ts) == ms == TimestampParser()("2017-01-01T00:00:00Z") + ms % 1000
 
 
 def test_a_utf8_bom_before_the_first_event_is_ignored() -> None:
@@ -231,6 +247,36 @@ def test_bound_source_may_omit_type() -> None:
     assert reason(other, bound="payment") == "unknown_type"
 
 
+def test_bound_source_reads_values_that_hold_the_word_type() -> None:
+    """Only a `type` key names the event's type: a value or a nested object with the word
+    in it is payload, and a bound line with its own `type` is checked against the binding."""
+    pay = b'"ts":1794326400000,"order_id":"A","pay_no":"P","status":"success"'
+    for extra in (b'"extra":{"type":"alipay"}', b'"source":"type"', b'"type":"payment"'):
+        d = decode(b"{" + pay + b"," + extra + b"}", bound="payment")
+        assert isinstance(d, Decoded) and isinstance(d.event, PaymentEvent), extra
+    wrong = decode(b"{" + pay + b',"type":"order"}', bound="payment")
+    assert isinstance(wrong, Rejected) and wrong.reason == "unknown_type"
+    assert wrong.detail == "source carries payment events, got order"
+    assert reason(b"{" + pay + b',"type":"refund"}', bound="payment") == "unknown_type"
+    assert reason(b"{" + pay + b',"type":7}', bound="payment") == "invalid_field"
+
+
+def test_an_empty_event_id_is_no_id() -> None:
+    """`""` is how many systems write a missing id; as an id it would make each later event
+    of the order a duplicate. Both decoding paths drop it."""
+    raw = b'{"type":"order","event_id":"","ts":1794326400000,"order_id":"A","status":"paid"}'
+    careful = decode(raw)
+    assert isinstance(careful, Decoded) and careful.event.event_id is None
+    (good, bad) = Decoder().decode_lines([raw, raw.replace(b'""', b'"e1"')], "src")
+    assert bad == [] and [ev.event_id for _, ev in good] == [None, "e1"]
+
+
+def test_lines_of_whitespace_are_skipped_like_empty_ones() -> None:
+    raw = b'{"type":"order","ts":1794326400000,"order_id":"A","status":"paid"}'
+    good, bad = Decoder().decode_lines([b"  ", raw, b"\t \r", b""], "src")
+    assert bad == [] and len(good) == 1
+
+
 def test_unknown_extra_fields_are_ignored() -> None:
     """Producers may add fields without breaking intake."""
     d = decode(b'{"type":"order","ts":1794326400000,"order_id":"A","status":"paid","x":{"y":1}}')
@@ -250,7 +296,17 @@ def test_nginx_combined_line_with_request_time() -> None:
     assert ev.latency_ms == pytest.approx(3250.0)
     assert d.ts_ms == INSTANT + 1000  # 00:00:01 +0800
     bad = decode_nginx(b"garbage", "nginx", "2")
-    assert isinstance(bad, Rejected) and bad.reason in REASONS
+    assert isinstance(bad, Rejected) and bad.reason == "malformed_line"
+
+
+@pytest.mark.parametrize("request_line", [b"-", rb"\x16\x03\x01\x02\x00\x01"])
+def test_an_nginx_request_it_could_not_read_is_a_400_on_route_dash(request_line: bytes) -> None:
+    """nginx logs `"-"` (or the escaped bytes sent) for a request it could not read, with a
+    400: those are errors of the service, and were rejected as not nginx lines."""
+    line = b'10.0.0.1 - - [11/Nov/2026:00:00:01 +0800] "%s" 400 150 "-" "-" 0.001' % request_line
+    d = decode_nginx(line, "nginx", "1")
+    assert isinstance(d, Decoded) and isinstance(d.event, AccessLogEvent)
+    assert (d.event.route, d.event.method, d.event.status) == ("-", None, 400)
 
 
 @given(

@@ -90,7 +90,7 @@ def test_nginx_chunks_count_access_log_traffic() -> None:
     intake = runtime.intakes()[0]
     assert intake.requests[("/api/pay/callback", "POST", "5xx")] == 2
     assert intake.latency["/api/pay/callback"].count == 2
-    assert [v.reason for k, v in out if k == DEAD_LETTER_KEY] == ["malformed_json"]
+    assert [v.reason for k, v in out if k == DEAD_LETTER_KEY] == ["malformed_line"]
 
 
 def test_live_nginx_lines_from_the_future_are_rejected_with_their_position() -> None:
