@@ -383,7 +383,10 @@ def parse_zone(text: str) -> timezone | ZoneInfo:
     m = re.fullmatch(r"([+-])(\d{2}):?(\d{2})", text.strip())
     if m:
         sign = 1 if m.group(1) == "+" else -1
-        return timezone(sign * timedelta(hours=int(m.group(2)), minutes=int(m.group(3))))
+        hours, minutes = int(m.group(2)), int(m.group(3))
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"UTC offset {text!r} is out of range (-23:59 to +23:59)")
+        return timezone(sign * timedelta(hours=hours, minutes=minutes))
     if text.strip().upper() in ("Z", "UTC"):
         return UTC
     try:
@@ -534,12 +537,36 @@ def validate_config(
             path = _loc(e["loc"])
             if path not in done.unset:
                 errors.append(f"{path}: {done.redact(path, e['msg'])}")
-    errors += _across_keys(data, for_run)
+    for error in _across_keys(data, for_run):  # they quote values too: a name may be a ${VAR}
+        path = error.partition(": ")[0]
+        errors.append(done.redact(path, error))
     for path, names in done.unset.items():
         errors += [f"{path}: environment variable {name} is not set" for name in names]
     if errors:
         raise ConfigError(errors)
     return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's own rule, which PyYAML does not enforce: a mapping's keys are unique. A second
+    `rules:` in one file silently replaced the first."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *defaults` may be overridden, by design
+        key = loader.construct_object(key_node)
+        if isinstance(key, str | int | float | bool) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def load_config(
@@ -562,7 +589,7 @@ def load_config(
             raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
         source = str(path)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"

@@ -9,15 +9,14 @@ from orderwatch.durations import format_duration_ms as fmt
 
 
 def _redact(url: str | None) -> str:
-    """Scheme and host only: webhook URLs carry their key in the path or query."""
+    """Scheme and host only: webhook URLs carry their key in the path or query, and a
+    password in the user part (`https://user:pass@host/`)."""
     if not url:
         return "-"
     parts = urlsplit(url)
-    return (
-        f"{parts.scheme}://{parts.netloc}/…"
-        if parts.path not in ("", "/") or parts.query
-        else f"{parts.scheme}://{parts.netloc}"
-    )
+    host = parts.netloc.rpartition("@")[2]
+    where = f"{parts.scheme}://{'…@' if '@' in parts.netloc else ''}{host}"
+    return f"{where}/…" if parts.path not in ("", "/") or parts.query else where
 
 
 #: What the config schema (CONTRACT §5) holds but this build does not run yet.

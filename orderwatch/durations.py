@@ -8,29 +8,36 @@ from __future__ import annotations
 
 import re
 
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_UNIT_MS = {"w": 604_800_000, "d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+_ORDER = {unit: rank for rank, unit in enumerate(_UNIT_MS)}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+MAX_MS = 100 * 365 * 86_400_000  # a century: beyond any SLA, and far inside int64
+_EXPECTED = "expected e.g. '90s', '30m', '48h', '1h30m'"
 
 
-def parse_duration_ms(text: str | int | float) -> int:
-    """Parse `90s`, `30m`, `1h30m` (or a number of seconds) into milliseconds."""
-    if isinstance(text, bool):
-        raise ValueError("expected a duration like '90s', '30m' or '48h'")
-    if isinstance(text, int | float):
-        if text < 0:
-            raise ValueError("a duration cannot be negative")
-        return round(text * 1000)
+def parse_duration_ms(text: str) -> int:
+    """Parse `90s`, `30m`, `1h30m` into milliseconds.
+
+    As Prometheus reads them: every number has a unit (a bare `10` could mean seconds or
+    minutes), and units go from the largest to the smallest, each at most once (`1h1h` is a
+    typo, not 2h).
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"a duration is a string with a unit, {_EXPECTED}; got {text!r}")
     s = text.strip().replace(" ", "")
     if not s:
         raise ValueError("empty duration")
-    pos, total = 0, 0.0
+    pos, total, last = 0, 0.0, -1
     for m in _PART.finditer(s):
-        if m.start() != pos:
+        rank = _ORDER[m.group(2)]
+        if m.start() != pos or rank <= last:
             break
         total += float(m.group(1)) * _UNIT_MS[m.group(2)]
-        pos = m.end()
+        pos, last = m.end(), rank
     if pos != len(s):
-        raise ValueError(f"invalid duration {text!r}: expected e.g. '90s', '30m', '48h', '1h30m'")
+        raise ValueError(f"invalid duration {text!r}: {_EXPECTED}, largest unit first")
+    if total > MAX_MS:
+        raise ValueError(f"duration {text!r} is longer than 100 years")
     return round(total)
 
 

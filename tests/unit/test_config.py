@@ -314,3 +314,51 @@ def test_check_config_sets_apart_what_this_build_does_not_run(
         "breaker cb1: route /cb" in unbuilt and "notifier wecom https://qyapi.example/…" in unbuilt
     )
     assert "SECRET" not in unbuilt
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://admin:pw-SECRET@alerts.internal:9000/x", "http://…@alerts.internal:9000/…"),
+        ("https://token-SECRET@hooks.example", "https://…@hooks.example"),
+        ("https://oapi.example/robot/send?access_token=SECRET", "https://oapi.example/…"),
+    ],
+)
+def test_check_config_shows_no_credentials_of_a_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, shown: str
+) -> None:
+    """A password in the user part of a URL was printed whole."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"notifiers": [{"kind": "webhook", "url": url}]}))
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"notifier webhook {shown}" in out and "SECRET" not in out
+
+
+def test_errors_across_keys_never_show_the_value_of_a_variable() -> None:
+    """The checks that relate keys quoted the names they compare, unredacted."""
+    rule = {"name": "${NAME}", "statuses": ["paid"], "max_dwell": "1m"}
+    breaker = {"name": "b", "route": "/p", "when": {"qps_above": 1}, "switches": ["${SW}"]}
+    doc = {"rules": {"stuck": [rule, rule]}, "breakers": [breaker]}
+    text = "\n".join(errors_of(doc, {"NAME": "name-SECRET", "SW": "switch-SECRET"}))
+    assert "SECRET" not in text
+    assert "rules.stuck[1].name: duplicate stuck rule name '${NAME}'" in text
+    assert "breakers[0].switches[0]: '${SW}' is not listed" in text
+
+
+def test_a_key_given_twice_is_an_error_at_its_line(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: a second `rules:` silently dropped the first
+    block's rules. A merge key (`<<: *defaults`) may still be overridden."""
+    path = tmp_path / "c.yaml"
+    path.write_text("rules:\n  gaps: {}\nlateness: 5s\nrules:\n  stuck: []\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    (line,) = err.value.errors
+    assert "line 4, column 1" in line and "duplicate key 'rules'" in line
+    path.write_text(
+        "x: &d {within: 5m, severity: info}\nrules:\n  gaps:\n"
+        "    paid_without_wms: {<<: *d, within: 10m}\n"
+    )
+    with pytest.raises(ConfigError) as err:  # the only error is `x`, an unknown key
+        load_config(path)
+    assert [e.split(":")[0] for e in err.value.errors] == ["x"]
