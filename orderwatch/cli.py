@@ -75,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--config", help="YAML config (rules); default: the embedded default")
     rp.add_argument("--alerts-out", type=Path, help="write one JSON line per alert change")
     rp.add_argument(
-        "--dead-letters", type=Path, help="rejected lines (default: <state.dir>/dead-letters.jsonl)"
+        "--dead-letters",
+        type=Path,
+        help="rejected lines (default: <state.dir>/replay-dead-letters.jsonl)",
     )
     rp.add_argument(
         "--batch-size",
@@ -202,12 +204,18 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"orderwatch: {args.events}: {why}", file=sys.stderr)
         return 2
     alerts_out: Path = args.alerts_out or Path(cfg.state.dir) / "replay-alerts.jsonl"
-    dead_letters: Path = args.dead_letters or Path(cfg.state.dir) / "dead-letters.jsonl"
+    # not the daemon's `dead-letters.jsonl`: a backtest with the production config would
+    # empty it
+    dead_letters: Path = args.dead_letters or Path(cfg.state.dir) / "replay-dead-letters.jsonl"
     in_cluster = args.addresses is not None
     if not in_cluster:
         for path in (alerts_out, dead_letters):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"")
+            except OSError as exc:
+                print(f"orderwatch: {path}: cannot write: {exc.strerror}", file=sys.stderr)
+                return 2
     show = not args.quiet and sys.stderr.isatty()
     total = args.events.stat().st_size
     with _progress(show, total) as on_progress:

@@ -261,7 +261,7 @@ def run_daemon(
         sources = build_sources(cfg, runtime.stopping)
         outputs = Outputs(
             QueueSink(runtime, local=primary),
-            DeadLetterSink(state_dir / "dead-letters.jsonl", local=primary),
+            DeadLetterSink(state_dir / "dead-letters.jsonl", local=primary, log_them=True),
         )
         flow = build_flow(cfg, sources, outputs, runtime, live=True, recovery=cfg.state.recovery)
         _install_signals(runtime)

@@ -20,12 +20,14 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from orderwatch.domain.alert import AlertChange
 from orderwatch.events import Rejected
+from orderwatch.logs import RateLimited
 from orderwatch.runtime import AlertBatch, Runtime
 
 _MAX_RAW = 65_536
 _MAX_WAITING = 10_000  # dead letters held while their file cannot be written
 
 log = structlog.get_logger(__name__)
+_rejections = RateLimited(log)  # one line per reason per 10 s, whatever the flood
 
 
 def dead_letter_json(r: Rejected) -> dict[str, Any]:
@@ -91,8 +93,9 @@ class _DeadLetterPartition(StatefulSinkPartition[Any, None]):
     the records wait in memory, up to `_MAX_WAITING`, and are written once it takes them).
     Either way the daemon goes on: a dead letter is never worth stopping the monitoring."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, log_them: bool) -> None:
         self._path = path
+        self._log_them = log_them
         self._f: BinaryIO | None = None
         self._ino = 0
         self._waiting: list[bytes] = []
@@ -117,6 +120,17 @@ class _DeadLetterPartition(StatefulSinkPartition[Any, None]):
 
     def write_batch(self, values: list[Any]) -> None:
         self._waiting += [orjson.dumps(dead_letter_json(v)) + b"\n" for v in values]
+        if self._log_them:
+            for v in values:
+                _rejections.warning(
+                    v.reason,
+                    "input rejected, see the dead-letter file",
+                    reason=v.reason,
+                    detail=v.detail[:300],
+                    source=v.source,
+                    position=v.position,
+                    file=str(self._path),
+                )
         try:
             f = self._file()
             f.write(b"".join(self._waiting))
@@ -176,12 +190,13 @@ class DeadLetterSink(_Single):
 
     part = "dead-letters"
 
-    def __init__(self, path: str | Path, local: bool = True) -> None:
+    def __init__(self, path: str | Path, local: bool = True, *, log_them: bool = False) -> None:
         super().__init__(local)
         self.path = Path(path)
+        self.log_them = log_them  # the daemon logs them, rate-limited (a replay sums them up)
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeadLetterPartition:
-        return _DeadLetterPartition(self.path)
+        return _DeadLetterPartition(self.path, self.log_them)
 
 
 _STOP_WAIT = 15.0  # seconds: at shutdown, how long a batch waits for a store that refuses it

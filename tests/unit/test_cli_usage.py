@@ -103,3 +103,39 @@ def test_the_command_leaves_a_replay_with_all_it_printed_and_wrote(tmp_path: Pat
     )
     assert missing.returncode == 2
     assert "no such file" in missing.stderr
+
+
+def test_a_replay_leaves_the_daemons_dead_letters_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its default dead-letter file was the daemon's own, emptied at the start of a backtest
+    run with the production config."""
+    state = tmp_path / "state"
+    state.mkdir()
+    daemons = state / "dead-letters.jsonl"
+    daemons.write_text('{"reason":"malformed_json"}\n')
+    events = tmp_path / "ev.jsonl"
+    events.write_text(
+        'not json\n{"type":"order","ts":1794326400000,"order_id":"A","status":"paid"}\n'
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(f"state: {{dir: {state}}}\n")
+    assert main(["replay", str(events), "--config", str(config), "--quiet"]) == 0
+    assert daemons.read_text() == '{"reason":"malformed_json"}\n'
+    (dead,) = (state / "replay-dead-letters.jsonl").read_text().splitlines()
+    assert '"position":"1"' in dead.replace(" ", "")
+
+
+@pytest.mark.parametrize("flag", ["--alerts-out", "--dead-letters"])
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    """It was a FileNotFoundError traceback (exit 1)."""
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    target = blocked / "out.jsonl"  # below a file: no directory can be made there
+    outputs = {"--alerts-out": str(tmp_path / "a"), "--dead-letters": str(tmp_path / "d")}
+    outputs[flag] = str(target)
+    assert main(["replay", SAMPLE, *(x for kv in outputs.items() for x in kv), "--quiet"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"orderwatch: {target}: cannot write: ")

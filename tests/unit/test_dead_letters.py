@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+from structlog.testing import capture_logs
+
+from orderwatch.connectors import sinks
 from orderwatch.connectors.sinks import DeadLetterSink, dead_letter_json
 from orderwatch.events import Decoder, Rejected
+from orderwatch.logs import RateLimited
 
 
 def bad(n: int, reason: str = "malformed_json") -> Rejected:
@@ -50,3 +56,33 @@ def test_an_oversized_line_is_marked_truncated() -> None:
     assert isinstance(cut, Rejected) and cut.reason == "oversized"
     assert dead_letter_json(cut)["truncated"] is True
     assert "truncated" not in dead_letter_json(bad(1))
+
+
+def test_the_daemon_logs_rejections_rate_limited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §1: bad input "is logged at a rate-limited level"; nothing logged it. The first
+    of each reason is logged, then one line per interval with the count held back, and a
+    replay (which sums them up) logs none."""
+    clock = [1000.0]
+    monkeypatch.setattr("orderwatch.logs.time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(sinks, "_rejections", RateLimited(sinks.log, interval=10.0))
+    daemon = DeadLetterSink(tmp_path / "d.jsonl", log_them=True).build_part("dl", "d", None)
+    replay = DeadLetterSink(tmp_path / "r.jsonl").build_part("dl", "r", None)
+    with capture_logs() as logged:
+        daemon.write_batch([bad(i) for i in range(500)] + [bad(7, "unknown_status")] * 3)
+        replay.write_batch([bad(i, "oversized") for i in range(5)])
+        clock[0] += 9
+        daemon.write_batch([bad(600)])
+        clock[0] += 2
+        daemon.write_batch([bad(601)])
+    assert [(e["reason"], e["position"], e.get("suppressed_since_last")) for e in logged] == [
+        ("malformed_json", "0", None),
+        ("unknown_status", "7", None),
+        ("malformed_json", "601", 500),
+    ]
+    assert {e["log_level"] for e in logged} == {"warning"}
+    assert all("raw" not in e and e["file"] == str(tmp_path / "d.jsonl") for e in logged)
+    daemon.close()
+    replay.close()
+    assert len(positions(tmp_path / "d.jsonl")) == 505
