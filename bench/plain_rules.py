@@ -219,6 +219,7 @@ class Order:
         self.due: dict[str, int] = {}  # deadline key -> T
         self.last_seen = 0
         self.overdue = False  # due to be forgotten but an alert was firing
+        self.left_unpaid = False  # was past created/deposit_paid: no payment_not_applied
 
 
 class Engine:
@@ -272,9 +273,25 @@ class Engine:
                 del o.due[key]
                 self.on_deadline(o, key, t)
 
+    def keep_until(self, o: Order) -> int:
+        """An order is kept until the deadlines of the rules that may still fire for it."""
+        due = [t for k, t in o.due.items() if k.startswith("stuck:")]  # only while in the set
+        may_fire = {
+            "paid_without_wms": not o.pww_cleared,
+            "wms_without_payment": not o.ever_paid,
+            "payment_not_applied": o.status in self.unapplied(o) and not o.left_unpaid,
+        }
+        for gap, (within, _) in self.r.gaps.items():
+            clock = o.wms_at if gap == "wms_without_payment" else o.paid_at
+            if clock is not None and gap not in o.done and may_fire[gap]:
+                due.append(clock + within)
+        return max(due, default=0)
+
     def on_deadline(self, o: Order, key: str, t: int) -> None:
         if key == "forget":  # terminal retention or idle TTL; a firing order is kept
-            if o.status not in TERMINAL and t < o.last_seen + self.r.ttl:
+            if self.keep_until(o) > t:
+                self.schedule(o, "forget", self.keep_until(o))
+            elif o.status not in TERMINAL and t < o.last_seen + self.r.ttl:
                 self.schedule(o, "forget", o.last_seen + self.r.ttl)
             elif o.firing:
                 o.overdue = True  # forgotten once its last alert resolves
@@ -287,7 +304,7 @@ class Engine:
             if not o.ever_paid:
                 self.open_gap(o, key, t)
         elif key == "payment_not_applied":
-            if o.status in self.unapplied(o):
+            if o.status in self.unapplied(o) and not o.left_unpaid:
                 self.open_gap(o, key, t)
         else:
             for k, name, statuses, _, _, sev, channels, warehouses in self.r.stuck:
@@ -337,7 +354,11 @@ class Engine:
             o.overdue = False
             self.schedule(o, "forget", ts + self.r.ttl)
         elif o.overdue and not o.firing:  # kept only for its alert, which this event resolved
-            del self.orders[oid]
+            o.overdue = False
+            if self.keep_until(o) > ts:
+                self.schedule(o, "forget", self.keep_until(o))
+            else:
+                del self.orders[oid]
 
     def on_order(self, o: Order, ts: int, ev: dict[str, Any]) -> None:
         new, prev, trk = ev["status"], o.status, ev.get("tracking_no")
@@ -369,6 +390,8 @@ class Engine:
         if new == "refund_requested":
             o.before_refund = prev
         o.status = new
+        if new not in ("created", "deposit_paid"):
+            o.left_unpaid = True
         for key, _, statuses, dwell, last_update, *_ in self.r.stuck:
             was, now = prev in statuses, new in statuses
             if last_update or (was and not now):
@@ -386,7 +409,7 @@ class Engine:
                     o.due.pop(gap, None)
         if new in ("cancelled", "refunded", "closed"):
             self.clear_pww(o, ts)
-        if new not in self.unapplied(o):
+        if new not in self.unapplied(o) or o.left_unpaid:
             self.resolve(o, "payment_not_applied", ts)
         if new in TERMINAL:  # retention counts from the latest terminal status
             o.overdue = False
@@ -399,7 +422,8 @@ class Engine:
         if status == "refunded":
             o.pays.pop(pay_no, None)
             o.refunded.add(pay_no)
-            self.clear_pww(o, ts)
+            if not o.pays:  # refunding a duplicate leaves a paid order to ship
+                self.clear_pww(o, ts)
         elif status == "success":
             o.ever_paid = True
             o.due.pop("wms_without_payment", None)

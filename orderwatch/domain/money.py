@@ -6,13 +6,18 @@ and 299 all become 29900.
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import MAX_PREC, Context, Decimal
 
 Money = int | Decimal
 
+# Exact: the default context keeps 28 digits, and rounded "299.0000000000000000000000000001"
+# to 29900 cents, equal to a payable of 299.
+_EXACT = Context(prec=MAX_PREC)
+_HUNDRED = Decimal(100)
+
 
 def to_cents(amount: Decimal) -> Money:
-    cents = amount * 100
+    cents = _EXACT.multiply(amount, _HUNDRED)
     whole = cents.to_integral_value()
     return int(whole) if cents == whole else cents
 

@@ -19,6 +19,7 @@ PAID_ANY = 1 << 7  # at least one successful payment (a deposit counts)
 AMOUNT_OK = 1 << 11  # amounts checked and equal; cleared when payable or payments change
 GAP_DONE_BIT = 8  # bits 8-10: gap rule evaluated (in rules.GAP_RULES order)
 GAP_FIRING_BIT = 12  # bits 12-14: gap rule firing
+APPLIED = 1 << 15  # was in a status past created/deposit_paid: a payment was applied once
 STUCK_BIT = 16  # rule i: done = 16 + 2i, firing = 17 + 2i
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from orderwatch.domain.lifecycle import StateMachine
@@ -74,6 +75,13 @@ class RuleSet:
     pack_after: int = 0  # orders unpacked at once before the idle ones are packed (0: never)
     pack_compression: bool = True  # zstd with a dictionary trained on the shard's orders
     timezone: str = "Asia/Shanghai"
+
+    @cached_property
+    def longest_window_ms(self) -> int:
+        """The longest stuck dwell or gap window: no rule's deadline lies further than this
+        from its clock (an event time of the order)."""
+        windows = [s.max_dwell_ms for s in self.stuck] + [g.within_ms for g in self.gaps.values()]
+        return max(windows, default=0)
 
     @classmethod
     def from_config(cls, cfg: Config) -> RuleSet:

@@ -40,6 +40,7 @@ from orderwatch.domain.money import show, to_cents
 from orderwatch.domain.order import (
     AMOUNT_OK,
     ANOMALY_BIT,
+    APPLIED,
     COLLECTED,
     GAP_DONE_BIT,
     GAP_FIRING_BIT,
@@ -447,10 +448,36 @@ class ShardTracker:
     def _expiry(self, rec: OrderRec) -> int | None:
         if rec.flags & self._firing_mask:
             return None  # never forget an order with a firing alert
-        idle = rec.seen + self.rules.order_ttl_ms
+        rules = self.rules
+        expiry = rec.seen + rules.order_ttl_ms  # idle
         if rec.status in TERMINAL:
-            return min(rec.since + self.rules.terminal_retention_ms, idle)
-        return idle
+            expiry = min(rec.since + rules.terminal_retention_ms, expiry)
+        if expiry < rec.seen + rules.longest_window_ms:  # (every clock is at or before `seen`)
+            # Not before a deadline that may still fire: a closed order's `wms_without_payment`
+            # (the goods may have left unpaid), a completed order's 漏发.
+            last = self._last_open_deadline(rec)
+            if last is not None and last > expiry:
+                return last
+        return expiry
+
+    def _last_open_deadline(self, rec: OrderRec) -> int | None:
+        """The latest deadline of a rule that may still fire for the order: not evaluated
+        yet, its clock running, its condition still open."""
+        last: int | None = None
+        flags, status, entered = rec.flags, rec.status, rec.entered
+        for index, statuses, dwell, since_entered, busy in self._stuck_plan:
+            if flags & busy or status not in statuses:
+                continue
+            clock = (entered[index] if entered else None) if since_entered else rec.last_update
+            if clock is not None and (last is None or clock + dwell > last):
+                last = clock + dwell
+        for name, gap in self.rules.gaps.items():
+            clock = rec.wms_at if name == WMS_WITHOUT_PAYMENT else rec.paid_at
+            if clock is None or flags & _GAP_DONE[name] or not self._gap_open(name, rec):
+                continue
+            if last is None or clock + gap.within_ms > last:
+                last = clock + gap.within_ms
+        return last
 
     def _evaluate(self, oid: str, rec: OrderRec, now: int, out: list[AlertChange]) -> bool:
         """Fire what is due at `now`; False when the order was forgotten."""
@@ -512,7 +539,10 @@ class ShardTracker:
             return rec.wms_at is None and rec.closed_at is None
         if name == WMS_WITHOUT_PAYMENT:
             return not rec.flags & PAID_ANY
-        # payment_not_applied: fully paid, yet the order still waits for (the rest of) it
+        # payment_not_applied: fully paid, yet the order never left the statuses that wait
+        # for (the rest of) it: one back in `created` by an illegal transition did leave
+        if rec.flags & APPLIED:
+            return False
         if rec.status == CREATED:
             return True
         presale_balance = rec.flags & PRESALE and len(rec.pay_nos) >= 2
@@ -678,6 +708,8 @@ class ShardTracker:
         stats.status_counts[old or "unknown"] -= 1
         stats.status_counts[new] += 1
         rec.status, rec.since = new, ts
+        if new != CREATED and new != DEPOSIT_PAID:
+            rec.flags |= APPLIED
         if new == REFUND_REQUESTED:
             rec.refund_from = old
         elif new == DEPOSIT_PAID:
@@ -778,9 +810,11 @@ class ShardTracker:
         elif ev.status == "refunded":
             remove_payment(rec, ev.pay_no)
             rec.refunded = (*(rec.refunded or ()), ev.pay_no)
-            if rec.closed_at is None:
-                rec.closed_at = ts
-            self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)
+            if not rec.pay_nos:  # the money is all back: the order's refund (CONTRACT §3);
+                # refunding one of two payments (a duplicate) leaves an order to ship
+                if rec.closed_at is None:
+                    rec.closed_at = ts
+                self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)
         return None
 
     def _on_wms(

@@ -100,7 +100,7 @@ def test_fingerprint_is_the_alertmanager_label_signature() -> None:
 
 # Minimal streams where orderwatch and the plain script once differed; each was settled
 # (see the README's notes on duplicates, presale orders and refunds) and must stay equal.
-SETTLED = {
+SETTLED: dict[str, tuple[dict[str, Any], list[bytes]]] = {
     "an event_id reused by another order is not a redelivery (dedup is per order)": (
         {},
         [
@@ -154,6 +154,36 @@ SETTLED = {
             order(MIN, "A", "completed"),
             wms(90 * MIN, "A"),
             payment(91 * MIN, "A", "P2"),
+        ],
+    ),
+    "refunding one of two payments is not the order's refund": (
+        {},
+        [
+            order(0, "A", "created"),
+            payment(MIN, "A", "P1"),
+            order(MIN, "A", "paid"),
+            payment(2 * MIN, "A", "P2"),
+            payment(4 * MIN, "A", "P2", status="refunded"),
+            order(60 * MIN, "Z", "created"),
+        ],
+    ),
+    "back in created by an illegal transition, the payment was applied once": (
+        {},
+        [
+            order(0, "A", "created"),
+            payment(MIN, "A"),
+            order(2 * MIN, "A", "paid"),
+            order(3 * MIN, "A", "created"),
+            order(60 * MIN, "Z", "created"),
+        ],
+    ),
+    "a closed order is kept until its gap deadlines passed": (
+        {"engine": {"terminal_retention": "5m"}},
+        [
+            order(0, "A", "created"),
+            wms(MIN, "A"),
+            order(2 * MIN, "A", "closed"),  # retention ends at 7 min, wms_without_payment at 11
+            order(60 * MIN, "Z", "created"),
         ],
     ),
     "payments checked one by one are summed once the order turns presale": (

@@ -83,6 +83,25 @@ def test_refund_resolves_a_firing_gap() -> None:
     ]
 
 
+def test_refunding_a_duplicate_payment_leaves_the_gap_open() -> None:
+    """One of two payments refunded is not the order's refund: the money for it is still
+    there and the goods still owed, so 漏发 fires (the refund used to silence it), and a
+    refund after the deadline does not resolve it; refunding the last one does."""
+    lines = [
+        order(0, "A", "created"),
+        payment(MIN, "A", "P1"),
+        order(MIN + 30 * SEC, "A", "paid"),
+        payment(2 * MIN, "A", "P2"),
+        payment(4 * MIN, "A", "P2", status="refunded"),
+        payment(20 * MIN, "A", "P1", status="refunded"),
+    ]
+    assert gaps(lines, until=HOURS(1)) == [
+        ("firing", "duplicate_payment", "A", 2 * MIN, 2 * MIN),
+        ("firing", "paid_without_wms", "A", 11 * MIN, None),
+        ("resolved", "paid_without_wms", "A", 11 * MIN, 20 * MIN),
+    ]
+
+
 def test_gap_annotations_carry_what_on_call_needs() -> None:
     """The alert names pay_no, amount, when paid and how long without a warehouse order."""
     lines = [
@@ -109,6 +128,17 @@ def test_wms_without_payment_fires_and_resolves_on_payment() -> None:
     assert gaps(lines) == [
         ("firing", "wms_without_payment", "A", 10 * MIN, None),
         ("resolved", "wms_without_payment", "A", 10 * MIN, 25 * MIN),
+    ]
+
+
+@pytest.mark.parametrize("end", ["closed", "cancelled", "completed"])
+def test_an_order_that_ended_is_kept_for_its_gap_deadlines(end: str) -> None:
+    """The order ends a minute after its WMS outbound; `terminal_retention` (5 min) would
+    forget it at 7 min, before wms_without_payment is due at 11 min: it was never fired."""
+    lines = [order(0, "A", "created"), wms(MIN, "A"), order(2 * MIN, "A", end)]
+    cfg = config(GAPS, engine={"terminal_retention": "5m"})
+    assert summary(track(lines, cfg, until=HOURS(1))) == [
+        ("firing", "wms_without_payment", "A", 11 * MIN, None)
     ]
 
 
@@ -168,6 +198,19 @@ def test_leaving_created_exactly_at_deadline_is_in_time() -> None:
     assert gaps(lines, until=HOURS(1)) == []
 
 
+def test_an_order_back_in_created_after_leaving_it_is_not_payment_not_applied() -> None:
+    """CONTRACT §3: it fires if the order "never left `created` at or before then". Back in
+    `created` by an illegal transition, it had left; only the anomaly is reported."""
+    lines = [
+        order(0, "A", "created"),
+        payment(MIN, "A"),
+        wms(MIN, "A"),
+        order(2 * MIN, "A", "paid"),
+        order(3 * MIN, "A", "created"),
+    ]
+    assert gaps(lines, until=HOURS(1)) == [("firing", "illegal_transition", "A", 3 * MIN, 3 * MIN)]
+
+
 def test_paid_status_before_callback_is_fine() -> None:
     """The order already `paid` when the callback arrives: nothing to apply."""
     lines = [
@@ -193,6 +236,23 @@ def test_equal_amounts_in_any_notation_match(paid: str) -> None:
         wms(3 * MIN, "A"),
     ]
     assert gaps(lines, until=HOURS(1)) == []
+
+
+@pytest.mark.parametrize(
+    "paid", ['"299.0000000000000000000000000001"', "299.00000000000000000000000000000000001"]
+)
+def test_amounts_differing_past_28_digits_differ(paid: str) -> None:
+    """Exact decimals (CONTRACT §1): Decimal's default 28-digit context rounded these to 299."""
+    lines = [
+        order(0, "A", "created", amount="299"),
+        b'{"type":"payment","ts":"2026-11-11T00:01:00+08:00","order_id":"A","pay_no":"P",'
+        b'"status":"success","amount":' + paid.encode() + b"}",
+        order(2 * MIN, "A", "paid"),
+        wms(3 * MIN, "A"),
+    ]
+    assert gaps(lines, until=HOURS(1)) == [
+        ("firing", "amount_mismatch", "A", 2 * MIN, 2 * MIN),
+    ]
 
 
 def test_amount_mismatch_fires_once_with_the_difference() -> None:
