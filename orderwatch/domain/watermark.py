@@ -25,10 +25,19 @@ class WatermarkClock:
         return self._idle_after is not None
 
     def observe(self, max_ts: int | None, wall_ms: int) -> None:
-        """Input arrived at `wall_ms`; `max_ts` is the largest event time in it (if any)."""
+        """Input arrived at `wall_ms`; `max_ts` is the largest event time in it (if any).
+
+        Only input that moves event time on ends an idle spell. A rejected line, or an event
+        behind the newest one, used to restart the idle clock without moving event time: the
+        watermark fell back by the whole quiet spell (an hour's quiet and one bad line held
+        every deadline an hour more), and such lines trickling in held it still.
+        """
         if max_ts is not None and (self.max_ts is None or max_ts > self.max_ts):
+            self.value = self.peek(wall_ms)  # what the quiet spell reached stays reached
             self.max_ts = max_ts
-        self._last_input = wall_ms
+            self._last_input = wall_ms
+        elif self._last_input is None:
+            self._last_input = wall_ms  # started (or resumed): the idle clock runs from here
 
     def current(self, wall_ms: int) -> int | None:
         """The watermark now (never moves back)."""

@@ -61,6 +61,22 @@ def test_backlog_keeps_watermark_on_event_time() -> None:
         assert c.current(i * 1000) == 940_000 + i
 
 
+def test_input_that_moves_no_event_time_neither_pulls_back_nor_holds_the_idle_watermark() -> None:
+    """After 20 quiet seconds, a rejected line (no event time) or an event behind the newest
+    one restarted the idle clock: the watermark fell back by 20 s, and a trickle of them held
+    it still. A newer event ends the quiet spell, and the watermark keeps what it reached."""
+    c = WatermarkClock(lateness_ms=60_000, idle_after_ms=5_000)
+    c.observe(1_000_000, wall_ms=50_000)
+    assert c.current(70_000) == 960_000
+    for wall in range(70_000, 80_000, 500):  # a bad line or an old event every 0.5 s
+        c.observe(None if wall % 1000 else 990_000, wall_ms=wall)
+        assert c.current(wall) == 940_000 + wall - 50_000
+    c.observe(1_001_000, wall_ms=80_000)  # event time moves on by 1 s, the wall by 30 s
+    assert c.current(80_000) == 970_000  # not back to 941_000
+    assert c.current(84_999) == 970_000  # event time drives it again, from what was reached
+    assert c.current(110_000) == 941_000 + 30_000  # quiet again: on with the wall clock
+
+
 def test_wake_before_idle_is_the_idle_moment() -> None:
     """Before the input is idle the shard wakes up when it would become idle."""
     c = WatermarkClock(lateness_ms=0, idle_after_ms=5_000)
@@ -104,6 +120,27 @@ def test_an_idle_live_shard_wakes_when_the_watermark_passes_its_deadline() -> No
     assert at is not None
     wall[0] = round(at.timestamp() * 1000)
     assert logic.clock.peek(wall[0]) == BASE + 30 * MIN + 1
+    (fired,) = logic.on_notify()[0]
+    assert (fired.labels["rule"], fired.starts_at) == ("paid_not_allocated", BASE + 30 * MIN)
+
+
+def test_a_bad_line_in_a_quiet_spell_does_not_delay_a_due_alert() -> None:
+    """The audit's case: a `paid` order due in 30 min, and 20 min into the quiet a line that
+    is rejected (a batch of no events). It fired 20 min late; now it fires when the wall
+    clock says it is due."""
+    wall = [BASE]
+    logic = ShardLogic(
+        ShardTracker(RuleSet.from_config(config())),
+        WatermarkClock(1_000, 1_000),
+        Runtime(shards=1),
+        lambda: wall[0],
+    )
+    (d,) = decode_all([order(0, "A", "paid")])  # paid_not_allocated: 30 min
+    logic.on_batch([ShardBatch("s000", [(d.ts_ms, d.event)], d.ts_ms)])
+    wall[0] += 20 * MIN
+    assert logic.on_notify()[0] == []
+    assert logic.on_batch([ShardBatch("s000", [], -1)])[0] == []  # only a dead letter
+    wall[0] = BASE + 30 * MIN + 1_001  # the watermark passes the deadline (1 s lateness)
     (fired,) = logic.on_notify()[0]
     assert (fired.labels["rule"], fired.starts_at) == ("paid_not_allocated", BASE + 30 * MIN)
 
