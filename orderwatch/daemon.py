@@ -257,6 +257,16 @@ def run_daemon(
         workers=workers,
         process=pid,
     )
+    unbuilt = {
+        "notifiers": len(cfg.notifiers),
+        "breakers": len(cfg.breakers),
+        "switches": len(cfg.switches),
+    }
+    if any(unbuilt.values()) and pid == 0:  # configured, but this build only validates them
+        log.warning(
+            "configured but not run by this build: alerts go to the console and GET /v1/alerts",
+            **{k: v for k, v in unbuilt.items() if v},
+        )
     try:
         sources = build_sources(cfg, runtime.stopping)
         outputs = Outputs(

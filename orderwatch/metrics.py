@@ -16,7 +16,7 @@ labels and help text, so the code and the documentation cannot drift apart.
 | `orderwatch_start_time_seconds` | gauge | | when this process started, unix seconds |
 | `orderwatch_dataflow_running` | gauge | | 1 while the bytewax dataflow runs |
 | `orderwatch_sources_connected` | gauge | | 1 when every input source is connected |
-| `orderwatch_shards` | gauge | | order shards served by this process |
+| `orderwatch_shards` | gauge | | order shards served by this process (each from its first input, or from its snapshot on a resume) |
 | `orderwatch_alerts_waiting` | gauge | | alert changes held in memory because the alert store refuses writes (disk full, locked); retried until it takes them while the dataflow waits, `/readyz` says why |
 | `orderwatch_alert_store_write_failures_total` | counter | | failed writes to the alert store (each one retried) |
 | `orderwatch_events_total` | counter | source, type | events decoded, by source and event type |

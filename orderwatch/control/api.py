@@ -386,7 +386,15 @@ async def order_timeline(request: web.Request) -> web.Response:
     if tracker is None and ctx.runtime.peers and PROXIED not in request.headers:
         return await _from_peers(ctx, order_id)
     if tracker is None or rec is None:
-        where = "" if tracker is not None else f"; its shard {key} is not served by this process"
+        if tracker is not None and tracker.buffered:
+            where = (
+                ", or its events are still waiting for the watermark (applied `lateness` after "
+                f"the newest event; waiting in its shard {key}: {tracker.buffered})"
+            )
+        elif tracker is None and ctx.runtime.peers:
+            where = f"; its shard {key} is not served by this process"
+        else:
+            where = ""  # one process: a shard not started yet has seen no input at all
         raise ApiError(
             404,
             f"order {order_id} is not tracked: never seen, or forgotten after its retention{where}",

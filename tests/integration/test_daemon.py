@@ -193,6 +193,28 @@ def test_sighup_does_not_stop_the_daemon(tmp_path: Path) -> None:
         assert d.stop() == 0
 
 
+def test_the_log_tells_of_rejected_input_and_of_notifiers_it_does_not_run(tmp_path: Path) -> None:
+    """CONTRACT §1: bad input "is logged at a rate-limited level" (nothing logged it), and a
+    configured notifier that this build does not run was silent until an alert never came."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("not json\n" * 50 + '{"type":"order","ts":"2026-11-11T00:00:00"}\n')
+    cfg = {
+        **sample_config(events),
+        "notifiers": [{"kind": "webhook", "url": "http://127.0.0.1:9/hook?key=s3cr3t-KEY-7"}],
+    }
+    with daemon(tmp_path, cfg) as d:
+        wait_for(lambda: "missing_field" in d.logs(), 20, "the rejections logged")
+        assert d.stop() == 0
+    logs = [json.loads(line) for line in d.logs().splitlines() if line.startswith("{")]
+    rejected = [e for e in logs if e["event"].startswith("input rejected")]
+    assert sorted(e["reason"] for e in rejected) == ["malformed_json", "missing_field"]
+    assert {e["position"] for e in rejected} == {"1", "51"}
+    (unbuilt,) = [e for e in logs if e["event"].startswith("configured but not run")]
+    assert unbuilt["notifiers"] == 1 and unbuilt["level"] == "warning"
+    assert {e["level"] for e in rejected} == {"warning"}
+    assert "s3cr3t-KEY-7" not in d.logs()
+
+
 def test_an_oversized_request_header_is_refused_without_logging_it(tmp_path: Path) -> None:
     """aiohttp logged the header's bytes at error level: a client's token in the log."""
     events = tmp_path / "events.jsonl"

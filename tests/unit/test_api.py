@@ -391,6 +391,21 @@ def test_order_timeline_shows_state_events_and_alerts(packed: bool) -> None:
     serve(d.app(), check)
 
 
+def test_an_order_whose_events_wait_for_the_watermark_is_not_called_never_seen() -> None:
+    """Its first events still buffered, an order was 404 "never seen"; a one-process daemon
+    also blamed a shard it had not started yet as "not served by this process"."""
+    d = Daemon().feed([order(0, "A", "created"), order(2 * HOUR, "LATER", "created")], until=HOUR)
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        waiting = (await (await client.get("/v1/orders/LATER")).json())["error"]
+        assert "still waiting for the watermark" in waiting and waiting.endswith(": 1)")
+        d.runtime.trackers.clear()  # as before any input reached the shards
+        unknown = (await (await client.get("/v1/orders/A")).json())["error"]
+        assert "not tracked" in unknown and "not served" not in unknown
+
+    serve(d.app(), check)
+
+
 def test_order_timeline_errors_are_json() -> None:
     """An unknown order is a JSON 404 that mentions retention; an over-long id is a 400."""
     d = Daemon().feed(SCENARIO, until=HOUR)
