@@ -172,12 +172,16 @@ class ShardTracker:
         )
 
     def _bind_handlers(self) -> None:
+        """What is derived, not kept in a snapshot (`__setstate__` calls it too)."""
         self._handlers: dict[type, Callable[..., str | None]] = {
             OrderEvent: self._on_order,
             PaymentEvent: self._on_payment,
             WmsEvent: self._on_wms,
             LogisticsEvent: self._on_logistics,
         }
+        rules = self.rules
+        self._ttl, self._retention = rules.order_ttl_ms, rules.terminal_retention_ms
+        self._longest = rules.longest_window_ms
 
     # --- snapshots ---------------------------------------------------------------------------
 
@@ -189,7 +193,8 @@ class ShardTracker:
         state = self.__dict__.copy()
         state["_slots"] = len(self._slots)
         state["_far"] = self._far.open_until
-        del state["_deadlines"], state["_handlers"]
+        for derived in ("_deadlines", "_handlers", "_ttl", "_retention", "_longest"):
+            del state[derived]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -448,11 +453,10 @@ class ShardTracker:
     def _expiry(self, rec: OrderRec) -> int | None:
         if rec.flags & self._firing_mask:
             return None  # never forget an order with a firing alert
-        rules = self.rules
-        expiry = rec.seen + rules.order_ttl_ms  # idle
+        expiry = rec.seen + self._ttl  # idle
         if rec.status in TERMINAL:
-            expiry = min(rec.since + rules.terminal_retention_ms, expiry)
-        if expiry < rec.seen + rules.longest_window_ms:  # (every clock is at or before `seen`)
+            expiry = min(rec.since + self._retention, expiry)
+        if expiry < rec.seen + self._longest:  # (every clock is at or before `seen`)
             # Not before a deadline that may still fire: a closed order's `wms_without_payment`
             # (the goods may have left unpaid), a completed order's 漏发.
             last = self._last_open_deadline(rec)
