@@ -289,8 +289,9 @@ class Engine:
 
     def on_deadline(self, o: Order, key: str, t: int) -> None:
         if key == "forget":  # terminal retention or idle TTL; a firing order is kept
-            if self.keep_until(o) > t:
-                self.schedule(o, "forget", self.keep_until(o))
+            keep = self.keep_until(o)
+            if keep > t:
+                self.schedule(o, "forget", keep)
             elif o.status not in TERMINAL and t < o.last_seen + self.r.ttl:
                 self.schedule(o, "forget", o.last_seen + self.r.ttl)
             elif o.firing:
@@ -355,8 +356,9 @@ class Engine:
             self.schedule(o, "forget", ts + self.r.ttl)
         elif o.overdue and not o.firing:  # kept only for its alert, which this event resolved
             o.overdue = False
-            if self.keep_until(o) > ts:
-                self.schedule(o, "forget", self.keep_until(o))
+            keep = self.keep_until(o)
+            if keep > ts:
+                self.schedule(o, "forget", keep)
             else:
                 del self.orders[oid]
 

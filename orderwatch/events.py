@@ -317,30 +317,23 @@ class Decoder:
             # tag only when it is there), whatever text the line's values hold.
             ev = (self._mixed if bound_type is None else self._bound[bound_type]).decode(raw)
         except msgspec.ValidationError as exc:
-            if bound_type is not None and "Invalid value" in str(exc) and "at `$.type`" in str(exc):
-                return self._other_type(raw, source, position, bound_type)
-            return Rejected(_reason_for(exc), str(exc), source, position, raw)
+            reason, detail = _reason_for(exc), str(exc)
+            if bound_type is not None and reason == "unknown_type":  # which one, if it is one
+                tag = msgspec.json.decode(raw, type=_TypeOnly).type
+                if tag in _BY_TYPE:
+                    detail = f"source carries {bound_type} events, got {tag}"
+            return Rejected(reason, detail, source, position, raw)
         except UnicodeDecodeError:
-            return Rejected("encoding", _utf8_error(raw), source, position, raw)
+            return Rejected("encoding", _utf8_error(raw) or "not UTF-8", source, position, raw)
         except msgspec.DecodeError as exc:
-            if _is_utf8(raw):
-                return Rejected("malformed_json", str(exc), source, position, raw)
-            return Rejected("encoding", _utf8_error(raw), source, position, raw)
+            where = _utf8_error(raw)  # outside a string, msgspec calls bad UTF-8 bad JSON
+            if where is not None:
+                return Rejected("encoding", where, source, position, raw)
+            return Rejected("malformed_json", str(exc), source, position, raw)
         except RecursionError:  # msgspec follows nesting on the C stack
             detail = "JSON nested too deeply (an event is a flat object)"
             return Rejected("malformed_json", detail, source, position, raw)
         return self.finish(ev, raw, source, position)
-
-    def _other_type(self, raw: bytes, source: str, position: str, bound_type: str) -> Rejected:
-        """A bound source's line that names another type: which one, if it is one."""
-        try:
-            tag = self._mixed.decode(raw).__struct_config__.tag
-        except msgspec.ValidationError as exc:
-            if "at `$.type`" in str(exc):  # not a type's name at all
-                return Rejected(_reason_for(exc), str(exc), source, position, raw)
-            tag = msgspec.json.decode(raw, type=_TypeOnly).type
-        detail = f"source carries {bound_type} events, got {tag}"
-        return Rejected("unknown_type", detail, source, position, raw)
 
     def decode_lines(
         self,
@@ -480,22 +473,14 @@ class Decoder:
         return Decoded(ts_ms, ev)
 
 
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _utf8_error(raw: bytes) -> str:
-    """Where the line stops being UTF-8 (msgspec counts from the start of the string value;
-    whoever reads the dead letter counts from the start of the line)."""
+def _utf8_error(raw: bytes) -> str | None:
+    """Where the line stops being UTF-8, or None if it is (msgspec counts from the start of
+    the string value; whoever reads the dead letter counts from the start of the line)."""
     try:
         raw.decode()
     except UnicodeDecodeError as exc:
         return f"not UTF-8: {exc.reason} at byte {exc.start}"
-    return "not UTF-8"
+    return None
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -543,7 +528,7 @@ def decode_nginx_lines(
         d = _not_after(decode_nginx(raw, source, ""), not_after, source, raw)
         if type(d) is Decoded:
             good.append((d.ts_ms, d.event))
-        else:
+        elif raw.strip():  # a line of whitespace only is skipped, as in `decode_lines`
             bad.append((i, d))  # type: ignore[arg-type]
     return good, bad
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING
 
 from orderwatch.domain.lifecycle import StateMachine
@@ -76,7 +75,7 @@ class RuleSet:
     pack_compression: bool = True  # zstd with a dictionary trained on the shard's orders
     timezone: str = "Asia/Shanghai"
 
-    @cached_property
+    @property
     def longest_window_ms(self) -> int:
         """The longest stuck dwell or gap window: no rule's deadline lies further than this
         from its clock (an event time of the order)."""

@@ -166,12 +166,12 @@ class ShardTracker:
         self._update_plan = tuple((s.statuses, s.max_dwell_ms) for s in self._update_rules)
         self._update_firing = sum(stuck_firing(s.index) for s in self._update_rules)
         self._update_done = sum(stuck_done(s.index) for s in self._update_rules)
-        self._bind_handlers()
+        self._derive()
         self._firing_mask = sum(_GAP_FIRING.values()) | sum(
             stuck_firing(s.index) for s in rules.stuck
         )
 
-    def _bind_handlers(self) -> None:
+    def _derive(self) -> None:
         """What is derived, not kept in a snapshot (`__setstate__` calls it too)."""
         self._handlers: dict[type, Callable[..., str | None]] = {
             OrderEvent: self._on_order,
@@ -199,7 +199,7 @@ class ShardTracker:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._bind_handlers()
+        self._derive()
         slots: list[str | None] = [None] * state["_slots"]
         heap: list[int] = []
         far = self._far = FarDeadlines(state["_far"])

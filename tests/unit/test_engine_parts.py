@@ -102,18 +102,25 @@ def test_the_process_watermark_moves_on_while_idle_shards_sleep() -> None:
     assert [t.watermark for t in runtime.trackers.values()] == [BASE - 1_000] * 2
 
 
-def test_an_idle_live_shard_wakes_when_the_watermark_passes_its_deadline() -> None:
-    """Live and idle: the shard asks to be woken just as the watermark passes its deadline,
-    and then fires it (not 1 ms too early, when it could not fire yet)."""
-    wall = [BASE]
+def _live_shard_with_a_paid_order(wall: list[int]) -> ShardLogic:
+    """A live shard (1 s lateness and idle_after) on the clock `wall`, that took a `paid`
+    order at BASE: paid_not_allocated is due 30 min later."""
     logic = ShardLogic(
         ShardTracker(RuleSet.from_config(config())),
         WatermarkClock(1_000, 1_000),
         Runtime(shards=1),
         lambda: wall[0],
     )
-    (d,) = decode_all([order(0, "A", "paid")])  # paid_not_allocated: 30 min
+    (d,) = decode_all([order(0, "A", "paid")])
     logic.on_batch([ShardBatch("s000", [(d.ts_ms, d.event)], d.ts_ms)])
+    return logic
+
+
+def test_an_idle_live_shard_wakes_when_the_watermark_passes_its_deadline() -> None:
+    """Live and idle: the shard asks to be woken just as the watermark passes its deadline,
+    and then fires it (not 1 ms too early, when it could not fire yet)."""
+    wall = [BASE]
+    logic = _live_shard_with_a_paid_order(wall)
     wall[0] += 5_000  # idle: the watermark follows the wall clock from here
     assert logic.on_notify()[0] == []  # the watermark passed the event: it is applied
     at = logic.notify_at()
@@ -129,14 +136,7 @@ def test_a_bad_line_in_a_quiet_spell_does_not_delay_a_due_alert() -> None:
     is rejected (a batch of no events). It fired 20 min late; now it fires when the wall
     clock says it is due."""
     wall = [BASE]
-    logic = ShardLogic(
-        ShardTracker(RuleSet.from_config(config())),
-        WatermarkClock(1_000, 1_000),
-        Runtime(shards=1),
-        lambda: wall[0],
-    )
-    (d,) = decode_all([order(0, "A", "paid")])  # paid_not_allocated: 30 min
-    logic.on_batch([ShardBatch("s000", [(d.ts_ms, d.event)], d.ts_ms)])
+    logic = _live_shard_with_a_paid_order(wall)
     wall[0] += 20 * MIN
     assert logic.on_notify()[0] == []
     assert logic.on_batch([ShardBatch("s000", [], -1)])[0] == []  # only a dead letter
