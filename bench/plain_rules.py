@@ -25,7 +25,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_PREC, Decimal, InvalidOperation, localcontext
+from itertools import combinations
 from typing import Any
 
 import orjson
@@ -96,6 +97,8 @@ class Rules:
         self.forbid = {(a, b) for a, bs in (life.get("forbid") or {}).items() for b in bs}
         allow = {(a, b) for a, bs in (life.get("allow") or {}).items() for b in bs}
         self.allow = (default_transitions() | allow) - self.forbid
+        # first seen in refund_requested: it may go back to anywhere a refund is asked from
+        self.any_origin = {a for a, b in self.allow if b == "refund_requested"}
         self.status_map = {**{s: s for s in STATUSES}, **(cfg.get("status_map") or {})}
         engine = cfg.get("engine") or {}
         self.retention = duration_ms(engine.get("terminal_retention", "1h"))
@@ -206,7 +209,8 @@ class Order:
         self.channel: str | None = None
         self.warehouse: str | None = None
         self.payable: Decimal | None = None
-        self.tracking: str | None = None
+        self.tracking: str | None = None  # the first shipped's, or the latest before it
+        self.shipped = False  # an order event said `shipped`
         self.before_refund: str | None = None
         self.pays: dict[str, Decimal | None] = {}  # successful, not refunded
         self.refunded: set[str] = set()
@@ -369,15 +373,18 @@ class Engine:
                 setattr(o, f, ev[f])
         if ev["amount"] is not None:
             o.payable = ev["amount"]
-        if new == "shipped" and trk is not None and o.tracking not in (None, trk):
+        # "a second shipped": compared with the number of the first; before it, labels re-print
+        if new == "shipped" and trk is not None and o.shipped and o.tracking not in (None, trk):
             self.anomaly(o, "conflicting_tracking", ts)
         if new != prev:
             if prev is not None and not self.allowed(o, prev, new):
                 self.anomaly(o, "illegal_transition", ts)
             if new == "shipped" and trk is None and o.tracking is None:
                 self.anomaly(o, "shipped_without_tracking", ts)
-        if o.tracking is None:
+        if trk is not None and (o.tracking is None or not o.shipped):
             o.tracking = trk
+        if new == "shipped":
+            o.shipped = True
         if new != prev:
             self.change_status(o, prev, new, ts)
         self.check_amount(o, ts)
@@ -385,7 +392,10 @@ class Engine:
     def allowed(self, o: Order, prev: str, new: str) -> bool:
         if (prev, new) in self.r.allow:
             return True
-        back = prev == "refund_requested" and new == o.before_refund
+        origin = o.before_refund
+        back = prev == "refund_requested" and (
+            new == origin if origin is not None else new in self.r.any_origin
+        )
         return back and (prev, new) not in self.r.forbid
 
     def change_status(self, o: Order, prev: str | None, new: str, ts: int) -> None:
@@ -472,8 +482,10 @@ class Engine:
         if o.status in (None, "created", "deposit_paid"):
             return
         amounts = [a for a in o.pays.values() if a is not None]
-        if o.presale:
-            bad = len(amounts) >= 2 and sum(amounts) != o.payable
+        if o.presale:  # deposit + balance; with a duplicate, any two of them (or all, if split)
+            with localcontext(prec=MAX_PREC):
+                sums = [sum(amounts), *(a + b for a, b in combinations(amounts, 2))]
+            bad = len(amounts) >= 2 and o.payable not in sums
         else:
             bad = any(a != o.payable for a in amounts)
         if bad:

@@ -69,7 +69,7 @@ def default_transitions() -> dict[str, set[str]]:
 class StateMachine:
     """Which status changes are legal; `refund_requested` may also return to its origin."""
 
-    __slots__ = ("_allowed", "_no_return")
+    __slots__ = ("_allowed", "_any_origin", "_no_return")
 
     def __init__(
         self, transitions: Mapping[str, Iterable[str]], no_return: Iterable[str] = ()
@@ -79,6 +79,10 @@ class StateMachine:
         }
         # statuses a refund request may not return to (forbidden refund_requested -> X)
         self._no_return = frozenset(no_return)
+        # for an order first seen in refund_requested: any status a refund may be requested from
+        self._any_origin = frozenset(
+            frm for frm, tos in self._allowed.items() if REFUND_REQUESTED in tos
+        ).difference(self._no_return)
 
     @classmethod
     def build(
@@ -95,10 +99,15 @@ class StateMachine:
         return cls(allowed, (remove or {}).get(REFUND_REQUESTED, ()))
 
     def allowed(self, frm: str, to: str, refund_origin: str | None = None) -> bool:
-        """True when `frm -> to` is legal (`refund_origin`: status before refund_requested)."""
+        """True when `frm -> to` is legal (`refund_origin`: status before refund_requested,
+        None when the order was first seen in it and where it came from is unknown)."""
         if to in self._allowed.get(frm, ()):
             return True
-        return frm == REFUND_REQUESTED and to == refund_origin and to not in self._no_return
+        if frm != REFUND_REQUESTED:
+            return False
+        if refund_origin is None:
+            return to in self._any_origin
+        return to == refund_origin and to not in self._no_return
 
     def next_statuses(self, frm: str) -> frozenset[str]:
         """Statuses reachable from `frm` in one legal step (without the dynamic refund return)."""

@@ -6,7 +6,8 @@ and 299 all become 29900.
 
 from __future__ import annotations
 
-from decimal import MAX_PREC, Context, Decimal
+from collections.abc import Iterable
+from decimal import MAX_PREC, Context, Decimal, localcontext
 
 Money = int | Decimal
 
@@ -22,10 +23,16 @@ def to_cents(amount: Decimal) -> Money:
     return int(whole) if cents == whole else cents
 
 
+def exact_sum(amounts: Iterable[Money]) -> Money:
+    """The sum, exact (plain `sum` rounds Decimals to the default context's 28 digits)."""
+    with localcontext(_EXACT):
+        return sum(amounts)
+
+
 def show(cents: Money) -> str:
     """`29900` -> `299.00`; `-3780` -> `-37.80`."""
     if type(cents) is int:
         sign = "-" if cents < 0 else ""
         whole, part = divmod(abs(cents), 100)
         return f"{sign}{whole}.{part:02d}"
-    return str(cents / 100)
+    return str(_EXACT.divide(cents, _HUNDRED))

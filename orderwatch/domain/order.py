@@ -20,7 +20,8 @@ AMOUNT_OK = 1 << 11  # amounts checked and equal; cleared when payable or paymen
 GAP_DONE_BIT = 8  # bits 8-10: gap rule evaluated (in rules.GAP_RULES order)
 GAP_FIRING_BIT = 12  # bits 12-14: gap rule firing
 APPLIED = 1 << 15  # was in a status past created/deposit_paid: a payment was applied once
-STUCK_BIT = 16  # rule i: done = 16 + 2i, firing = 17 + 2i
+SHIPPED_SEEN = 1 << 16  # a `shipped` order event was applied: `tracking` is now the shipped one
+STUCK_BIT = 17  # rule i: done = 17 + 2i, firing = 18 + 2i
 
 
 def stuck_done(i: int) -> int:
@@ -48,6 +49,8 @@ class OrderRec(msgspec.Struct, array_like=True, gc=False):
     channel: str | None = None
     warehouse: str | None = None
     payable: Money | None = None  # in cents
+    # before the first `shipped`: the latest number an order event named (a re-printed label
+    # replaces it); from then on the number it shipped under (a logistics scan only fills it in)
     tracking: str | None = None
     paid_at: int | None = None  # fully paid: first success, or balance of a presale
     pay_ts: int | None = None  # start of pay-to-collect: payment or `paid`, first

@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections.abc import Callable
+from itertools import combinations
 from typing import Any
 
 from orderwatch.domain import timeline, wording
@@ -36,7 +37,7 @@ from orderwatch.domain.lifecycle import (
     SHIPPED,
     TERMINAL,
 )
-from orderwatch.domain.money import show, to_cents
+from orderwatch.domain.money import Money, exact_sum, show, to_cents
 from orderwatch.domain.order import (
     AMOUNT_OK,
     ANOMALY_BIT,
@@ -46,6 +47,7 @@ from orderwatch.domain.order import (
     GAP_FIRING_BIT,
     PAID_ANY,
     PRESALE,
+    SHIPPED_SEEN,
     OrderRec,
     add_payment,
     has_payment,
@@ -99,6 +101,13 @@ _WIDEN_BY = 4
 def heap_entry(entry: int, bits: int = _SLOT_BITS) -> tuple[int, int]:
     """(due, slot) of a deadline-heap entry made with `bits` slot bits."""
     return (entry >> bits) + _EPOCH, entry & ((1 << bits) - 1)
+
+
+def _two_sum_to(amounts: list[Money], payable: Money | None) -> bool:
+    """Whether a deposit and a balance among a presale's payments make the payable amount:
+    with a duplicate among them, that is duplicate_payment's alert, not a mismatch too."""
+    pairs = combinations(amounts, 2)
+    return len(amounts) > 2 and any(exact_sum(pair) == payable for pair in pairs)
 
 
 class ShardTracker:
@@ -680,17 +689,18 @@ class ShardTracker:
                 rec.payable = cents
                 rec.flags &= ~AMOUNT_OK
         note = None
+        trk = ev.tracking_no
+        shipped = rec.flags & SHIPPED_SEEN
         if new == SHIPPED:
-            if ev.tracking_no and rec.tracking and ev.tracking_no != rec.tracking:
-                self._anomaly(
-                    oid, rec, CONFLICTING_TRACKING, f"{rec.tracking} then {ev.tracking_no}", ts, out
-                )
+            if trk and shipped and rec.tracking and trk != rec.tracking:
+                self._anomaly(oid, rec, CONFLICTING_TRACKING, f"{rec.tracking} then {trk}", ts, out)
                 note = "conflicting tracking"
-            elif not ev.tracking_no and not rec.tracking and new != old:
+            elif not trk and not rec.tracking and new != old:
                 self._anomaly(oid, rec, SHIPPED_WITHOUT_TRACKING, "", ts, out)
                 note = "no tracking number"
-        if ev.tracking_no and not rec.tracking:
-            rec.tracking = ev.tracking_no
+            rec.flags |= SHIPPED_SEEN
+        if trk and (not shipped or not rec.tracking):  # before shipping, a new label's number wins
+            rec.tracking = trk
         if new != old:
             if old is not None and not self.rules.machine.allowed(old, new, rec.refund_from):
                 self._anomaly(oid, rec, ILLEGAL_TRANSITION, f"{old} → {new}", ts, out)
@@ -864,8 +874,8 @@ class ShardTracker:
             if len(amounts) < 2:
                 rec.flags &= ~AMOUNT_OK
                 return
-            total = sum(amounts)
-            if total != payable:
+            total = exact_sum(amounts)
+            if total != payable and not _two_sum_to(amounts, payable):
                 detail = f"paid {show(total)} in {len(amounts)} payments, payable {show(payable)}"
                 self._anomaly(oid, rec, AMOUNT_MISMATCH, detail, ts, out)
             return

@@ -24,7 +24,7 @@ from pydantic_core import to_json
 from orderwatch.config import Config
 
 #: Bump whenever the pickled shard state changes shape (e.g. `OrderRec` fields).
-STATE_FORMAT = 17
+STATE_FORMAT = 18
 _LEN = struct.Struct(">H")
 _MAGIC = b"OWS"
 #: bytewax 0.21 keeps snapshots in `<dir>/part-*.sqlite3`, table `snaps`, keyed by step id.

@@ -55,6 +55,19 @@ def test_refund_requested_may_return_to_its_origin_only() -> None:
     assert rules_of(track(bad, config(ANOMALIES_ONLY))) == ["illegal_transition"]
 
 
+def test_first_seen_in_refund_requested_may_return_where_a_refund_comes_from() -> None:
+    """Where an order first seen in refund_requested came from is unknown: it may go back to
+    any status a refund may be requested from, but not to one none may be (created)."""
+    for back in ("paid", "shipped", "delivered"):
+        lines = [order(0, "A", "refund_requested"), order(MIN, "A", back, tracking_no="T")]
+        assert track(lines, config(ANOMALIES_ONLY)) == [], back
+    bad = [order(0, "B", "refund_requested"), order(MIN, "B", "created")]
+    assert rules_of(track(bad, config(ANOMALIES_ONLY))) == ["illegal_transition"]
+    forbid = config(ANOMALIES_ONLY, lifecycle={"forbid": {"refund_requested": ["shipped"]}})
+    lines = [order(0, "C", "refund_requested"), order(MIN, "C", "shipped", tracking_no="T")]
+    assert rules_of(track(lines, forbid)) == ["illegal_transition"]
+
+
 def test_leaving_a_terminal_status_is_illegal() -> None:
     """completed -> cancelled is reported."""
     lines = [order(0, "A", "completed"), order(MIN, "A", "cancelled")]
@@ -106,6 +119,38 @@ def test_double_click_ship_with_different_tracking_conflicts() -> None:
     alerts = track(lines, config(ANOMALIES_ONLY))
     assert summary(alerts) == [("firing", "conflicting_tracking", "A", 3000, 3000)]
     assert "SF1" in alerts[0].annotations["detail"] and "SF2" in alerts[0].annotations["detail"]
+
+
+def test_a_reprinted_label_before_shipping_is_not_a_conflict() -> None:
+    """Only a *second* `shipped` conflicts: a label printed again under a new number before the
+    first `shipped` replaces the number, and the second `shipped` is compared with the first."""
+    reprinted = [
+        order(0, "A", "label_printed", tracking_no="SF1"),
+        order(MIN, "A", "label_printed", tracking_no="SF2"),
+        order(2 * MIN, "A", "shipped", tracking_no="SF2"),
+        order(3 * MIN, "A", "shipped", tracking_no="SF2"),
+    ]
+    assert track(reprinted, config(ANOMALIES_ONLY)) == []
+    shipped_under_another = [
+        order(0, "B", "label_printed", tracking_no="SF1"),
+        order(MIN, "B", "shipped", tracking_no="SF2"),
+    ]
+    assert track(shipped_under_another, config(ANOMALIES_ONLY)) == []
+    then_double_click = [*shipped_under_another, order(2 * MIN, "B", "shipped", tracking_no="SF1")]
+    alerts = track(then_double_click, config(ANOMALIES_ONLY))
+    assert summary(alerts) == [("firing", "conflicting_tracking", "B", 2 * MIN, 2 * MIN)]
+    assert alerts[0].annotations["detail"] == "SF2 then SF1"
+
+
+def test_a_scan_before_shipped_does_not_fix_the_shipped_number() -> None:
+    """A carrier scan that overtook the order's `shipped` supplies a number, but the first
+    `shipped` is not a second one: its own number is the one a later `shipped` must match."""
+    lines = [
+        scan(0, "A", "collected", tracking_no="SF1"),
+        order(MIN, "A", "shipped", tracking_no="SF2"),
+        order(2 * MIN, "A", "shipped", tracking_no="SF2"),
+    ]
+    assert track(lines, config(ANOMALIES_ONLY)) == []
 
 
 def test_repeated_shipped_with_same_tracking_is_not_an_anomaly() -> None:

@@ -196,6 +196,30 @@ SETTLED: dict[str, tuple[dict[str, Any], list[bytes]]] = {
             order(4 * MIN, "A", "paid"),
         ],
     ),
+    "a label re-printed under a new number before shipping is no conflict": (
+        {},
+        [
+            order(0, "A", "label_printed", tracking_no="T1"),
+            order(MIN, "A", "label_printed", tracking_no="T2"),
+            order(2 * MIN, "A", "shipped", tracking_no="T2"),
+            order(3 * MIN, "A", "shipped", tracking_no="T1"),
+        ],
+    ),
+    "first seen in refund_requested, it may go back to any status a refund comes from": (
+        {},
+        [order(0, "A", "refund_requested"), order(MIN, "A", "delivered")],
+    ),
+    "a presale's duplicate balance is not an amount mismatch too": (
+        {},
+        [
+            order(0, "A", "created", amount="100.00"),
+            payment(MIN, "A", "D", amount="20.00"),
+            order(MIN, "A", "deposit_paid"),
+            payment(2 * MIN, "A", "B1", amount="80.00"),
+            payment(3 * MIN, "A", "B2", amount="80.00"),
+            order(4 * MIN, "A", "paid"),
+        ],
+    ),
     "an empty tracking_no or channel is none": (
         {},
         [order(0, "A", "label_printed", channel=""), order(MIN, "A", "shipped", tracking_no="")],

@@ -284,6 +284,35 @@ def test_presale_deposit_and_balance_sum_to_payable() -> None:
     assert gaps(lines, until=HOURS(3)) == []
 
 
+def test_presale_duplicate_balance_is_a_duplicate_not_a_mismatch() -> None:
+    """The balance charged twice: deposit + balance still make the payable, so the extra
+    charge is duplicate_payment's alert alone; a split balance (three payments summing to the
+    payable) is no mismatch either, and three that make it neither way are one."""
+
+    def presale(oid: str, *amounts: str) -> list[bytes]:
+        head = [order(0, oid, "created", amount="100.00")]
+        pays = [payment(MIN * (i + 1), oid, f"P{i}", amount=a) for i, a in enumerate(amounts)]
+        return [
+            *head,
+            pays[0],
+            order(MIN, oid, "deposit_paid"),
+            *pays[1:],
+            order(HOURS(1), oid, "paid"),
+            wms(HOURS(1), oid),
+        ]
+
+    def rules(lines: list[bytes]) -> list[str]:
+        payments = ("amount_mismatch", "duplicate_payment")
+        return sorted(g[1] for g in gaps(lines, until=HOURS(3)) if g[1] in payments)
+
+    assert rules(presale("A", "20.00", "80.00", "80.00")) == ["duplicate_payment"]
+    assert rules(presale("B", "20.00", "50.00", "30.00")) == ["duplicate_payment"]
+    assert rules(presale("C", "20.00", "50.00", "40.00")) == [
+        "amount_mismatch",
+        "duplicate_payment",
+    ]
+
+
 def test_payments_checked_one_by_one_are_summed_once_the_order_turns_presale() -> None:
     """Two 299.00 payments on a 299.00 order looked fine one at a time (each equal to the
     payable); once `deposit_paid` shows a presale, their sum 598.00 is a mismatch."""
