@@ -271,6 +271,8 @@ async def readyz(request: web.Request) -> web.Response:
         missing.append("dataflow not running")
     if not rt.sources_connected:
         missing.append("sources not connected")
+    else:
+        missing += rt.source_problems()  # e.g. a followed file that is gone
     if rt.alert_store_error is not None:
         missing.append(
             f"alert store not writable ({rt.alerts_waiting} alert changes waiting): "

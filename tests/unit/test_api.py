@@ -31,7 +31,7 @@ from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.metrics import build_registry
 from orderwatch.pipelines.route import shard_keys, shard_of
-from orderwatch.runtime import Runtime
+from orderwatch.runtime import Runtime, SourceHealth
 from tests.factories import (
     BASE,
     HOUR,
@@ -108,6 +108,25 @@ def test_healthz_and_readyz() -> None:
         d.runtime.dataflow_running = d.runtime.sources_connected = True
         r = await client.get("/readyz")
         assert r.status == 200
+
+    serve(d.app(), check)
+
+
+def test_readyz_names_a_source_that_lost_its_input() -> None:
+    """A followed file that is gone made no difference: readiness stayed 200."""
+    d = Daemon()
+    d.runtime.dataflow_running = d.runtime.sources_connected = True
+    tailed, other = SourceHealth("sources[0]"), SourceHealth("sources[1]")
+    d.runtime.sources += [tailed, other]
+    tailed.problem = "/var/log/x.jsonl is gone (deleted or moved, not re-created)"
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        r = await client.get("/readyz")
+        body = await r.json()
+        said = "sources[0]: /var/log/x.jsonl is gone (deleted or moved, not re-created)"
+        assert (r.status, body["missing"], body["error"]) == (503, [said], f"not ready: {said}")
+        tailed.problem = None
+        assert (await client.get("/readyz")).status == 200
 
     serve(d.app(), check)
 
