@@ -244,8 +244,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     # empty it
     dead_letters: Path = args.dead_letters or Path(cfg.state.dir) / "replay-dead-letters.jsonl"
     in_cluster = args.addresses is not None
-    if not in_cluster:
-        for path in (alerts_out, dead_letters):
+    if not in_cluster:  # each output writable before the work, not after it
+        for path in (alerts_out, dead_letters, *([args.summary_json] if args.summary_json else [])):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(b"")

@@ -143,11 +143,11 @@ def test_a_replay_leaves_the_daemons_dead_letters_alone(
     assert '"position":"1"' in dead.replace(" ", "")
 
 
-@pytest.mark.parametrize("flag", ["--alerts-out", "--dead-letters"])
+@pytest.mark.parametrize("flag", ["--alerts-out", "--dead-letters", "--summary-json"])
 def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
 ) -> None:
-    """It was a FileNotFoundError traceback (exit 1)."""
+    """It was a FileNotFoundError traceback (exit 1), after the whole replay for the summary."""
     blocked = tmp_path / "file"
     blocked.write_text("")
     target = blocked / "out.jsonl"  # below a file: no directory can be made there
