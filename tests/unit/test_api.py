@@ -468,6 +468,27 @@ def test_unknown_path_wrong_method_and_crash_are_json() -> None:
     serve(app, check)
 
 
+def test_a_request_aiohttps_parser_refuses_gets_its_plain_text_400_as_the_readme_says() -> None:
+    """The README's one exception to JSON errors, pinned: aiohttp answers these itself, with no
+    supported hook to shape the reply. If an aiohttp upgrade changes that, so must the README."""
+
+    async def main() -> None:
+        runner = await start_control_plane(Daemon().app(), "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", bound_port(runner))
+            writer.write(b"GET /v1/alerts?rule=\xe4\xb8\xad HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = await asyncio.wait_for(reader.read(), 10)  # then it closes the connection
+            writer.close()
+        finally:
+            await stop_control_plane(runner)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 400 Bad Request\r\n")
+        assert b"Content-Type: text/plain" in head
+        assert body.startswith(b"Invalid char in url query")
+
+    asyncio.run(main())
+
+
 def test_control_plane_serves_on_a_real_port() -> None:
     """`start_control_plane` on port 0 serves real HTTP until `stop_control_plane`."""
     d = Daemon()
