@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 from orderwatch.config import REPLAY_BATCH_LINES, Config, ConfigError, load_config
+from orderwatch.durations import parse_instant_ms
 
 
 def _load(path: str | None, *, for_run: bool = False) -> Config:
@@ -31,7 +33,10 @@ def _at_least(low: float, kind: type[int] | type[float] = int) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value):  # `nan` passed every comparison, `inf` meant nothing
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if value < low or (kind is float and value == low):
             word = "at least" if kind is int else "more than"
             raise argparse.ArgumentTypeError(f"must be {word} {low:g}, got {text}")
@@ -40,10 +45,34 @@ def _at_least(low: float, kind: type[int] | type[float] = int) -> Any:
     return parse
 
 
+def _instant(text: str) -> str:
+    """An argparse type: an ISO 8601 time with a UTC offset, kept as written."""
+    try:
+        parse_instant_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _addresses(text: str) -> str:
+    """An argparse type: `host:port,...`, each port 1..65535 (bytewax said only "invalid
+    socket address", in a traceback, once the dataflow was built)."""
+    for address in text.split(","):
+        host, sep, port = address.rpartition(":")
+        if not (sep and host and host.strip() == host and port.isdigit() and 0 < int(port) < 65536):
+            raise argparse.ArgumentTypeError(
+                f"{address!r} is not host:port (e.g. 10.0.0.1:2101); expected one per process, "
+                "comma-separated"
+            )
+    return text
+
+
 def _add_scaling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_at_least(1), default=1, help="worker threads in this process")
     p.add_argument("--processes", type=_at_least(1), default=1, help="processes in a local cluster")
-    p.add_argument("--addresses", help="host:port,... of every process (multi-host cluster)")
+    p.add_argument(
+        "--addresses", type=_addresses, help="host:port,... of every process (multi-host cluster)"
+    )
     p.add_argument("--process-id", type=_at_least(0), help="index of this process in --addresses")
 
 
@@ -120,7 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument(
-        "--start", help="RFC 3339 start of simulated time (default: 2026-11-11T00:00:00+08:00)"
+        "--start",
+        type=_instant,
+        help="start of simulated time, ISO 8601 with a UTC offset "
+        "(default: 2026-11-11T00:00:00+08:00)",
     )
     sim.add_argument(
         "--scenario",
@@ -132,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--list-scenarios", action="store_true")
 
     bn = sub.add_parser("bench", help="throughput, memory and latency beside yardsticks")
-    bn.add_argument("--events", type=int, help="events in the mixed stream (default 1100000)")
+    bn.add_argument(
+        "--events", type=_at_least(1000), help="events in the mixed stream (default 1100000)"
+    )
     bn.add_argument("--quick", action="store_true", help="smoke run: 120k events, short runs")
     bn.add_argument("--out", type=Path, help="results directory (default bench/results/)")
     bn.add_argument("--work", type=Path, help="cache of generated inputs (default bench/work/)")
@@ -140,7 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument(
         "--skip-profile", action="store_true", help="no py-spy profile of a 1-worker replay"
     )
-    bn.add_argument("--repeat", type=int, default=1, help="throughput rounds (best and median)")
+    bn.add_argument(
+        "--repeat", type=_at_least(1), default=1, help="throughput rounds (best and median)"
+    )
     return parser
 
 
@@ -208,8 +244,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     # empty it
     dead_letters: Path = args.dead_letters or Path(cfg.state.dir) / "replay-dead-letters.jsonl"
     in_cluster = args.addresses is not None
-    if not in_cluster:
-        for path in (alerts_out, dead_letters):
+    if not in_cluster:  # each output writable before the work, not after it
+        for path in (alerts_out, dead_letters, *([args.summary_json] if args.summary_json else [])):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(b"")

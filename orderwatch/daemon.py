@@ -45,7 +45,7 @@ from orderwatch.pipelines.snapshots import (
     check_recovery_store,
     state_settings,
 )
-from orderwatch.runtime import Runtime, tune_gc
+from orderwatch.runtime import Runtime, SourceHealth, tune_gc
 
 log = structlog.get_logger("orderwatch")
 
@@ -109,10 +109,15 @@ class ControlPlane:
         self._thread.join(timeout=10)
 
 
-def build_sources(cfg: Config, stop: threading.Event) -> list[Source[Any]]:
+def build_sources(cfg: Config, runtime: Runtime) -> list[Source[Any]]:
+    """The configured sources, ending their input when `runtime.stopping` is set; those that
+    can lose their input (a followed file) report it in `runtime.sources`, for /readyz."""
     sources: list[Source[Any]] = []
-    for s in cfg.inputs():
+    stop = runtime.stopping
+    for i, s in enumerate(cfg.inputs()):
         if isinstance(s, FileSource):
+            health = SourceHealth(f"sources[{i}]")
+            runtime.sources.append(health)
             sources.append(
                 JsonlSource(
                     s.path,
@@ -122,6 +127,7 @@ def build_sources(cfg: Config, stop: threading.Event) -> list[Source[Any]]:
                     bound_type=s.type,
                     fmt=s.format,
                     stop=stop,
+                    health=health,
                 )
             )
         elif isinstance(s, SimulatorSource):
@@ -268,7 +274,7 @@ def run_daemon(
             **{k: v for k, v in unbuilt.items() if v},
         )
     try:
-        sources = build_sources(cfg, runtime.stopping)
+        sources = build_sources(cfg, runtime)
         outputs = Outputs(
             QueueSink(runtime, local=primary),
             DeadLetterSink(state_dir / "dead-letters.jsonl", local=primary, log_them=True),

@@ -1,4 +1,5 @@
-"""Durations as operators write them (`90s`, `30m`, `48h`, `1h30m`, `500ms`, `7d`).
+"""Durations as operators write them (`90s`, `30m`, `48h`, `1h30m`, `500ms`, `7d`), and
+instants (`2026-11-11T00:00:00+08:00`).
 
 Inside the engine every duration and instant is an integer of milliseconds: cheap to compare
 and exact, unlike floats or datetimes on the hot path.
@@ -7,12 +8,14 @@ and exact, unlike floats or datetimes on the hot path.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 _UNIT_MS = {"w": 604_800_000, "d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
 _ORDER = {unit: rank for rank, unit in enumerate(_UNIT_MS)}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 MAX_MS = 100 * 365 * 86_400_000  # a century: beyond any SLA, and far inside int64
 _EXPECTED = "expected e.g. '90s', '30m', '48h', '1h30m'"
+INSTANT_EXAMPLE = "2026-11-11T00:00:00+08:00"
 
 
 def parse_duration_ms(text: str) -> int:
@@ -58,3 +61,19 @@ def format_duration_ms(ms: int) -> str:
     if rest_ms or not parts:
         parts.append(f"{rest_ms}ms")
     return "".join(parts)
+
+
+def parse_instant_ms(text: str) -> int:
+    """Epoch milliseconds of an ISO 8601 time with a UTC offset (`2026-11-11T00:00:00+08:00`,
+    `2026-11-10T16:00:00Z`). A time without one is refused, as naive event timestamps are
+    (CONTRACT §1): the machine's zone is not guessed. The ValueError says what was expected."""
+    expected = f"an ISO 8601 time with a UTC offset, e.g. {INSTANT_EXAMPLE}"
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not {expected}") from None
+    if stamp.tzinfo is None:
+        raise ValueError(
+            f"{text!r} has no UTC offset (this machine's zone is not guessed); expected {expected}"
+        )
+    return int(stamp.timestamp() * 1000)

@@ -15,7 +15,7 @@ labels and help text, so the code and the documentation cannot drift apart.
 | `orderwatch_build_info` | gauge | version | always 1; the running orderwatch version |
 | `orderwatch_start_time_seconds` | gauge | | when this process started, unix seconds |
 | `orderwatch_dataflow_running` | gauge | | 1 while the bytewax dataflow runs |
-| `orderwatch_sources_connected` | gauge | | 1 when every input source is connected |
+| `orderwatch_sources_connected` | gauge | | 1 when every input source is connected (0 while a followed file is gone, as `/readyz` says) |
 | `orderwatch_shards` | gauge | | order shards served by this process (each from its first input, or from its snapshot on a resume) |
 | `orderwatch_alerts_waiting` | gauge | | alert changes held in memory because the alert store refuses writes (disk full, locked); retried until it takes them while the dataflow waits, `/readyz` says why |
 | `orderwatch_alert_store_write_failures_total` | counter | | failed writes to the alert store (each one retried) |
@@ -248,7 +248,7 @@ class OrderwatchCollector(Collector):
             "orderwatch_up": 1.0,
             "orderwatch_start_time_seconds": rt.started,
             "orderwatch_dataflow_running": float(rt.dataflow_running),
-            "orderwatch_sources_connected": float(rt.sources_connected),
+            "orderwatch_sources_connected": float(rt.all_sources_connected()),
             "orderwatch_alerts_waiting": float(rt.alerts_waiting),
             "orderwatch_shards": float(len(rt.trackers)),
         }

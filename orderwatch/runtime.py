@@ -63,6 +63,15 @@ class AlertBatch:
 
 
 @dataclass
+class SourceHealth:
+    """Whether one input source is connected, as its reader last found it. The reader's thread
+    writes `problem` at its poll points (never per line); /readyz and the scrapes read it."""
+
+    label: str  # how /readyz names the source: its place in the config, "sources[0]"
+    problem: str | None = None  # why it is not connected now, e.g. "<path> is gone (...)"
+
+
+@dataclass
 class Runtime:
     """Everything one process shares between its dataflow and its control plane."""
 
@@ -75,7 +84,8 @@ class Runtime:
     channel_cap: LabelCap = field(default_factory=lambda: LabelCap(50))
     started: float = field(default_factory=time.time)
     dataflow_running: bool = False
-    sources_connected: bool = False
+    sources_connected: bool = False  # the sources are built and started
+    sources: list[SourceHealth] = field(default_factory=list)  # those that can lose their input
     alert_store_error: str | None = None  # why the alert store refuses writes now, if it does
     alert_store_failures: int = 0  # failed writes so far (each retried until it succeeds)
     alerts_waiting: int = 0  # alert changes held in memory until the store takes them
@@ -85,6 +95,13 @@ class Runtime:
     _intakes: list[IntakeStats] = field(default_factory=list)
     _local: threading.local = field(default_factory=threading.local)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def source_problems(self) -> list[str]:
+        """Why sources that were connected are not now, each named by its label."""
+        return [f"{s.label}: {s.problem}" for s in self.sources if s.problem is not None]
+
+    def all_sources_connected(self) -> bool:
+        return self.sources_connected and not self.source_problems()
 
     def intake(self) -> IntakeStats:
         """This thread's intake counters (created on first use)."""

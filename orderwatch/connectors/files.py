@@ -9,6 +9,8 @@ re-created (logrotate's default; the old file is read to its end first) or trunc
 the new file, while chunks stay numbered without gaps (`RawChunk.first`) for the shards.
 A restart with recovery after a rotation finishes the old file first if it is still beside the
 path (found by its inode, as `access.log.1`), so nothing written before the rotation is lost.
+A followed path that is gone (deleted or moved, not re-created) or unusable is noted in the
+source's `health` at the idle poll points, so /readyz can say so until a file there is read.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import structlog
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from orderwatch.connectors.raw import RawChunk
+from orderwatch.runtime import SourceHealth
 
 _READ_SIZE = 1 << 20
 _POLL = timedelta(milliseconds=50)  # how often a tailed file is polled when idle
@@ -84,23 +87,48 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
         return None
 
     def _rotated(self) -> str | None:
-        """Why the followed file must be read anew from its start (None: it need not be)."""
+        """Why the followed file must be read anew from its start (None: it need not be).
+        Called only when the reader is idle; notes a path that is gone in the source's health."""
         try:
             st = os.stat(self._src.path)
-        except OSError:
-            return None  # renamed, not yet re-created: the old one may still grow
+        except OSError as exc:  # renamed, not yet re-created: the old one may still grow
+            self._unusable(
+                "is gone (deleted or moved, not re-created)"
+                if isinstance(exc, FileNotFoundError)
+                else f"cannot be checked: {exc.strerror}"
+            )
+            return None
         if st.st_ino != self._ino:
-            return "renamed and re-created"
+            return "renamed and re-created"  # connected again once `_reopen` opens it
         if st.st_size < self._f.tell():
             return "truncated"
+        self._usable()  # the same file as before (moved back, say)
         return None
+
+    def _unusable(self, why: str) -> None:
+        health = self._src.health
+        problem = f"{self._src.path.absolute()} {why}"
+        if health.problem != problem:
+            log.warning(
+                "input file not readable at its path; waiting for it",
+                source=self._src.name,
+                problem=problem,
+            )
+            health.problem = problem
+
+    def _usable(self) -> None:
+        health = self._src.health
+        if health.problem is not None:
+            log.info("input file readable at its path again", source=self._src.name)
+            health.problem = None
 
     def _reopen(self, why: str) -> bool:
         """Switch to the new file at the path (the old one is read to its end); False if it
         cannot be opened yet (renamed again meanwhile, say): the next poll tries again."""
         try:
             new = open(self._src.path, "rb")  # noqa: SIM115 - closed in close()
-        except OSError:
+        except OSError as exc:
+            self._unusable(f"was re-created but cannot be opened: {exc.strerror}")
             return False
         log.info(
             "input file rotated; reading the new one from its start",
@@ -113,6 +141,7 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
         self._ino = os.fstat(new.fileno()).st_ino
         self._rest = b""
         self._offset, self._line = 0, 1
+        self._usable()
         return True
 
     def _read_ahead(self) -> bool:
@@ -198,10 +227,13 @@ class JsonlSource(FixedPartitionedSource[RawChunk, ResumeState]):
         bound_type: str | None = None,
         fmt: str = "jsonl",
         stop: threading.Event | None = None,
+        health: SourceHealth | None = None,
     ) -> None:
         self.path = Path(path)
         self.stop = stop
         self.name = name or f"file:{self.path.name}"
+        # whether the followed path is usable, as the reader last found it (for /readyz)
+        self.health = health if health is not None else SourceHealth(self.name)
         self.follow = follow
         self.batch_size = batch_size
         self.bound_type = bound_type

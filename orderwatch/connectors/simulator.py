@@ -15,6 +15,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from orderwatch.config import SimulatorSource as SimulatorCfg
 from orderwatch.connectors.raw import RawChunk
+from orderwatch.durations import parse_instant_ms
 from orderwatch.jsonbytes import dumps_kept
 from orderwatch.simulate.generator import Simulator
 
@@ -43,11 +44,7 @@ class _SimPartition(StatefulSourcePartition[RawChunk, None]):
         self._src = src
         self._wall0 = time.time()
         start = src.cfg.start
-        self._sim0 = (
-            int(datetime.fromisoformat(start).timestamp() * 1000)
-            if start
-            else int(self._wall0 * 1000)
-        )
+        self._sim0 = parse_instant_ms(start) if start else int(self._wall0 * 1000)
         self._sim = simulator_for(src.cfg, self._sim0)
         self._n = 1
 

@@ -2,7 +2,10 @@
 
 Handlers run on the control plane's asyncio loop and only read: the alert store, the
 injected Prometheus registry and the trackers of this process. Every error, including an
-unknown path, a wrong method and an unexpected exception, is JSON `{"error": "..."}`.
+unknown path, a wrong method and an unexpected exception, is JSON `{"error": "..."}`; only a
+request aiohttp's HTTP parser refuses (a header over 8 KiB, raw non-ASCII bytes in the URL)
+gets aiohttp's own plain-text 400: it never reaches the application, and aiohttp has no
+supported hook to shape that reply (README, HTTP API).
 
 Query parameters are checked in one place, `checked_query`, against `PARAMETERS`: a /v1
 endpoint takes only the parameters listed for it, each once, non-empty and well-formed, and a
@@ -271,6 +274,8 @@ async def readyz(request: web.Request) -> web.Response:
         missing.append("dataflow not running")
     if not rt.sources_connected:
         missing.append("sources not connected")
+    else:
+        missing += rt.source_problems()  # e.g. a followed file that is gone
     if rt.alert_store_error is not None:
         missing.append(
             f"alert store not writable ({rt.alerts_waiting} alert changes waiting): "

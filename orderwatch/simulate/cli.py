@@ -20,9 +20,9 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime
 from typing import Any
 
+from orderwatch.durations import parse_instant_ms
 from orderwatch.simulate.generator import Simulator, write_jsonl
 from orderwatch.simulate.scenarios import ORDER_FAULTS, SCENARIOS, WRONG_OFFSET
 
@@ -58,11 +58,11 @@ def parse_scenarios(specs: Iterable[str]) -> dict[str, float]:
 
 
 def parse_start(text: str | None) -> int:
-    """Epoch ms of an RFC 3339 instant with an offset."""
-    stamp = datetime.fromisoformat(text or DEFAULT_START)
-    if stamp.tzinfo is None:
-        raise UsageError(f"--start {text!r} needs an offset, e.g. +08:00")
-    return int(stamp.timestamp() * 1000)
+    """Epoch ms of `--start` (an ISO 8601 time with a UTC offset), DEFAULT_START if None."""
+    try:
+        return parse_instant_ms(DEFAULT_START if text is None else text)
+    except ValueError as exc:
+        raise UsageError(f"--start: {exc}") from None
 
 
 def paced(events: Iterable[dict[str, Any]], rate: float | None) -> Iterator[dict[str, Any]]:

@@ -290,6 +290,39 @@ def test_tailed_file_rotated_by_logrotate_keeps_being_read(tmp_path: Path) -> No
     assert "input file rotated" in d.logs()
 
 
+def test_a_tailed_file_deleted_and_not_re_created_makes_the_daemon_unready(
+    tmp_path: Path,
+) -> None:
+    """/readyz stayed 200 with the followed file gone for good: nothing was being read. It
+    names the source and the path while the file is missing, and is 200 again once a new
+    file at the path is being read."""
+    events = tmp_path / "live.jsonl"
+    events.write_text(_line(type="order", ts=_now_ms(), order_id="G1", status="paid"))
+    cfg = {
+        "sources": [{"kind": "file", "path": str(events), "follow": True}],
+        "lateness": "1s",
+        "idle_after": "1s",
+    }
+    with daemon(tmp_path, cfg) as d:
+        wait_for(lambda: d.get("/v1/orders/G1")[0] == 200, 20, "the first file read")
+        events.unlink()
+        _, body = wait_for(
+            lambda: (r := d.get("/readyz"))[0] == 503 and r, 10, "readyz to say the file is gone"
+        )
+        gone = f"sources[0]: {events} is gone (deleted or moved, not re-created)"
+        assert body["missing"] == [gone]
+        assert body["error"] == f"not ready: {gone}"
+        assert _metric(d, "orderwatch_sources_connected") == 0
+        assert d.get("/healthz")[0] == 200  # alive all the same: it waits for the file
+        events.write_text(_line(type="order", ts=_now_ms(), order_id="G2", status="paid"))
+        wait_for(lambda: d.get("/v1/orders/G2")[0] == 200, 20, "the re-created file read")
+        assert d.get("/readyz") == (200, {"status": "ready"})
+        assert _metric(d, "orderwatch_sources_connected") == 1
+        assert d.stop() == 0
+    assert "input file not readable at its path" in d.logs()
+    assert "input file readable at its path again" in d.logs()
+
+
 def test_sigterm_leaves_a_clean_state_and_a_restart_repeats_nothing(tmp_path: Path) -> None:
     """SIGTERM exits 0, state is consistent; the same input after a restart re-announces nothing."""
     events = tmp_path / "events.jsonl"

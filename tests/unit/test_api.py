@@ -31,7 +31,7 @@ from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.metrics import build_registry
 from orderwatch.pipelines.route import shard_keys, shard_of
-from orderwatch.runtime import Runtime
+from orderwatch.runtime import Runtime, SourceHealth
 from tests.factories import (
     BASE,
     HOUR,
@@ -108,6 +108,25 @@ def test_healthz_and_readyz() -> None:
         d.runtime.dataflow_running = d.runtime.sources_connected = True
         r = await client.get("/readyz")
         assert r.status == 200
+
+    serve(d.app(), check)
+
+
+def test_readyz_names_a_source_that_lost_its_input() -> None:
+    """A followed file that is gone made no difference: readiness stayed 200."""
+    d = Daemon()
+    d.runtime.dataflow_running = d.runtime.sources_connected = True
+    tailed, other = SourceHealth("sources[0]"), SourceHealth("sources[1]")
+    d.runtime.sources += [tailed, other]
+    tailed.problem = "/var/log/x.jsonl is gone (deleted or moved, not re-created)"
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        r = await client.get("/readyz")
+        body = await r.json()
+        said = "sources[0]: /var/log/x.jsonl is gone (deleted or moved, not re-created)"
+        assert (r.status, body["missing"], body["error"]) == (503, [said], f"not ready: {said}")
+        tailed.problem = None
+        assert (await client.get("/readyz")).status == 200
 
     serve(d.app(), check)
 
@@ -447,6 +466,27 @@ def test_unknown_path_wrong_method_and_crash_are_json() -> None:
         assert "error" in await r.json()
 
     serve(app, check)
+
+
+def test_a_request_aiohttps_parser_refuses_gets_its_plain_text_400_as_the_readme_says() -> None:
+    """The README's one exception to JSON errors, pinned: aiohttp answers these itself, with no
+    supported hook to shape the reply. If an aiohttp upgrade changes that, so must the README."""
+
+    async def main() -> None:
+        runner = await start_control_plane(Daemon().app(), "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", bound_port(runner))
+            writer.write(b"GET /v1/alerts?rule=\xe4\xb8\xad HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = await asyncio.wait_for(reader.read(), 10)  # then it closes the connection
+            writer.close()
+        finally:
+            await stop_control_plane(runner)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 400 Bad Request\r\n")
+        assert b"Content-Type: text/plain" in head
+        assert body.startswith(b"Invalid char in url query")
+
+    asyncio.run(main())
 
 
 def test_control_plane_serves_on_a_real_port() -> None:

@@ -14,6 +14,7 @@ import pytest
 from orderwatch.cli import main
 
 SAMPLE = "examples/sample-events.jsonl"
+_ISO = "an ISO 8601 time with a UTC offset, e.g. 2026-11-11T00:00:00+08:00"
 
 
 @pytest.mark.parametrize(
@@ -34,6 +35,22 @@ SAMPLE = "examples/sample-events.jsonl"
         (["simulate", "--speed", "0"], "--speed"),
         (["simulate", "--events", "-5"], "--events"),
         (["simulate", "--orders-per-minute", "0"], "--orders-per-minute"),
+        # each was a message naming neither the flag nor the form expected, or none at all
+        (["simulate", "--start", "garbage"], f"--start: 'garbage' is not {_ISO}"),
+        (["simulate", "--start", "2026-11-11T00:00:00+25:00"], "--start: '2026-11-11T00:00"),
+        (["simulate", "--start", "2026-11-11T00:00:00"], "--start: '2026-11-11T00:00:00' has no"),
+        (["simulate", "--start", "2026-11-11"], "--start: '2026-11-11' has no UTC offset"),
+        (["simulate", "--rate", "nan"], "--rate: expected a finite number, got 'nan'"),
+        (["simulate", "--speed", "inf"], "--speed: expected a finite number, got 'inf'"),
+        (["simulate", "--orders-per-minute", "nan"], "--orders-per-minute: expected a finite"),
+        (["simulate", "--events", "1e3"], "--events: expected a whole number, got '1e3'"),
+        (["replay", SAMPLE, "--workers", "1.5"], "--workers: expected a whole number"),
+        (["replay", SAMPLE, "--addresses", "foo", "--process-id", "0"], "'foo' is not host:port"),
+        (["replay", SAMPLE, "--addresses", "h:1,h:x", "--process-id", "0"], "'h:x' is not host"),
+        (["run", "--addresses", "h:1,:2", "--process-id", "0"], "--addresses: ':2' is not host"),
+        (["bench", "--events", "0"], "--events: must be at least 1000, got 0"),
+        (["bench", "--events", "999"], "--events: must be at least 1000, got 999"),
+        (["bench", "--repeat", "0"], "--repeat: must be at least 1, got 0"),
     ],
 )
 def test_bad_usage_exits_2_naming_the_flag(
@@ -126,11 +143,11 @@ def test_a_replay_leaves_the_daemons_dead_letters_alone(
     assert '"position":"1"' in dead.replace(" ", "")
 
 
-@pytest.mark.parametrize("flag", ["--alerts-out", "--dead-letters"])
+@pytest.mark.parametrize("flag", ["--alerts-out", "--dead-letters", "--summary-json"])
 def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
 ) -> None:
-    """It was a FileNotFoundError traceback (exit 1)."""
+    """It was a FileNotFoundError traceback (exit 1), after the whole replay for the summary."""
     blocked = tmp_path / "file"
     blocked.write_text("")
     target = blocked / "out.jsonl"  # below a file: no directory can be made there

@@ -20,7 +20,7 @@ class Tail:
     the rotations (shards re-order chunks by that number)."""
 
     def __init__(self, path: Path, resume: ResumeState | None = None) -> None:
-        src = JsonlSource(path, follow=True, batch_size=100)
+        self.src = src = JsonlSource(path, follow=True, batch_size=100)
         self.part: Part = src.build_part("test", src.name, resume)
         self._next = resume[1] if resume else 1
 
@@ -151,6 +151,42 @@ def test_a_new_file_that_cannot_be_opened_yet_is_tried_again(tmp_path: Path) -> 
     live.rmdir()
     live.write_text("b1\n")
     assert tail.read() == [(1, [b"b1"])]
+
+
+def test_a_deleted_file_is_reported_gone_until_a_file_at_its_path_is_read(
+    tmp_path: Path,
+) -> None:
+    """/readyz reads `health`: a followed file deleted for good was still 'connected'."""
+    live = tmp_path / "events.jsonl"
+    live.write_text("a1\n")
+    tail = Tail(live)
+    health = tail.src.health
+    assert tail.read() == [(1, [b"a1"])] and health.problem is None
+    live.unlink()
+    assert tail.read() == []
+    assert health.problem == f"{live} is gone (deleted or moved, not re-created)"
+    assert tail.read() == [] and health.problem is not None  # still gone at the next poll
+    live.mkdir()  # something else at the path
+    assert tail.read() == []
+    assert health.problem == f"{live} was re-created but cannot be opened: Is a directory"
+    live.rmdir()
+    live.write_text("b1\n")
+    assert tail.read() == [(1, [b"b1"])]
+    assert health.problem is None
+
+
+def test_a_file_moved_away_and_back_is_connected_again(tmp_path: Path) -> None:
+    live = tmp_path / "events.jsonl"
+    live.write_text("a1\n")
+    tail = Tail(live)
+    health = tail.src.health
+    tail.read()
+    live.rename(tmp_path / "aside")
+    assert tail.read() == [] and health.problem is not None
+    (tmp_path / "aside").rename(live)
+    _append(live, "a2\n")
+    assert tail.read() == [(2, [b"a2"])]
+    assert tail.read() == [] and health.problem is None
 
 
 def test_crlf_lines_lose_their_carriage_return_wherever_the_first_one_is_read(
