@@ -4,18 +4,34 @@ Live, when no input arrived for `idle_after`, the watermark moves on with the wa
 from the moment input stopped, so deadlines still fire on a quiet night; while input keeps
 arriving (a backlog), event time alone drives it. At the end of a finite input it becomes
 the largest event time. Wall time is passed in, never read here.
+
+A resumed clock keeps the wall time of its last input: once the resumed daemon has had
+`idle_after` to read a backlog and found none, the quiet spell counts from that input, the
+time before the stop and the downtime included, as if the daemon had never stopped.
 """
 
 from __future__ import annotations
 
 
 class WatermarkClock:
-    __slots__ = ("_idle_after", "_last_input", "_lateness", "max_ts", "value")
+    __slots__ = (
+        "_carry",
+        "_idle_after",
+        "_last_input",
+        "_lateness",
+        "_stopped_input",
+        "max_ts",
+        "value",
+    )
 
     def __init__(self, lateness_ms: int, idle_after_ms: int | None = None) -> None:
         self._lateness = lateness_ms
         self._idle_after = idle_after_ms  # None: replay, event time only
         self._last_input: int | None = None  # wall ms of the last input seen
+        # resumed: wall ms of the last input before the stop, until the first observe turns it
+        # into `_carry`, the quiet time before the restart added to a quiet spell (0: none)
+        self._stopped_input: int | None = None
+        self._carry = 0
         self.max_ts: int | None = None
         self.value: int | None = None
 
@@ -36,8 +52,12 @@ class WatermarkClock:
             self.value = self.peek(wall_ms)  # what the quiet spell reached stays reached
             self.max_ts = max_ts
             self._last_input = wall_ms
+            self._carry = 0
         elif self._last_input is None:
             self._last_input = wall_ms  # started (or resumed): the idle clock runs from here
+            if self._stopped_input is not None:  # resumed: and from before the restart
+                self._carry = max(0, wall_ms - self._stopped_input)
+                self._stopped_input = None
 
     def current(self, wall_ms: int) -> int | None:
         """The watermark now (never moves back)."""
@@ -51,7 +71,7 @@ class WatermarkClock:
         w = self.max_ts - self._lateness
         idle = self._idle_for(wall_ms)
         if idle is not None and idle >= self._idle_after:  # type: ignore[operator]
-            w += idle
+            w += idle + self._carry
         value = self.value
         return w if value is None or w > value else value
 
@@ -71,8 +91,9 @@ class WatermarkClock:
             return self._last_input + self._idle_after
         if next_due is None:
             return None
-        # current() = max_ts - lateness + (wall - last_input), and never moves back.
-        return max(wall_ms + 1, next_due - self.max_ts + self._lateness + self._last_input)
+        # current() = max_ts - lateness + (wall - last_input) + carry, and never moves back.
+        due_wall = next_due - self.max_ts + self._lateness + self._last_input - self._carry
+        return max(wall_ms + 1, due_wall)
 
     def _idle_for(self, wall_ms: int) -> int | None:
         if self._idle_after is None or self._last_input is None:
@@ -80,8 +101,13 @@ class WatermarkClock:
         return max(0, wall_ms - self._last_input)
 
     def __getstate__(self) -> tuple[int | None, ...]:
-        return (self._lateness, self._idle_after, self.max_ts, self.value)
+        last = self._last_input
+        if last is not None and self._carry:  # resumed and still quiet: keep the first stop's
+            last -= self._carry
+        elif last is None:
+            last = self._stopped_input
+        return (self._lateness, self._idle_after, self.max_ts, self.value, last)
 
     def __setstate__(self, state: tuple[int | None, ...]) -> None:
-        self._lateness, self._idle_after, self.max_ts, self.value = state  # type: ignore[assignment]
-        self._last_input = None
+        self._lateness, self._idle_after, self.max_ts, self.value, stopped = state  # type: ignore[assignment]
+        self._last_input, self._stopped_input, self._carry = None, stopped, 0

@@ -502,6 +502,34 @@ def test_a_resumed_daemon_serves_its_orders_before_any_new_input(tmp_path: Path)
         assert _metric(d2, "orderwatch_input_lines_total") == 0  # nothing new was read
 
 
+def test_a_resumed_daemon_on_a_quiet_input_moves_its_watermark_on_at_once(tmp_path: Path) -> None:
+    """The resumed watermark started its quiet spell at the restart: it stood still for as long
+    as the input had been quiet before the stop (after a quiet night, hours of late alerts)."""
+    events = tmp_path / "live.jsonl"
+    events.write_text(_line(type="order", ts=_now_ms(), order_id="Q1", status="paid"))
+    state = tmp_path / "state"
+    cfg = {
+        "sources": [{"kind": "file", "path": str(events), "follow": True}],
+        "rules": {"stuck": [{"name": "paid_1h", "statuses": ["paid"], "max_dwell": "1h"}]},
+        "lateness": "1s",
+        "idle_after": "1s",
+        "state": {"dir": str(state), "recovery": True, "snapshot_interval": "1s"},
+    }
+    with daemon(tmp_path, cfg, name="first", state=state) as d:
+        wait_for(lambda: d.get("/v1/orders/Q1")[0] == 200, 20, "order read")
+        time.sleep(15)  # quiet: the watermark follows the wall clock
+        before = _metric(d, "orderwatch_watermark_timestamp_seconds")
+        assert d.stop() == 0
+    with daemon(tmp_path, cfg, name="second", state=state) as d2:
+        wait_for(lambda: d2.get("/v1/orders/Q1")[0] == 200, 20, "order resumed")
+        first = _metric(d2, "orderwatch_watermark_timestamp_seconds")
+        wait_for(
+            lambda: _metric(d2, "orderwatch_watermark_timestamp_seconds") > max(first, before),
+            10,
+            "the watermark moving on (it stood for the 15 quiet seconds before the stop)",
+        )
+
+
 def test_a_recovery_store_of_another_format_stops_the_start_with_a_clear_error(
     tmp_path: Path,
 ) -> None:

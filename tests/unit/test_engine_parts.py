@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from unittest import mock
 
 import pytest
@@ -75,6 +76,27 @@ def test_input_that_moves_no_event_time_neither_pulls_back_nor_holds_the_idle_wa
     assert c.current(80_000) == 970_000  # not back to 941_000
     assert c.current(84_999) == 970_000  # event time drives it again, from what was reached
     assert c.current(110_000) == 941_000 + 30_000  # quiet again: on with the wall clock
+
+
+def test_a_resumed_idle_watermark_goes_on_from_the_input_before_the_stop() -> None:
+    """70 s quiet, a restart: the resumed clock started its quiet spell at the restart, so the
+    watermark stood still for 70 s more (every alert due meanwhile 70 s late). Now, once the
+    resumed daemon has had `idle_after` to find a backlog, the quiet spell counts from the last
+    input before the stop, downtime included, as if it had never stopped."""
+    c = WatermarkClock(lateness_ms=1_000, idle_after_ms=1_000)
+    c.observe(1_000_000, wall_ms=0)
+    assert c.current(70_000) == 1_069_000
+    resumed = pickle.loads(pickle.dumps(c))
+    resumed.observe(None, wall_ms=80_000)  # restarted 10 s after the stop
+    assert resumed.current(80_500) == 1_069_000  # time to read a backlog first
+    assert resumed.current(81_000) == 1_080_000
+    assert resumed.wake_at(81_000, next_due=1_120_000) == 121_000  # as without the restart
+    again = pickle.loads(pickle.dumps(resumed))  # a second stop while still quiet
+    again.observe(None, wall_ms=90_000)
+    assert again.current(91_000) == 1_090_000
+    again.observe(1_095_000, wall_ms=92_000)  # a backlog: event time drives it again
+    assert again.current(92_500) == 1_094_000
+    assert again.current(93_000) == 1_095_000  # quiet 1 s: on from this input
 
 
 def test_wake_before_idle_is_the_idle_moment() -> None:
