@@ -49,9 +49,11 @@ import orjson
 import structlog
 from sortedcontainers import SortedList
 
-from orderwatch.domain.alert import FIRING, RESOLVED, AlertChange
+from orderwatch.domain.alert import FIRING, RESOLVED, AlertChange, rfc3339_ms
 from orderwatch.domain.rules import GAP_ALERT, PAID_WITHOUT_WMS
 from orderwatch.domain.stats import LabelCap
+from orderwatch.durations import format_duration_ms
+from orderwatch.logs import RateLimited
 
 log = structlog.get_logger()
 
@@ -152,6 +154,9 @@ class AlertStore:
         self._leaks: Counter[tuple[str, str]] = Counter()  # paid_without_wms by channel, warehouse
         self._high_water = 0
         self._pruned_at = 0
+        self._too_old: AlertChange | None = None  # the last change `_decide` found too old
+        self._too_old_n = 0
+        self._too_old_log = RateLimited(log)  # one line per 10 s, whatever the flood
         self._queued = 0  # the last outbox row this store wrote
         self._claimed: list[int] = []  # outbox rows `unannounced` returned
         self._load()
@@ -231,7 +236,28 @@ class AlertStore:
             with self._lock:
                 for change in kept:
                     self._remember(change)
+            if self._too_old is not None:
+                self._tell_too_old()
             return kept
+
+    def _tell_too_old(self) -> None:
+        """Dropping a new alert as "announced, then pruned" is right for a replay of old input,
+        and silent loss when the store's event time ran ahead of this input's (a simulator's
+        clock, or a source with a wrong clock, on the same state.dir): say so, rate-limited."""
+        c, n = self._too_old, self._too_old_n
+        self._too_old, self._too_old_n = None, 0
+        assert c is not None
+        self._too_old_log.warning(
+            "old_alerts_dropped",
+            "alerts older than the alert store remembers dropped as announced before; if they "
+            "are new, this state.dir has seen later event time (a simulator or a source with a "
+            "wrong clock?): use another state.dir",
+            count=n,
+            rule=c.labels.get("rule", c.labels.get("alertname")),
+            starts_at=rfc3339_ms(c.starts_at),
+            store_event_time=rfc3339_ms(self._high_water),
+            retention=format_duration_ms(self.retention_ms),
+        )
 
     def mark_announced(self) -> None:
         """Everything `apply` and `unannounced` returned so far was announced: its outbox rows
@@ -313,8 +339,9 @@ class AlertStore:
                 return True
         elif row is not None:
             return False  # this instance was already announced (firing, resolved or one-shot)
-        if c.starts_at < horizon:
-            return False  # older than what we remember: seen before, then pruned
+        if c.starts_at < horizon:  # older than what we remember: seen before, then pruned
+            self._too_old, self._too_old_n = c, self._too_old_n + 1
+            return False
         if c.status == FIRING and not c.one_shot:
             # One fingerprint fires at most once at a time. `+state` keeps the planner off the
             # state index, which would walk every firing instance: O(firing) per new alert.

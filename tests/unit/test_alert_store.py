@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from orderwatch.alerts.store import DB_NAME, AlertStore
-from orderwatch.domain.alert import FIRING, AlertChange
+from orderwatch.domain.alert import FIRING, AlertChange, rfc3339_ms
 from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.stats import LabelCap
 from tests.factories import BASE, HOUR, MIN, config, order, payment, track, wms
@@ -113,6 +114,22 @@ def test_pruned_instances_stay_deduplicated() -> None:
     assert store.apply([one_shot(at=0)]) == []
     fresh = one_shot(oid="C", at=3 * DAY - HOUR)
     assert store.apply([fresh]) == [fresh]
+
+
+def test_an_alert_dropped_as_older_than_the_store_remembers_is_logged() -> None:
+    """Right for a replay of old input, but silent loss when the store's event time ran ahead
+    of this input's (a simulator demo on the same state.dir): the log says so, with the way out."""
+    store = AlertStore(None, retention_ms=DAY)
+    store.apply([one_shot(oid="SIM", at=30 * DAY)])  # a demo's clock, weeks ahead
+    real = alert("paid_without_wms", oid="REAL1", starts=0, alertname="OrderGap")
+    with capture_logs() as logged:
+        assert store.apply([real]) == []
+        assert store.apply([alert(oid="ok", starts=30 * DAY)]) != []  # a kept one: no line
+    assert len(logged) == 1, logged
+    line = logged[0]
+    assert line["log_level"] == "warning" and "use another state.dir" in line["event"]
+    assert (line["count"], line["rule"]) == (1, "paid_without_wms")
+    assert line["starts_at"] == rfc3339_ms(BASE) and line["retention"] == "24h"
 
 
 def test_a_newer_instance_supersedes_a_still_firing_one() -> None:
