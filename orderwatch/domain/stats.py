@@ -110,6 +110,17 @@ class ShardStats:
         self.duplicates = 0
         self.forgotten = 0
 
+    # A snapshot keeps what the orders are (per status) and the label values assigned; the
+    # counters and histograms restart at zero with the process, as the exporter's own do and
+    # Prometheus expects (a resumed daemon's leak ratio mixed counts from before and after).
+    def __getstate__(self) -> tuple[LabelCap, LabelCap, Counter[str]]:
+        return self.channels, self.warehouses, self.status_counts
+
+    def __setstate__(self, state: tuple[LabelCap, LabelCap, Counter[str]]) -> None:
+        channels, warehouses, status_counts = state
+        self.__init__(channels, warehouses)  # type: ignore[misc]
+        self.status_counts = status_counts
+
     def observe_dwell(self, status: str, channel: str | None, ms: int) -> None:
         h = self._dwell_raw.get((status, channel))
         if h is None:  # first time for this pair: apply the label cap once

@@ -19,7 +19,7 @@ from orderwatch.pipelines.snapshots import (
     snapshot_format,
     state_settings,
 )
-from tests.factories import BASE, HOUR, MIN, config, decode_all, order
+from tests.factories import BASE, HOUR, MIN, config, decode_all, order, payment
 
 
 def test_a_snapshot_round_trips_with_its_orders() -> None:
@@ -43,6 +43,32 @@ def test_a_snapshot_round_trips_with_its_orders() -> None:
         ("A", "paid_not_allocated", BASE + 30 * MIN),
         ("B", "paid_not_allocated", BASE + MIN + 30 * MIN),
     ]
+
+
+def test_a_resumed_shard_keeps_its_orders_per_status_and_restarts_its_counters() -> None:
+    """Counters restart at zero with the process (README, metrics): a resumed shard carried its
+    payments, anomalies, duplicates and histograms on while the exporter's own counters (events,
+    alerts fired, 漏发) restarted, so a ratio of the two was wrong after every resume."""
+    tracker = ShardTracker(RuleSet.from_config(config()))
+    lines = [
+        order(0, "A", "created", amount="10", channel="tmall"),
+        payment(MIN, "A", "P1", amount="9"),
+        order(2 * MIN, "A", "paid"),
+        order(2 * MIN, "A", "paid"),
+    ]
+    for d in decode_all(lines):
+        tracker.ingest(d.ts_ms, d.event)  # type: ignore[arg-type]
+    tracker.advance(BASE + HOUR)
+    before = tracker.stats
+    assert before.payments and before.anomalies and before.dwell and before.status_counts
+    settings = state_settings(config())
+    back, _, _ = load_shard(
+        dump_shard((tracker, WatermarkClock(1), ChunkOrder()), settings), settings
+    )
+    after = back.stats
+    assert after.status_counts == before.status_counts  # a gauge: what the orders are
+    assert (after.payments, after.anomalies, after.dwell) == ({}, {}, {})
+    assert after.channels("tmall") == "tmall"  # label values keep their assignment
 
 
 @pytest.mark.parametrize(
