@@ -10,20 +10,27 @@ Outputs:
 - ``kafka://...``: not available yet (the Kafka issue); rejected as a usage error.
 
 ``--events 0`` writes endlessly. ``--rate`` paces the output in events per wall second; the
-content does not depend on it.
+content does not depend on it. Lines are written in batches; whenever ``--rate`` or ``--speed``
+makes the run wait for the wall clock, what is batched is written and flushed first, so paced
+output arrives as it is generated. SIGTERM or SIGINT (Ctrl-C) ends a run cleanly: the events
+generated so far are written, whole lines only, the summary printed, exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from types import FrameType
 from typing import Any
 
 from orderwatch.durations import parse_instant_ms
-from orderwatch.simulate.generator import Simulator, write_jsonl
+from orderwatch.simulate.generator import JsonlWriter, Simulator
 from orderwatch.simulate.scenarios import ORDER_FAULTS, SCENARIOS, WRONG_OFFSET
 
 DEFAULT_START = "2026-11-11T00:00:00+08:00"
@@ -65,8 +72,12 @@ def parse_start(text: str | None) -> int:
         raise UsageError(f"--start: {exc}") from None
 
 
-def paced(events: Iterable[dict[str, Any]], rate: float | None) -> Iterator[dict[str, Any]]:
-    """The events, at most ``rate`` per wall second (no pacing when None)."""
+def paced(
+    events: Iterable[dict[str, Any]],
+    rate: float | None,
+    wait: Callable[[float], None] = time.sleep,
+) -> Iterator[dict[str, Any]]:
+    """The events, at most ``rate`` per wall second (no pacing when None); ``wait`` sleeps."""
     if not rate:
         yield from events
         return
@@ -75,19 +86,71 @@ def paced(events: Iterable[dict[str, Any]], rate: float | None) -> Iterator[dict
         yield event
         ahead = n / rate - (time.monotonic() - began)
         if ahead > 0.005:
-            time.sleep(ahead)
+            wait(ahead)
 
 
 def on_sim_clock(
-    timed: Iterable[tuple[int, dict[str, Any]]], start_ms: int, speed: float
+    timed: Iterable[tuple[int, dict[str, Any]]],
+    start_ms: int,
+    speed: float,
+    wait: Callable[[float], None] = time.sleep,
 ) -> Iterator[dict[str, Any]]:
-    """The events when their arrival comes on a clock running `speed` times the wall clock."""
+    """The events when their arrival comes on a clock running `speed` times the wall clock;
+    ``wait`` sleeps."""
     began = time.monotonic()
     for arrival, event in timed:
         ahead = (arrival - start_ms) / 1000 / speed - (time.monotonic() - began)
         if ahead > 0.005:
-            time.sleep(ahead)
+            wait(ahead)
         yield event
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT arrived while the run waited for the wall clock."""
+
+
+class _Run:
+    """A run's writer, its pacing waits and its stop signals.
+
+    A stop signal never interrupts a write: it sets ``writer.stopping`` (the writer ends after its
+    current batch) and raises :class:`_Stopped` only while the run waits for the pacing clock, when
+    every line generated has been written and flushed.
+    """
+
+    def __init__(self, writer: JsonlWriter) -> None:
+        self.writer = writer
+        self._waiting = False
+
+    def wait(self, seconds: float) -> None:
+        """Write and flush what is batched, then sleep (a pacer's ``wait``)."""
+        self.writer.flush()
+        self._waiting = True
+        try:
+            if self.writer.stopping:
+                raise _Stopped
+            time.sleep(seconds)
+        finally:
+            self._waiting = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.writer.stopping = True
+        if self._waiting:
+            raise _Stopped
+
+    def write_all(self, events: Iterable[dict[str, Any]]) -> int:
+        """Write ``events`` until they end or a stop signal; return the lines written."""
+        handled = (signal.SIGTERM, signal.SIGINT)
+        before: list[Any] = []
+        if threading.current_thread() is threading.main_thread():
+            before = [signal.signal(signum, self.on_signal) for signum in handled]
+        try:
+            with contextlib.suppress(_Stopped):
+                self.writer.write_all(events)
+            self.writer.flush()
+        finally:
+            for signum, handler in zip(handled, before, strict=False):
+                signal.signal(signum, handler)
+        return self.writer.written
 
 
 def simulate_command(args: argparse.Namespace) -> int:
@@ -110,18 +173,25 @@ def simulate_command(args: argparse.Namespace) -> int:
     except (UsageError, ValueError) as exc:
         print(f"orderwatch simulate: {exc}", file=sys.stderr)
         return 2
-    if args.speed:  # simulated time runs `speed` x the wall clock (from --start)
-        timed = sim.timed_events(max_events=args.events or None)
-        events = paced(on_sim_clock(timed, parse_start(args.start), args.speed), args.rate)
-    else:
-        events = paced(sim.events(max_events=args.events or None), args.rate)
+
+    def write(out: Any) -> JsonlWriter:
+        writer = JsonlWriter(out, count_orders=True)
+        job = _Run(writer)
+        if args.speed:  # simulated time runs `speed` x the wall clock (from --start)
+            timed = sim.timed_events(max_events=args.events or None)
+            clock = on_sim_clock(timed, parse_start(args.start), args.speed, job.wait)
+            events = paced(clock, args.rate, job.wait)
+        else:
+            events = paced(sim.events(max_events=args.events or None), args.rate, job.wait)
+        job.write_all(events)
+        return writer
+
     try:
         if args.out == "-":
-            count = write_jsonl(events, sys.stdout.buffer)
-            sys.stdout.buffer.flush()
+            writer = write(sys.stdout.buffer)
         else:
             with open(args.out, "wb") as fh:
-                count = write_jsonl(events, fh)
+                writer = write(fh)
     except BrokenPipeError:  # e.g. `| head`: the reader is gone, stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -130,7 +200,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         return 1
     summary = {name: len(ids) for name, ids in sim.injected.items()}
     print(
-        f"orderwatch simulate: {count} events, {sim.orders_created} orders, "
+        f"orderwatch simulate: {writer.written} events, {writer.orders} orders, "
         f"injected {summary or 'nothing'}",
         file=sys.stderr,
     )

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import select
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -84,3 +90,81 @@ def test_speed_paces_events_on_the_simulated_clock(tmp_path: Path) -> None:
     got = list(on_sim_clock(timed, start, speed=600.0))
     assert [e["n"] for e in got] == list(range(11))
     assert time.monotonic() - begun >= 0.95  # it waited for the simulated clock
+
+
+def test_summary_counts_the_orders_in_the_events_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The summary's order count is the distinct order_ids of the lines written, not the orders
+    the simulator has scheduled (`--events 10` said `10 events, 203 orders`)."""
+    out = tmp_path / "events.jsonl"
+    for n in ("10", "2000"):
+        assert main(["simulate", "--out", str(out), "--events", n]) == 0
+        events = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+        orders = {e["order_id"] for e in events if "order_id" in e}
+        assert f"{n} events, {len(orders)} orders," in capsys.readouterr().err
+
+
+def _simulate(*argv: str) -> subprocess.Popen[bytes]:
+    """`orderwatch simulate ARGV...` in a child process (stdout piped, stderr piped)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "orderwatch", "simulate", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _complete_lines(data: bytes) -> list[dict[str, Any]]:
+    """Every line of `data` as a JSON object; fails on a partial or broken line."""
+    assert data.endswith(b"\n")
+    return [orjson.loads(line) for line in data.splitlines()]
+
+
+@pytest.mark.parametrize("pacing", [["--rate", "200"], ["--speed", "10"]])
+def test_paced_output_reaches_the_file_promptly(tmp_path: Path, pacing: list[str]) -> None:
+    """Paced lines are flushed whenever the run waits for the clock: they arrive long before
+    4,096 events (one write batch) exist (before, `--rate 50` wrote nothing for 80 s)."""
+    out = tmp_path / "events.jsonl"
+    proc = _simulate("--events", "0", *pacing, "--out", str(out))
+    try:
+        deadline = time.monotonic() + 5.0
+        while not (out.exists() and out.stat().st_size):
+            assert time.monotonic() < deadline, "no line reached the file in 5 s"
+            time.sleep(0.05)
+        assert 1 <= len(_complete_lines(out.read_bytes())) < 2_000
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_paced_output_reaches_stdout_promptly() -> None:
+    """The same through a pipe: `--rate 200` lines can be read within seconds."""
+    proc = _simulate("--events", "0", "--rate", "200")
+    assert proc.stdout is not None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 5.0)
+        assert ready, "no line reached stdout in 5 s"
+        first = os.read(proc.stdout.fileno(), 1 << 20)
+        assert first.count(b"\n") < 2_000
+        orjson.loads(first.splitlines()[0])
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("pacing", [["--rate", "200"], []])
+def test_a_stop_signal_keeps_every_event_generated(
+    tmp_path: Path, sig: signal.Signals, pacing: list[str]
+) -> None:
+    """SIGTERM or Ctrl-C ends an endless run with exit 0, whole lines written and the summary
+    counting them (before, SIGTERM lost the batch and could cut a line in two)."""
+    out = tmp_path / "events.jsonl"
+    proc = _simulate("--events", "0", *pacing, "--out", str(out))
+    time.sleep(1.5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    events = _complete_lines(out.read_bytes())
+    assert len(events) >= (50 if pacing else 4_096)
+    assert f"orderwatch simulate: {len(events)} events, ".encode() in err
