@@ -187,6 +187,18 @@ def _lock_state_dir(state_dir: Path, process_id: int) -> IO[str]:
     return f
 
 
+def open_alert_store(cfg: Config, state_dir: Path | None, *, process: int = 0) -> AlertStore:
+    """The alert store in `state_dir` (in memory when None), its `channel` and `warehouse` labels
+    capped at `metrics.max_label_values` (`metrics.channels` always kept), as the README says."""
+    caps = cfg.metrics.max_label_values
+    return AlertStore(
+        None if state_dir is None else state_dir / DB_NAME,
+        channels=LabelCap(caps, cfg.metrics.channels),
+        warehouses=LabelCap(caps),
+        process=process,
+    )
+
+
 def run_daemon(
     cfg: Config,
     *,
@@ -223,13 +235,8 @@ def run_daemon(
     if addresses:  # each process serves HTTP on http.listen's port + its id
         hosts = [a.rpartition(":")[0] for a in addresses.split(",")]
         runtime.peers = [f"http://{h}:{cfg.http.port + i}" for i, h in enumerate(hosts) if i != pid]
-    channels = LabelCap(caps, cfg.metrics.channels)
     try:
-        store = (
-            AlertStore.in_dir(state_dir, channels=channels, process=pid)
-            if primary
-            else AlertStore(None, channels=channels)
-        )
+        store = open_alert_store(cfg, state_dir if primary else None, process=pid)
     except (OSError, sqlite3.Error) as exc:
         where = state_dir / DB_NAME
         raise SystemExit(f"orderwatch: cannot open the alert store {where}: {exc}") from None

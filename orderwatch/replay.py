@@ -28,6 +28,7 @@ from orderwatch.cluster import free_ports, run_flow, supervise
 from orderwatch.config import REPLAY_BATCH_LINES, Config
 from orderwatch.connectors.files import JsonlSource
 from orderwatch.connectors.sinks import AlertFileSink, DeadLetterSink
+from orderwatch.domain.stats import LabelCap
 from orderwatch.pipelines.orders import Outputs, build_flow
 from orderwatch.runtime import Runtime, tune_gc
 
@@ -166,7 +167,11 @@ def run_here(
     for path in (alerts_out, dead_letters):  # an empty result is an empty file, not none
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
-    runtime = Runtime(shards=cfg.engine.shards, process_id=process_id or 0)
+    runtime = Runtime(
+        shards=cfg.engine.shards,
+        process_id=process_id or 0,
+        route_cap=LabelCap(cfg.metrics.max_label_values, cfg.metrics.routes),
+    )
     tune_gc()
     source = JsonlSource(events, name=f"file:{events.name}", batch_size=batch_size)
     sink = AlertFileSink(alerts_out)

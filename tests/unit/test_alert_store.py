@@ -421,3 +421,23 @@ def _indexes(store: AlertStore, limit: int) -> list[Any]:
     assert store.oldest("OrderStuck", limit=limit, shift=shift) == by_clock[:limit]
     assert store.firing_count("OrderStuck") == len(stuck)
     return [(a.fingerprint, a.starts_at) for a in firing]
+
+
+def test_the_daemons_store_caps_warehouses_at_max_label_values() -> None:
+    """The daemon's store caps `warehouse` (and `channel`) of orderwatch_paid_without_wms_total
+    at `metrics.max_label_values`, not at a built-in 50 (it passed `channels=` only)."""
+    from orderwatch.daemon import open_alert_store
+
+    cfg = config(metrics={"max_label_values": 2, "channels": ["tmall"]})
+    store = open_alert_store(cfg, None)
+    store.apply(
+        [
+            alert("paid_without_wms", f"O{i}", channel=ch, warehouse=f"W{i}", alertname="OrderGap")
+            for i, ch in enumerate(("tmall", "jd", "pdd", "douyin"))
+        ]
+    )
+    assert store.leaks() == {
+        ("tmall", "W0"): 1,
+        ("jd", "W1"): 1,
+        ("other", "other"): 2,
+    }

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from orderwatch.alerts.store import AlertStore
@@ -362,3 +363,27 @@ def test_a_scrape_reads_only_the_alerts_it_reports(monkeypatch: Any) -> None:
         if s.labels["rule"] == "paid_not_shipped"
     }
     assert ages == {"O000", "O001", "O002"}
+
+
+def test_replay_caps_routes_at_max_label_values(tmp_path: Path) -> None:
+    """A replay's access-log routes are capped by `metrics.max_label_values` and keep
+    `metrics.routes`, as the daemon's are (replay capped them at a built-in 50)."""
+    from orderwatch.replay import run_here
+
+    events = tmp_path / "events.jsonl"
+    lines = [
+        {
+            "type": "access_log",
+            "ts": f"2026-11-11T00:00:0{i}+08:00",
+            "route": route,
+            "method": "GET",
+            "status": 200,
+            "latency_ms": 5,
+            "service": "api",
+        }
+        for i, route in enumerate(("/a", "/b", "/c", "/keep"))
+    ]
+    events.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    cfg = config(metrics={"max_label_values": 1, "routes": ["/keep"]})
+    summary = run_here(events, cfg, tmp_path / "alerts.jsonl", tmp_path / "dead.jsonl")
+    assert dict(summary.http) == {"/keep 2xx": 1, "other 2xx": 3}
