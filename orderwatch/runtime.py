@@ -81,7 +81,6 @@ class Runtime:
     clocks: dict[str, WatermarkClock] = field(default_factory=dict)  # by shard, as trackers
     alert_queue: queue.Queue[Any] | None = None
     route_cap: LabelCap = field(default_factory=lambda: LabelCap(50))
-    channel_cap: LabelCap = field(default_factory=lambda: LabelCap(50))
     started: float = field(default_factory=time.time)
     dataflow_running: bool = False
     sources_connected: bool = False  # the sources are built and started
