@@ -187,15 +187,26 @@ def simulate_command(args: argparse.Namespace) -> int:
         return writer
 
     try:
-        if args.out == "-":
-            writer = write(sys.stdout.buffer)
-        else:
-            with open(args.out, "wb") as fh:
-                writer = write(fh)
+        out = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
+    except OSError as exc:  # a usage error, like replay's outputs: nothing was generated yet
+        print(
+            f"orderwatch simulate: --out {args.out}: cannot write: {exc.strerror}", file=sys.stderr
+        )
+        return 2
+    try:
+        with contextlib.ExitStack() as closing:
+            if out is not sys.stdout.buffer:
+                closing.enter_context(out)
+            writer = write(out)
     except BrokenPipeError:  # e.g. `| head`: the reader is gone, stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (OSError, RuntimeError) as exc:
+    except OSError as exc:  # e.g. the disk filled up
+        print(
+            f"orderwatch simulate: --out {args.out}: write failed: {exc.strerror}", file=sys.stderr
+        )
+        return 1
+    except RuntimeError as exc:
         print(f"orderwatch simulate: {exc}", file=sys.stderr)
         return 1
     summary = {name: len(ids) for name, ids in sim.injected.items()}

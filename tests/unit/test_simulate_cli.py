@@ -50,6 +50,21 @@ def test_bad_scenario_or_start_is_a_usage_error(capsys: pytest.CaptureFixture[st
     assert main(["simulate", "--scenario", "double_ship=2"]) == 2
 
 
+def test_an_output_that_cannot_be_written_names_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One line naming `--out`, the path and why: exit 2 when it cannot be opened (nothing was
+    generated yet, like replay's outputs), 1 when writing fails on the way (a full disk)."""
+    missing = tmp_path / "no" / "such" / "dir.jsonl"
+    assert main(["simulate", "--events", "10", "--out", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"orderwatch simulate: --out {missing}: cannot write: No such file or directory"
+    if Path("/dev/full").exists():
+        assert main(["simulate", "--events", "10", "--out", "/dev/full"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == "orderwatch simulate: --out /dev/full: write failed: No space left on device"
+
+
 def test_scenario_defaults_and_start_parsing() -> None:
     """NAME without a share gets a small default; --start accepts any RFC 3339 offset."""
     shares = parse_scenarios(["double_ship", "callback_storm", "wrong_offset", "status_jump=0.3"])
