@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +30,9 @@ from orderwatch.runtime import SourceHealth
 
 _READ_SIZE = 1 << 20
 _POLL = timedelta(milliseconds=50)  # how often a tailed file is polled when idle
+# A path found unusable this long is reported (/readyz): not the moment between a rotation's
+# rename and the new file's creation (logrotate `create`, or the writer reopening on a signal).
+_GONE_AFTER = 2.0
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +73,7 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
         self._cr = False  # a carriage return was read: CRLF lines may follow
         self._awake: datetime | None = None
         self._eof = False
+        self._gone_since: float | None = None  # monotonic s: the path first found unusable
 
     def _find_rotated(self, inode: int) -> BinaryIO | None:
         """The file the snapshot was taken from, renamed beside the path (`access.log.1`)."""
@@ -106,6 +111,11 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
         return None
 
     def _unusable(self, why: str) -> None:
+        now = time.monotonic()
+        if self._gone_since is None:
+            self._gone_since = now
+        if now - self._gone_since < _GONE_AFTER:  # logrotate's rename, then its create
+            return
         health = self._src.health
         problem = f"{self._src.path.absolute()} {why}"
         if health.problem != problem:
@@ -117,6 +127,7 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
             health.problem = problem
 
     def _usable(self) -> None:
+        self._gone_since = None
         health = self._src.health
         if health.problem is not None:
             log.info("input file readable at its path again", source=self._src.name)

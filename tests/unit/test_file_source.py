@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -154,9 +155,10 @@ def test_a_new_file_that_cannot_be_opened_yet_is_tried_again(tmp_path: Path) -> 
 
 
 def test_a_deleted_file_is_reported_gone_until_a_file_at_its_path_is_read(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """/readyz reads `health`: a followed file deleted for good was still 'connected'."""
+    monkeypatch.setattr(files, "_GONE_AFTER", 0.0)
     live = tmp_path / "events.jsonl"
     live.write_text("a1\n")
     tail = Tail(live)
@@ -175,7 +177,10 @@ def test_a_deleted_file_is_reported_gone_until_a_file_at_its_path_is_read(
     assert health.problem is None
 
 
-def test_a_file_moved_away_and_back_is_connected_again(tmp_path: Path) -> None:
+def test_a_file_moved_away_and_back_is_connected_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "_GONE_AFTER", 0.0)
     live = tmp_path / "events.jsonl"
     live.write_text("a1\n")
     tail = Tail(live)
@@ -187,6 +192,25 @@ def test_a_file_moved_away_and_back_is_connected_again(tmp_path: Path) -> None:
     _append(live, "a2\n")
     assert tail.read() == [(2, [b"a2"])]
     assert tail.read() == [] and health.problem is None
+
+
+def test_a_rotation_gap_is_not_reported_as_gone(tmp_path: Path) -> None:
+    """Between logrotate's rename and the new file's creation the path is missing for a moment;
+    reporting that made /readyz flap to 503 at every rotation a poll happened to fall in."""
+    live = tmp_path / "events.jsonl"
+    live.write_text("a1\n")
+    tail = Tail(live)
+    health = tail.src.health
+    tail.read()
+    live.rename(tmp_path / "events.jsonl.1")
+    assert tail.read() == [] and health.problem is None  # a poll in the gap
+    live.write_text("b1\n")
+    assert tail.read() == [(1, [b"b1"])] and health.problem is None
+    live.unlink()
+    for _ in range(3):
+        assert tail.read() == []
+    time.sleep(files._GONE_AFTER)
+    assert tail.read() == [] and health.problem is not None  # gone for longer: reported
 
 
 def test_crlf_lines_lose_their_carriage_return_wherever_the_first_one_is_read(
