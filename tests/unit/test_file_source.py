@@ -12,6 +12,7 @@ from bytewax.inputs import StatefulSourcePartition
 from orderwatch.connectors import files
 from orderwatch.connectors.files import JsonlSource, ResumeState
 from orderwatch.connectors.raw import RawChunk
+from orderwatch.runtime import SourceHealth
 
 Part = StatefulSourcePartition[RawChunk, ResumeState]
 
@@ -154,16 +155,21 @@ def test_a_new_file_that_cannot_be_opened_yet_is_tried_again(tmp_path: Path) -> 
     assert tail.read() == [(1, [b"b1"])]
 
 
+def _followed(tmp_path: Path) -> tuple[Path, Tail, SourceHealth]:
+    """A followed file whose first line was read: its path, reader and health."""
+    live = tmp_path / "events.jsonl"
+    live.write_text("a1\n")
+    tail = Tail(live)
+    assert tail.read() == [(1, [b"a1"])] and tail.src.health.problem is None
+    return live, tail, tail.src.health
+
+
 def test_a_deleted_file_is_reported_gone_until_a_file_at_its_path_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """/readyz reads `health`: a followed file deleted for good was still 'connected'."""
     monkeypatch.setattr(files, "_GONE_AFTER", 0.0)
-    live = tmp_path / "events.jsonl"
-    live.write_text("a1\n")
-    tail = Tail(live)
-    health = tail.src.health
-    assert tail.read() == [(1, [b"a1"])] and health.problem is None
+    live, tail, health = _followed(tmp_path)
     live.unlink()
     assert tail.read() == []
     assert health.problem == f"{live} is gone (deleted or moved, not re-created)"
@@ -181,11 +187,7 @@ def test_a_file_moved_away_and_back_is_connected_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(files, "_GONE_AFTER", 0.0)
-    live = tmp_path / "events.jsonl"
-    live.write_text("a1\n")
-    tail = Tail(live)
-    health = tail.src.health
-    tail.read()
+    live, tail, health = _followed(tmp_path)
     live.rename(tmp_path / "aside")
     assert tail.read() == [] and health.problem is not None
     (tmp_path / "aside").rename(live)
@@ -197,11 +199,7 @@ def test_a_file_moved_away_and_back_is_connected_again(
 def test_a_rotation_gap_is_not_reported_as_gone(tmp_path: Path) -> None:
     """Between logrotate's rename and the new file's creation the path is missing for a moment;
     reporting that made /readyz flap to 503 at every rotation a poll happened to fall in."""
-    live = tmp_path / "events.jsonl"
-    live.write_text("a1\n")
-    tail = Tail(live)
-    health = tail.src.health
-    tail.read()
+    live, tail, health = _followed(tmp_path)
     live.rename(tmp_path / "events.jsonl.1")
     assert tail.read() == [] and health.problem is None  # a poll in the gap
     live.write_text("b1\n")
