@@ -201,6 +201,7 @@ class AlertStore:
             horizon = self._high_water - self.retention_ms
             high_water = max(self._high_water, max(c.at for c in changes))
             db.execute("BEGIN IMMEDIATE")
+            self._too_old, self._too_old_n = None, 0  # a failed attempt's count is retried
             try:
                 kept = [c for c in changes if self._decide(c, horizon)]
                 for c in kept:
@@ -245,7 +246,6 @@ class AlertStore:
         and silent loss when the store's event time ran ahead of this input's (a simulator's
         clock, or a source with a wrong clock, on the same state.dir): say so, rate-limited."""
         c, n = self._too_old, self._too_old_n
-        self._too_old, self._too_old_n = None, 0
         assert c is not None
         self._too_old_log.warning(
             "old_alerts_dropped",
