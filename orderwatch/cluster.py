@@ -26,6 +26,7 @@ from bytewax.run import cli_main
 _TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 _LISTEN = "0A"  # TCP_LISTEN in the kernel's `st` column
 _TICK_S = 0.2
+_NETWORKING = "failed to initialize networking: "  # how timely says it could not bind
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0"})
 
 
@@ -90,12 +91,25 @@ def run_flow(
     addresses: list[str] | None = None,
     **options: Any,
 ) -> None:
-    """bytewax's `cli_main`, first waiting for the lower processes of a cluster to listen."""
+    """bytewax's `cli_main`, first waiting for the lower processes of a cluster to listen.
+
+    A process that cannot listen at its own address (a host that does not resolve, a port in
+    use) ends with that said, exit 1, instead of bytewax's traceback.
+    """
     if addresses and process_id:
         await_lower_peers(addresses, process_id)
-    cli_main(
-        flow, workers_per_process=workers, process_id=process_id, addresses=addresses, **options
-    )
+    try:
+        cli_main(
+            flow, workers_per_process=workers, process_id=process_id, addresses=addresses, **options
+        )
+    except RuntimeError as exc:
+        why = str(exc).partition(_NETWORKING)[2]
+        if not addresses or not why:
+            raise
+        own = addresses[process_id or 0]
+        raise SystemExit(
+            f"orderwatch: process {process_id or 0} cannot listen at {own} (--addresses): {why}"
+        ) from None
 
 
 def supervise(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from orderwatch.cluster import (
     _exit_signals,
@@ -135,3 +136,35 @@ def test_a_cluster_failure_names_who_failed_and_who_was_stopped() -> None:
     assert _outcome([0, 1]) == "process(es) [1] failed"
     # stopped from outside, nobody failed on its own: those are the ones to name
     assert _outcome([-signal.SIGTERM, 0]) == "process(es) [0] failed"
+
+
+def test_a_process_that_cannot_listen_at_its_address_says_so_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    events = tmp_path / "ev.jsonl"
+    events.write_text(
+        '{"type":"order","ts":"2026-01-01T00:00:00Z","order_id":"A","status":"created"}\n'
+    )
+    replay = [sys.executable, "-m", "orderwatch", "replay", str(events), "--quiet"]
+    replay += ["--config", "examples/orderwatch.yaml", "--alerts-out", str(tmp_path / "a")]
+    taken = _listen()
+    port = taken.getsockname()[1]
+    cases = {  # .invalid never resolves (RFC 6761)
+        "nosuchhost.invalid:2101": "failed to lookup address information",
+        f"127.0.0.1:{port}": "Address already in use",
+    }
+    try:
+        for own, why in cases.items():
+            cluster = f"{own},127.0.0.1:{free_ports(1)[0]}"
+            run = subprocess.run(
+                [*replay, "--addresses", cluster, "--process-id", "0"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert run.returncode == 1
+            assert "Traceback" not in run.stderr
+            assert f"process 0 cannot listen at {own} (--addresses): " in run.stderr
+            assert why in run.stderr
+    finally:
+        taken.close()
