@@ -187,14 +187,16 @@ def _lock_state_dir(state_dir: Path, process_id: int) -> IO[str]:
     return f
 
 
-def open_alert_store(cfg: Config, state_dir: Path | None, *, process: int = 0) -> AlertStore:
+def open_alert_store(
+    cfg: Config, state_dir: Path | None, runtime: Runtime, *, process: int = 0
+) -> AlertStore:
     """The alert store in `state_dir` (in memory when None), its `channel` and `warehouse` labels
-    capped at `metrics.max_label_values` (`metrics.channels` always kept), as the README says."""
-    caps = cfg.metrics.max_label_values
+    capped at `metrics.max_label_values` (`metrics.channels` always kept), as the README says;
+    `channel` by the cap the process's shards use too."""
     return AlertStore(
         None if state_dir is None else state_dir / DB_NAME,
-        channels=LabelCap(caps, cfg.metrics.channels),
-        warehouses=LabelCap(caps),
+        channels=runtime.channel_labels(cfg.metrics),
+        warehouses=LabelCap(cfg.metrics.max_label_values),
         process=process,
     )
 
@@ -236,7 +238,7 @@ def run_daemon(
         hosts = [a.rpartition(":")[0] for a in addresses.split(",")]
         runtime.peers = [f"http://{h}:{cfg.http.port + i}" for i, h in enumerate(hosts) if i != pid]
     try:
-        store = open_alert_store(cfg, state_dir if primary else None, process=pid)
+        store = open_alert_store(cfg, state_dir if primary else None, runtime, process=pid)
     except (OSError, sqlite3.Error) as exc:
         where = state_dir / DB_NAME
         raise SystemExit(f"orderwatch: cannot open the alert store {where}: {exc}") from None

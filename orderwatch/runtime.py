@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from orderwatch.domain.stats import LAG_BUCKETS, Histogram, LabelCap
 
 if TYPE_CHECKING:
+    from orderwatch.config import MetricsCfg
     from orderwatch.domain.tracker import ShardTracker
     from orderwatch.domain.watermark import WatermarkClock
 
@@ -81,6 +82,7 @@ class Runtime:
     clocks: dict[str, WatermarkClock] = field(default_factory=dict)  # by shard, as trackers
     alert_queue: queue.Queue[Any] | None = None
     route_cap: LabelCap = field(default_factory=lambda: LabelCap(50))
+    channel_cap: LabelCap | None = None  # `channel_labels`
     started: float = field(default_factory=time.time)
     dataflow_running: bool = False
     sources_connected: bool = False  # the sources are built and started
@@ -101,6 +103,15 @@ class Runtime:
 
     def all_sources_connected(self) -> bool:
         return self.sources_connected and not self.source_problems()
+
+    def channel_labels(self, metrics: MetricsCfg) -> LabelCap:
+        """The process's one `channel` label cap, shared by every shard and the alert store:
+        with a cap each, a channel past the cap in one could be named in another, and the
+        README's leak ratio (`paid_without_wms_total` ÷ `payments_total`, by channel) would
+        divide one channel by another's `other`."""
+        if self.channel_cap is None:
+            self.channel_cap = LabelCap(metrics.max_label_values, metrics.channels)
+        return self.channel_cap
 
     def intake(self) -> IntakeStats:
         """This thread's intake counters (created on first use)."""

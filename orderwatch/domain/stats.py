@@ -9,6 +9,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 # Seconds: minutes to days, for time spent in an order status.
 DWELL_BUCKETS: tuple[float, ...] = (
@@ -71,6 +72,11 @@ class LabelCap:
             return value
         return OTHER
 
+    def absorb(self, other: LabelCap) -> None:
+        """Pass the values `other` passed too (it assigned them labels already)."""
+        self._seen |= other._seen
+        self._limit = max(self._limit, len(self._seen))
+
 
 class ShardStats:
     """What one shard measured; every field is only written by that shard's worker."""
@@ -83,20 +89,15 @@ class ShardStats:
         "dwell",
         "forgotten",
         "late",
-        "leaks",
         "pay_to_collect",
         "pay_to_collect_within",
         "payments",
         "status_counts",
-        "warehouses",
         "wms_outbounds",
     )
 
-    def __init__(
-        self, channels: LabelCap | None = None, warehouses: LabelCap | None = None
-    ) -> None:
+    def __init__(self, channels: LabelCap | None = None) -> None:
         self.channels = channels or LabelCap(50)
-        self.warehouses = warehouses or LabelCap(50)
         self.status_counts: Counter[str] = Counter()
         self.dwell: dict[tuple[str, str], Histogram] = {}  # by (status, capped channel)
         self._dwell_raw: dict[tuple[str, str | None], Histogram] = {}  # by the raw channel
@@ -105,7 +106,6 @@ class ShardStats:
         self.anomalies: Counter[str] = Counter()
         self.payments: Counter[str] = Counter()  # successful payments by channel
         self.wms_outbounds: Counter[str] = Counter()  # first WMS outbound by channel
-        self.leaks: Counter[tuple[str, str]] = Counter()  # paid_without_wms by channel, warehouse
         self.late = 0
         self.duplicates = 0
         self.forgotten = 0
@@ -113,13 +113,20 @@ class ShardStats:
     # A snapshot keeps what the orders are (per status) and the label values assigned; the
     # counters and histograms restart at zero with the process, as the exporter's own do and
     # Prometheus expects (a resumed daemon's leak ratio mixed counts from before and after).
-    def __getstate__(self) -> tuple[LabelCap, LabelCap, Counter[str]]:
-        return self.channels, self.warehouses, self.status_counts
+    def __getstate__(self) -> tuple[LabelCap, Counter[str]]:
+        return self.channels, self.status_counts
 
-    def __setstate__(self, state: tuple[LabelCap, LabelCap, Counter[str]]) -> None:
-        channels, warehouses, status_counts = state
-        self.__init__(channels, warehouses)  # type: ignore[misc]
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        # format-18 snapshots written before this layout also hold an unused warehouse cap
+        channels, *_, status_counts = state
+        self.__init__(channels)  # type: ignore[misc]
         self.status_counts = status_counts
+
+    def share_labels(self, channels: LabelCap) -> None:
+        """Use the process's channel cap (`Runtime.channel_labels`), keeping the values this
+        shard's snapshot had assigned: a resumed shard labels as the store and the others do."""
+        channels.absorb(self.channels)
+        self.channels = channels
 
     def observe_dwell(self, status: str, channel: str | None, ms: int) -> None:
         h = self._dwell_raw.get((status, channel))

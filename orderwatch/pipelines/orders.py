@@ -23,7 +23,7 @@ from bytewax.outputs import Sink
 from orderwatch.config import Config, parse_zone
 from orderwatch.domain.alert import AlertChange
 from orderwatch.domain.rules import RuleSet
-from orderwatch.domain.stats import LabelCap, ShardStats
+from orderwatch.domain.stats import ShardStats
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.events import Decoder
@@ -167,8 +167,7 @@ def flow_steps(
         simulated=simulated,
         now_ms=now_ms,
     )
-    channels = LabelCap(cfg.metrics.max_label_values, cfg.metrics.channels)
-    warehouses = LabelCap(cfg.metrics.max_label_values)
+    channels = runtime.channel_labels(cfg.metrics)
     idle_after = cfg.idle_after if live else None
     settings = state_settings(cfg)
 
@@ -176,8 +175,9 @@ def flow_steps(
         order = key = None
         if resume is not None:
             tracker, clock, order, key = load_shard(resume, settings)
+            tracker.stats.share_labels(channels)
         else:
-            tracker = ShardTracker(rules, ShardStats(channels, warehouses))
+            tracker = ShardTracker(rules, ShardStats(channels))
             clock = WatermarkClock(cfg.lateness, idle_after)
         return ShardLogic(tracker, clock, runtime, now_ms, recovery, order, settings, key)
 

@@ -13,10 +13,13 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from orderwatch.alerts.store import DB_NAME, AlertStore
+from orderwatch.config import Config
 from orderwatch.domain.alert import FIRING, AlertChange, rfc3339_ms
 from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.stats import LabelCap
-from tests.factories import BASE, HOUR, MIN, config, order, payment, track, wms
+from orderwatch.pipelines.route import ShardBatch
+from orderwatch.runtime import Runtime
+from tests.factories import BASE, HOUR, MIN, config, decode_all, order, payment, track, wms
 
 DAY = 24 * HOUR
 
@@ -429,7 +432,7 @@ def test_the_daemons_store_caps_warehouses_at_max_label_values() -> None:
     from orderwatch.daemon import open_alert_store
 
     cfg = config(metrics={"max_label_values": 2, "channels": ["tmall"]})
-    store = open_alert_store(cfg, None)
+    store = open_alert_store(cfg, None, Runtime())
     store.apply(
         [
             alert("paid_without_wms", f"O{i}", channel=ch, warehouse=f"W{i}", alertname="OrderGap")
@@ -441,3 +444,49 @@ def test_the_daemons_store_caps_warehouses_at_max_label_values() -> None:
         ("jd", "W1"): 1,
         ("other", "other"): 2,
     }
+
+
+def _shard_counting_payments(cfg: Config, runtime: Runtime, resume: bytes | None = None) -> Any:
+    """A shard of the dataflow as `flow_steps` builds it, recovery on, that took a paid
+    order from channel `jd` (counted in `orderwatch_payments_total{channel}`)."""
+    from orderwatch.pipelines.orders import flow_steps
+
+    _, build_shard = flow_steps(cfg, runtime, live=False, recovery=True)
+    logic = build_shard(resume)
+    if resume is None:
+        (d,) = decode_all([payment(0, "A", channel="jd")])
+        # a chunk an hour newer: the watermark passes the payment, which is applied
+        logic.on_batch([ShardBatch("s000", [(d.ts_ms, d.event)], d.ts_ms + HOUR)])
+    return logic
+
+
+def test_the_store_and_the_shards_give_a_channel_the_same_label() -> None:
+    """The leak ratio by channel divides the store's paid_without_wms_total by the shards'
+    payments_total: one channel cap per process, so a channel past the cap is `other` in both
+    (each had its own, and labelled the first channels *it* saw)."""
+    from orderwatch.daemon import open_alert_store
+
+    cfg = config(metrics={"max_label_values": 1})
+    runtime = Runtime()
+    store = open_alert_store(cfg, None, runtime)
+    store.apply([alert("paid_without_wms", "L", channel="pdd", alertname="OrderGap")])
+    stats = _shard_counting_payments(cfg, runtime).tracker.stats
+    assert dict(stats.payments) == {"other": 1}  # `jd` came after the cap was taken by `pdd`
+    assert stats.channels("pdd") == "pdd"
+    assert [channel for channel, _ in store.leaks()] == ["pdd"]
+
+
+def test_a_resumed_shard_keeps_its_labels_and_shares_the_process_cap() -> None:
+    from orderwatch.daemon import open_alert_store
+
+    cfg = config(metrics={"max_label_values": 1})
+    blob = _shard_counting_payments(cfg, Runtime()).snapshot()  # assigned `jd` its label
+    runtime = Runtime()
+    store = open_alert_store(cfg, None, runtime)
+    store.apply([alert("paid_without_wms", "L", channel="pdd", alertname="OrderGap")])
+    stats = _shard_counting_payments(cfg, runtime, resume=blob).tracker.stats
+    assert stats.channels is runtime.channel_labels(cfg.metrics)
+    # both keep the labels they had; the cap is full, so the next new channel is `other`
+    assert [stats.channels(c) for c in ("jd", "pdd", "tmall")] == ["jd", "pdd", "other"]
+    store.apply([alert("paid_without_wms", "M", channel="jd", alertname="OrderGap")])
+    assert sorted(channel for channel, _ in store.leaks()) == ["jd", "pdd"]

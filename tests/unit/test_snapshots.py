@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pickle
+from collections import Counter
 from typing import Any
 
 import pytest
 
 from orderwatch.domain.rules import RuleSet
+from orderwatch.domain.stats import LabelCap, ShardStats
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.pipelines.route import ChunkOrder
@@ -126,3 +128,16 @@ def test_settings_that_the_state_does_not_hold_may_change() -> None:
     assert state_settings(after) == state_settings(before)
     blob = dump_shard((None, None, None), state_settings(before))
     assert load_shard(blob, state_settings(after)) == (None, None, None)
+
+
+def test_shard_stats_of_the_earlier_format_18_layout_still_load() -> None:
+    """Format-18 snapshots written before the shards shared the process's channel cap also
+    hold a warehouse cap that nothing read: a resume takes them, keeping the channel labels
+    and the orders per status."""
+    channels = LabelCap(2)
+    channels("jd")
+    stats = ShardStats.__new__(ShardStats)
+    stats.__setstate__((channels, LabelCap(2), Counter({"paid": 3})))
+    assert stats.status_counts == {"paid": 3}
+    assert [stats.channels(c) for c in ("jd", "pdd", "tmall")] == ["jd", "pdd", "other"]
+    assert pickle.loads(pickle.dumps(stats)).status_counts == {"paid": 3}
