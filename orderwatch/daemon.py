@@ -282,6 +282,7 @@ def run_daemon(
             "configured but not run by this build: alerts go to the console and GET /v1/alerts",
             **{k: v for k, v in unbuilt.items() if v},
         )
+    clean = False
     try:
         sources = build_sources(cfg, runtime)
         outputs = Outputs(
@@ -303,11 +304,12 @@ def run_daemon(
                 cfg, state_dir, 1 if addresses is None else len(addresses.split(","))
             ),
         )
+        clean = True
     finally:
         runtime.dataflow_running = False
         control.stop()
         store.close()
-        log.info("stopped", clean=True)
+        log.info("stopped", clean=clean)  # False: the dataflow ended by an error, said after
     return 0
 
 

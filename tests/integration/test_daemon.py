@@ -348,7 +348,7 @@ def test_sigterm_leaves_a_clean_state_and_a_restart_repeats_nothing(tmp_path: Pa
     ]
     announced = d.console().count("FIRING")
     assert announced >= 10
-    assert '"event": "stopped"' in d.logs()
+    assert '{"clean": true, "event": "stopped"' in d.logs()
 
     with daemon(tmp_path, cfg, name="second", state=state) as d2:
         wait_for(lambda: firing_rules(d2) == first, 30, "same alerts after restart")

@@ -166,5 +166,23 @@ def test_a_process_that_cannot_listen_at_its_address_says_so_without_a_traceback
             assert "Traceback" not in run.stderr
             assert f"process 0 cannot listen at {own} (--addresses): " in run.stderr
             assert why in run.stderr
+        # the daemon too, after its control plane had started: it says it stopped unclean
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            f"sources: [{{kind: file, path: {events}}}]\n"
+            f"http: {{listen: '127.0.0.1:{free_ports(1)[0]}'}}\nstate: {{dir: {tmp_path}/st}}\n"
+        )
+        own = f"127.0.0.1:{port}"
+        cluster = f"{own},127.0.0.1:{free_ports(1)[0]}"
+        run = subprocess.run(
+            [*replay[:3], "run", "--config", str(cfg), "--addresses", cluster, "--process-id", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 1
+        assert f"process 0 cannot listen at {own} (--addresses): " in run.stderr
+        assert '{"clean": false, "event": "stopped"' in run.stderr
+        assert "Traceback" not in run.stderr
     finally:
         taken.close()
