@@ -773,14 +773,23 @@ class ShardTracker:
             rec.flags &= ~(_GAP_DONE[PAID_WITHOUT_WMS] | _GAP_DONE[PAYMENT_NOT_APPLIED])
 
     def _touch(self, oid: str, rec: OrderRec, ts: int, out: list[AlertChange]) -> None:
-        """An order, WMS or logistics event: `since: last_update` clocks restart."""
+        """An order, WMS or logistics event: `since: last_update` clocks restart.
+
+        Only a newer event moves the clock. A late one stamped before the last update (a
+        carrier's backfilled scan) leaves the order as stalled as it was: its alerts keep
+        firing unless the order left their statuses (a late status change can do that).
+        """
+        status = rec.status
         if rec.last_update is None or ts > rec.last_update:
             rec.last_update = ts
-        if rec.flags & self._update_firing:
+            if rec.flags & self._update_firing:
+                for spec in self._update_rules:
+                    self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
+            rec.flags &= ~self._update_done
+        elif rec.flags & self._update_firing:
             for spec in self._update_rules:
-                self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
-        rec.flags &= ~self._update_done
-        status = rec.status
+                if status not in spec.statuses:
+                    self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
         for statuses, dwell in self._update_plan:
             if status in statuses:
                 self._offer(oid, rec, rec.last_update + dwell)

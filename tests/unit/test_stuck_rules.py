@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from orderwatch.domain.rules import RuleSet
+from orderwatch.domain.tracker import ShardTracker
 from tests.factories import HOUR, MIN, SEC, config, order, scan, summary, track, wms
 
 PAID_30M = {"stuck": [{"name": "paid_30m", "statuses": ["paid"], "max_dwell": "30m"}]}
@@ -207,3 +209,35 @@ def test_display_timezone_is_configurable() -> None:
     """Times in annotations follow the configured display zone."""
     alerts = track([order(0, "A", "paid")], config(PAID_30M, timezone="UTC"), until=HOUR)
     assert alerts[0].annotations["entered_at"] == "2026-11-10 16:00:00 +00:00 (UTC)"
+
+
+def test_a_late_scan_older_than_the_last_update_leaves_the_stall_firing() -> None:
+    """Carriers backfill scans: one stamped before the order's last update restarts no clock
+    and ends no stall. It used to resolve the alert, which then fired again with the same
+    identity and start: a live store takes that for the instance already resolved, and the
+    stall went unalerted."""
+    cfg = config(STALL)
+    tracker = ShardTracker(RuleSet.from_config(cfg))
+    first = track(
+        [order(0, "A", "shipped", tracking_no="T1"), scan(2 * HOUR, "A")],
+        cfg,
+        until=60 * HOUR,
+        tracker=tracker,
+    )
+    assert summary(first) == [("firing", "stalled", "A", 50 * HOUR, None)]
+    late = track([scan(HOUR, "A")], cfg, until=61 * HOUR, tracker=tracker)
+    assert late == []
+    assert tracker.firing.keys() == {("A", "stalled")}
+    # a newer scan does end it, at its own time
+    newer = track([scan(61 * HOUR, "A")], cfg, until=62 * HOUR, tracker=tracker)
+    assert summary(newer) == [("resolved", "stalled", "A", 50 * HOUR, 61 * HOUR)]
+
+
+def test_a_late_status_change_out_of_the_set_still_resolves_the_stall() -> None:
+    """The order left the rule's statuses: the condition ended, whatever the clock says."""
+    cfg = config(STALL)
+    tracker = ShardTracker(RuleSet.from_config(cfg))
+    track([order(0, "A", "shipped"), scan(2 * HOUR, "A")], cfg, until=60 * HOUR, tracker=tracker)
+    done = track([order(HOUR, "A", "delivered")], cfg, until=61 * HOUR, tracker=tracker)
+    assert [(a.status, a.labels["rule"]) for a in done] == [("resolved", "stalled")]
+    assert tracker.firing == {}
