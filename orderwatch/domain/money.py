@@ -35,4 +35,4 @@ def show(cents: Money) -> str:
         sign = "-" if cents < 0 else ""
         whole, part = divmod(abs(cents), 100)
         return f"{sign}{whole}.{part:02d}"
-    return str(_EXACT.divide(cents, _HUNDRED))
+    return format(_EXACT.divide(cents, _HUNDRED), "f")  # never an exponent: `4E-17`

@@ -188,6 +188,7 @@ class ShardTracker:
             WmsEvent: self._on_wms,
             LogisticsEvent: self._on_logistics,
         }
+        self._ending = b""  # the timeline record of the event being applied
         rules = self.rules
         self._ttl, self._retention = rules.order_ttl_ms, rules.terminal_retention_ms
         self._longest = rules.longest_window_ms
@@ -202,7 +203,7 @@ class ShardTracker:
         state = self.__dict__.copy()
         state["_slots"] = len(self._slots)
         state["_far"] = self._far.open_until
-        for derived in ("_deadlines", "_handlers", "_ttl", "_retention", "_longest"):
+        for derived in ("_deadlines", "_handlers", "_ending", "_ttl", "_retention", "_longest"):
             del state[derived]
         return state
 
@@ -597,7 +598,7 @@ class ShardTracker:
         if rec.flags & bit:
             rec.flags &= ~bit
             alert = self.firing.pop((oid, rule))
-            out.append(alert.resolved(ts))
+            out.append(alert.resolved(ts, **wording.resolution(self._ending, rec, self._zone)))
             if not rec.flags & self._firing_mask:
                 # its expiry counts again, and may be past: schedule it now, not only once
                 # whatever deadline the heap holds for the order comes due
@@ -654,7 +655,8 @@ class ShardTracker:
             oid = rec.oid
         if ts > rec.seen:
             rec.seen = ts
-        record = timeline.pack(ts, ev)  # before the handler: its alerts list this event
+        record = self._ending = timeline.pack(ts, ev)  # before the handler: its alerts list
+        # this event, and an alert it resolves says so (`_resolve`)
         if rec.log_n < self._log_size:  # `timeline.append` without a drop, inline
             rec.log += record
             rec.log_n += 1
@@ -702,10 +704,11 @@ class ShardTracker:
         if trk and (not shipped or not rec.tracking):  # before shipping, a new label's number wins
             rec.tracking = trk
         if new != old:
-            if old is not None and not self.rules.machine.allowed(old, new, rec.refund_from):
+            illegal = old is not None and not self.rules.machine.allowed(old, new, rec.refund_from)
+            self._change_status(oid, rec, old, new, ts, out)
+            if illegal:  # reported and applied (CONTRACT §2): the alert shows the new status
                 self._anomaly(oid, rec, ILLEGAL_TRANSITION, f"{old} → {new}", ts, out)
                 note = f"illegal {old} → {new}"
-            self._change_status(oid, rec, old, new, ts, out)
             self._touch(oid, rec, ts, out)
         elif note is None:
             note = "repeated status"  # changes no clock (CONTRACT §2)
@@ -826,8 +829,11 @@ class ShardTracker:
                     if not wms_clock:
                         self._offer(oid, rec, ts + within)
             if paid > expected:
-                pay_nos = ", ".join(rec.pay_nos)
-                self._anomaly(oid, rec, DUPLICATE_PAYMENT, pay_nos, ts, out)
+                pays = ", ".join(
+                    pay_no if amount is None else f"{pay_no} {show(amount)}"
+                    for pay_no, amount in payment_list(rec)
+                )
+                self._anomaly(oid, rec, DUPLICATE_PAYMENT, pays, ts, out)
             if rec.payable is not None and not rec.flags & _AMOUNT_SETTLED:
                 self._check_amount(oid, rec, ts, out)
         elif ev.status == "refunded":

@@ -27,10 +27,12 @@ _ANOMALY_TEXT = {
     "duplicate_payment": "paid more than once {detail}",
 }
 
+# Worded as of the alert's start, not "ago": the text is read (API, resends) long after.
 _GAP_TEXT = {
-    "paid_without_wms": "paid {dwell} ago but the warehouse has no outbound order (漏发)",
-    "wms_without_payment": "warehouse outbound {dwell} ago but no successful payment (未付先发)",
-    "payment_not_applied": "payment succeeded {dwell} ago but the order is still `created` "
+    "paid_without_wms": "paid, but the warehouse had no outbound order {dwell} later (漏发)",
+    "wms_without_payment": "left the warehouse unpaid: no successful payment {dwell} after the "
+    "outbound (未付先发)",
+    "payment_not_applied": "payment succeeded, but the order was still `{status}` {dwell} later "
     "(已付仍待付款)",
 }
 
@@ -42,6 +44,16 @@ _ACTION = {
     "(or let the reconcile job do it) before the order auto-closes.",
     "OrderStuck": "Open the order's timeline (GET /v1/orders/{order_id}) and find the step that "
     "did not happen.",
+    "illegal_transition": "Find which system sent the new status (the source of each event in "
+    "the timeline) and whether callbacks raced; correct the status in the OMS if it is wrong.",
+    "shipped_without_tracking": "Get the waybill number from the WMS or the carrier and add it "
+    "to the order: the customer cannot track the parcel.",
+    "conflicting_tracking": "Two waybills for one order: confirm which parcel the carrier took "
+    "and void the other waybill.",
+    "amount_mismatch": "Reconcile the payment with the gateway (pay_no, amount) and the "
+    "payable amount; refund or collect the difference.",
+    "duplicate_payment": "Confirm the payments with the gateway and refund the extra one "
+    "(pay_no and paid_amount list them).",
 }
 
 
@@ -60,7 +72,7 @@ def local_time(ms: int, zone: str) -> str:
 def last_events(rec: OrderRec, zone: str) -> str:
     lines = []
     for e in timeline.entries(rec.log, rec.log_n, rec.log_status)[-LAST_EVENTS:]:
-        when = datetime.fromtimestamp(e.ts / 1000, _zone(zone)).strftime("%m-%d %H:%M:%S")
+        when = datetime.fromtimestamp(e.ts // 1000, _zone(zone)).isoformat(" ")
         lines.append(f"{when} {e.describe()}" + (f" [{e.note}]" if e.note else ""))
     return "\n".join(lines)
 
@@ -129,13 +141,20 @@ def gap(
     rule: str, within_ms: int, clock: int, at: int, order_id: str, rec: OrderRec, zone: str
 ) -> dict[str, str]:
     dwell = format_duration_ms(at - clock)
-    text = f"Order {order_id} " + _GAP_TEXT[rule].format(dwell=dwell)
+    text = f"Order {order_id} " + _GAP_TEXT[rule].format(dwell=dwell, status=rec.status)
     out = {
         "summary": text,
         "description": f"{text}. {_ACTION[rule]}",
         "window": format_duration_ms(within_ms),
         **_common(order_id, rec, zone),
     }
+    _payments(out, rec, zone)
+    if rec.wms_at is not None:
+        out["wms_at"] = local_time(rec.wms_at, zone)
+    return out
+
+
+def _payments(out: dict[str, str], rec: OrderRec, zone: str) -> None:
     if rec.paid_at is not None:
         out["paid_at"] = local_time(rec.paid_at, zone)
     if rec.pay_nos:
@@ -143,18 +162,29 @@ def gap(
         paid = [show(a) for a in rec.paid if a is not None]
         if paid:
             out["paid_amount"] = ",".join(paid)
-    if rec.wms_at is not None:
-        out["wms_at"] = local_time(rec.wms_at, zone)
-    return out
 
 
 def anomaly(
     kind: str, detail: str, at: int, order_id: str, rec: OrderRec, zone: str
 ) -> dict[str, str]:
     text = f"Order {order_id} " + _ANOMALY_TEXT[kind].format(detail=detail).rstrip()
-    return {
+    out = {
         "summary": text,
-        "description": f"{text} at {local_time(at, zone)}.",
+        "description": f"{text} at {local_time(at, zone)}. {_ACTION[kind]}",
         "detail": detail,
         **_common(order_id, rec, zone),
+    }
+    _payments(out, rec, zone)
+    return out
+
+
+def resolution(record: bytes, rec: OrderRec, zone: str) -> dict[str, str]:
+    """What a resolved alert adds: the event that ended its condition (`record`, its timeline
+    record) and the order's status now, so "paid, applied" and "closed with the money in it"
+    read apart."""
+    (e,) = timeline.entries(record, 1, None)
+    return {
+        "resolution": f"ended by {e.describe()} at {local_time(e.ts, zone)}",
+        "status": rec.status or "unknown",
+        "status_since": local_time(rec.since, zone) if rec.status else "",
     }
