@@ -134,11 +134,15 @@ class Runtime:
         the wall clock even when its shard has nothing due that would wake it to advance.
         """
         wall = int(time.time() * 1000) if wall_ms is None else wall_ms
-        clocks = self.clocks
-        marks = []
-        for key, tracker in list(self.trackers.items()):
-            clock = clocks.get(key)
-            mark = tracker.watermark if clock is None else clock.peek(wall)
-            if mark is not None:
-                marks.append(mark)
-        return min(marks) if marks else None
+        marks = [self.shard_watermark(key, wall) for key in list(self.trackers)]
+        present = [m for m in marks if m is not None]
+        return min(present) if present else None
+
+    def shard_watermark(self, key: str, wall_ms: int | None = None) -> int | None:
+        """One shard's watermark at `wall_ms` (now): its clock's where it has one, since an
+        idle shard with nothing due is not woken to advance its tracker."""
+        clock = self.clocks.get(key)
+        if clock is not None:
+            return clock.peek(int(time.time() * 1000) if wall_ms is None else wall_ms)
+        tracker = self.trackers.get(key)
+        return None if tracker is None else tracker.watermark

@@ -406,10 +406,11 @@ async def order_timeline(request: web.Request) -> web.Response:
         )
     # off the loop: the store's database may be busy with a write waiting for a lock
     known = await asyncio.to_thread(ctx.store.for_order, order_id)
+    mark = ctx.runtime.shard_watermark(key)  # moving on while idle, as the metric's
     try:
-        body = timeline(order_id, rec, tracker, known, ctx.timezone)
+        body = timeline(order_id, rec, tracker, known, ctx.timezone, mark)
     except RuntimeError:  # the worker changed the record while we read it
-        body = timeline(order_id, rec, tracker, known, ctx.timezone)
+        body = timeline(order_id, rec, tracker, known, ctx.timezone, mark)
     return json_response(body)
 
 

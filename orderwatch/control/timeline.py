@@ -67,10 +67,15 @@ def _event(e: Entry, zone: str) -> dict[str, Any]:
 
 
 def timeline(
-    order_id: str, rec: OrderRec, tracker: ShardTracker, known: list[AlertChange], zone: str
+    order_id: str,
+    rec: OrderRec,
+    tracker: ShardTracker,
+    known: list[AlertChange],
+    zone: str,
+    watermark: int | None,
 ) -> dict[str, Any]:
     """Everything orderwatch knows about one order, oldest event first; `known` is what the
-    alert store remembers of it (`AlertStore.for_order`)."""
+    alert store remembers of it (`AlertStore.for_order`), `watermark` its shard's now."""
     log = entries(rec.log, rec.log_n, rec.log_status)
     out: dict[str, Any] = {
         "order_id": order_id,
@@ -88,7 +93,7 @@ def timeline(
     _times(out, "closed_at", rec.closed_at, zone)
     _times(out, "last_update", rec.last_update, zone)
     _times(out, "last_seen", rec.seen, zone)
-    _times(out, "watermark", tracker.watermark, zone)
+    _times(out, "watermark", watermark, zone)
     out["alerts"] = [a.to_json() for a in known if a.status == "firing" and not a.one_shot]
     out["anomalies"] = [a.to_json() for a in known if a.one_shot]
     out["resolved_alerts"] = [a.to_json() for a in known if a.status == "resolved"]

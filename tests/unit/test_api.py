@@ -7,6 +7,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from orderwatch.control.server import (
 from orderwatch.domain.alert import AlertChange
 from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
+from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.metrics import build_registry
 from orderwatch.pipelines.route import shard_keys, shard_of
 from orderwatch.runtime import Runtime, SourceHealth
@@ -677,3 +679,21 @@ def test_at_shutdown_alerts_the_store_would_not_take_are_announced_not_lost(
     q.put(STOP)
     asyncio.run(asyncio.wait_for(consume_alerts(d.runtime, d.store, seen.extend), 5))
     assert seen == batch
+
+
+def test_an_order_timeline_shows_its_shards_watermark_moving_on_while_idle() -> None:
+    """Live and idle, a shard is not woken to advance its tracker; the timeline's `watermark`
+    is read from its clock, as the metric's and `/v1/orders/stuck`'s `as_of` are (it showed
+    the last advance, seconds behind)."""
+    d = Daemon().feed(SCENARIO, until=HOUR)
+    key = shard_keys(4)[shard_of("A", 4)]
+    clock = d.runtime.clocks[key] = WatermarkClock(lateness_ms=1_000, idle_after_ms=1_000)
+    clock.observe(BASE + HOUR + 1_000, wall_ms=0)  # the last input, a wall-clock epoch ago
+    assert d.runtime.trackers[key].watermark == BASE + HOUR
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        body = await (await client.get("/v1/orders/A")).json()
+        shown = datetime.fromisoformat(body["watermark"]).timestamp() * 1000
+        assert shown > BASE + 2 * HOUR  # quiet ever since: far past the last advance
+
+    serve(d.app(), check)
