@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from datetime import UTC, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -140,6 +141,27 @@ Source = Annotated[KafkaSource | FileSource | SimulatorSource, Field(discriminat
 # --- rules ---------------------------------------------------------------------------------
 
 
+def _template(text: str | None) -> str | None:
+    """A rule's own wording: `{name}` placeholders from `TEMPLATE_FIELDS` only, checked here
+    (an unknown one used to stop the dataflow when the rule first fired)."""
+    if text is None:
+        return None
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as exc:  # e.g. a lone `{`
+        raise ValueError(f"{exc} (write {{{{ and }}}} for literal braces)") from None
+    unknown = sorted(names - set(TEMPLATE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{unknown[0]}}}; use {', '.join(TEMPLATE_FIELDS)}")
+    return text
+
+
+# What a stuck rule's `summary` and `description` may say, filled in when it fires.
+TEMPLATE_FIELDS = ("order_id", "status", "dwell", "limit", "channel", "warehouse", "tracking_no")
+Template = Annotated[str | None, AfterValidator(_template)]
+RunbookUrl = Annotated[str | None, Field(pattern=r"^https?://\S+$")]
+
+
 class StuckRule(_Model):
     name: Name
     statuses: list[Status] = Field(min_length=1)
@@ -148,12 +170,15 @@ class StuckRule(_Model):
     severity: Severity = "warning"
     channels: list[str] | None = None
     warehouses: list[str] | None = None
-    summary: str | None = None  # optional wording for the alert
+    summary: Template = None  # the alert's own wording, and its next step
+    description: Template = None
+    runbook_url: RunbookUrl = None
 
 
 class Gap(_Model):
     within: PositiveDuration
     severity: Severity = "warning"
+    runbook_url: RunbookUrl = None
 
 
 class Gaps(_Model):

@@ -45,7 +45,9 @@ class StuckSpec:
     severity: str
     channels: frozenset[str] | None = None
     warehouses: frozenset[str] | None = None
-    summary: str | None = None
+    summary: str | None = None  # templates (`config.TEMPLATE_FIELDS`)
+    description: str | None = None
+    runbook_url: str | None = None
 
     def applies_to(self, channel: str | None, warehouse: str | None) -> bool:
         if self.channels is not None and channel not in self.channels:
@@ -58,6 +60,7 @@ class GapSpec:
     name: str
     within_ms: int
     severity: str
+    runbook_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,13 @@ class RuleSet:
                 channels=frozenset(s.channels) if s.channels is not None else None,
                 warehouses=frozenset(s.warehouses) if s.warehouses is not None else None,
                 summary=s.summary,
+                description=s.description,
+                runbook_url=s.runbook_url,
             )
             for i, s in enumerate(r.stuck)
         )
         gaps = {
-            name: GapSpec(name, g.within, g.severity)
+            name: GapSpec(name, g.within, g.severity, g.runbook_url)
             for name in GAP_RULES
             if (g := getattr(r.gaps, name)) is not None
         }

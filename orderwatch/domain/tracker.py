@@ -508,7 +508,7 @@ class ShardTracker:
             if self._gap_open(name, rec):
                 at = clock + gap.within_ms
                 labels = wording.labels(GAP_ALERT, name, gap.severity, oid, rec)
-                notes = wording.gap(name, gap.within_ms, clock, at, oid, rec, self._zone)
+                notes = wording.gap(gap, clock, at, oid, rec, self._zone)
                 self._fire(oid, rec, name, _GAP_FIRING[name], labels, notes, at, out)
         expiry = self._expiry(rec)
         if expiry is not None and expiry <= now:
@@ -533,18 +533,7 @@ class ShardTracker:
             return
         at = clock + spec.max_dwell_ms
         labels = wording.labels(STUCK_ALERT, spec.name, spec.severity, oid, rec)
-        notes = wording.stuck(
-            spec.name,
-            spec.statuses,
-            spec.max_dwell_ms,
-            spec.since_entered,
-            clock,
-            at,
-            oid,
-            rec,
-            self._zone,
-            spec.summary,
-        )
+        notes = wording.stuck(spec, clock, at, oid, rec, self._zone)
         self._fire(oid, rec, spec.name, firing, labels, notes, at, out)
 
     @staticmethod

@@ -15,6 +15,7 @@ from orderwatch.domain import timeline
 from orderwatch.domain.lifecycle import STATUSES
 from orderwatch.domain.money import show
 from orderwatch.domain.order import OrderRec
+from orderwatch.domain.rules import GapSpec, StuckSpec
 from orderwatch.durations import format_duration_ms
 
 LAST_EVENTS = 5
@@ -102,55 +103,63 @@ def _common(order_id: str, rec: OrderRec, zone: str) -> dict[str, str]:
         out["warehouse"] = rec.warehouse
     if rec.payable is not None:
         out["amount"] = show(rec.payable)
+    if rec.tracking:
+        out["tracking_no"] = rec.tracking
     return out
 
 
 def stuck(
-    rule: str,
-    statuses: frozenset[str],
-    max_dwell_ms: int,
-    since_entered: bool,
-    clock: int,
-    at: int,
-    order_id: str,
-    rec: OrderRec,
-    zone: str,
-    summary: str | None,
+    spec: StuckSpec, clock: int, at: int, order_id: str, rec: OrderRec, zone: str
 ) -> dict[str, str]:
     dwell = format_duration_ms(at - clock)
-    limit = format_duration_ms(max_dwell_ms)
-    if since_entered:
-        where = "/".join(sorted(statuses, key=STATUSES.index))
-        now = f", now {rec.status}" if len(statuses) > 1 else ""
+    limit = format_duration_ms(spec.max_dwell_ms)
+    if spec.since_entered:
+        where = "/".join(sorted(spec.statuses, key=STATUSES.index))
+        now = f", now {rec.status}" if len(spec.statuses) > 1 else ""
         text = f"Order {order_id} stuck in {where} for {dwell} (limit {limit}{now})"
     else:
         text = f"Order {order_id} without any update for {dwell} while {rec.status} (limit {limit})"
-    text = summary.format(order_id=order_id, dwell=dwell, status=rec.status) if summary else text
-    clock_name = "entered_at" if since_entered else "last_update_at"
-    return {
+    fields = {
+        "order_id": order_id,
+        "status": rec.status or "unknown",
+        "dwell": dwell,
+        "limit": limit,
+        "channel": rec.channel or "unknown",
+        "warehouse": rec.warehouse or "unknown",
+        "tracking_no": rec.tracking or "none",
+    }
+    text = spec.summary.format(**fields) if spec.summary else text
+    step = spec.description or _ACTION["OrderStuck"]
+    clock_name = "entered_at" if spec.since_entered else "last_update_at"
+    out = {
         "summary": text,
         "description": f"{text}; status {rec.status} since {local_time(rec.since, zone)}. "
-        + _ACTION["OrderStuck"].format(order_id=order_id),
+        + step.format(**fields),
         clock_name: local_time(clock, zone),
         "dwell": dwell,
         **_common(order_id, rec, zone),
     }
+    if spec.runbook_url:
+        out["runbook_url"] = spec.runbook_url
+    return out
 
 
 def gap(
-    rule: str, within_ms: int, clock: int, at: int, order_id: str, rec: OrderRec, zone: str
+    spec: GapSpec, clock: int, at: int, order_id: str, rec: OrderRec, zone: str
 ) -> dict[str, str]:
     dwell = format_duration_ms(at - clock)
-    text = f"Order {order_id} " + _GAP_TEXT[rule].format(dwell=dwell, status=rec.status)
+    text = f"Order {order_id} " + _GAP_TEXT[spec.name].format(dwell=dwell, status=rec.status)
     out = {
         "summary": text,
-        "description": f"{text}. {_ACTION[rule]}",
-        "window": format_duration_ms(within_ms),
+        "description": f"{text}. {_ACTION[spec.name]}",
+        "window": format_duration_ms(spec.within_ms),
         **_common(order_id, rec, zone),
     }
     _payments(out, rec, zone)
     if rec.wms_at is not None:
         out["wms_at"] = local_time(rec.wms_at, zone)
+    if spec.runbook_url:
+        out["runbook_url"] = spec.runbook_url
     return out
 
 

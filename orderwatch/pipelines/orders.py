@@ -176,6 +176,7 @@ def flow_steps(
         if resume is not None:
             tracker, clock, order, key = load_shard(resume, settings)
             tracker.stats.share_labels(channels)
+            tracker.rules = rules  # as the snapshot's but for the wording (`_WORDING`)
         else:
             tracker = ShardTracker(rules, ShardStats(channels))
             clock = WatermarkClock(cfg.lateness, idle_after)

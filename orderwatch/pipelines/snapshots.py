@@ -22,6 +22,7 @@ from typing import Any
 from pydantic_core import to_json
 
 from orderwatch.config import Config
+from orderwatch.domain.rules import GAP_RULES
 
 #: Bump whenever the pickled shard state changes shape (e.g. `OrderRec` fields).
 STATE_FORMAT = 18
@@ -38,10 +39,18 @@ class StateFormatError(RuntimeError):
 Settings = dict[str, str]
 
 
+# A rule's next step and runbook link are only read when it fires: they may change across a
+# resume (a resumed shard takes the current rules, `pipelines.orders`).
+_WORDING: Any = {
+    "stuck": {"__all__": {"description", "runbook_url"}},
+    "gaps": {name: {"runbook_url"} for name in GAP_RULES},
+}
+
+
 def state_settings(cfg: Config) -> Settings:
     """A digest of each config part a shard's state holds or depends on."""
     parts: dict[str, Any] = {
-        "rules": cfg.rules,
+        "rules": cfg.rules.model_dump(exclude=_WORDING),
         "lifecycle": cfg.lifecycle,
         "timezone": cfg.timezone,
         "lateness": (cfg.lateness, cfg.idle_after),

@@ -122,3 +122,31 @@ def test_amounts_are_shown_without_an_exponent() -> None:
     tiny = to_cents(Decimal("0.30000000000000004")) - to_cents(Decimal("0.30"))
     assert show(tiny) == "0.00000000000000004"
     assert show(to_cents(Decimal("299.5"))) == "299.50"
+
+
+STALL_RULE = {
+    "name": "stalled",
+    "statuses": ["shipped", "in_transit"],
+    "max_dwell": "48h",
+    "since": "last_update",
+    "description": "Ask {channel}'s carrier to trace {tracking_no} ({status} for {dwell}).",
+    "runbook_url": "https://wiki.example.com/runbooks/stalled",
+}
+
+
+def test_a_stuck_rule_has_its_own_next_step_runbook_and_the_tracking_number() -> None:
+    """Like a Prometheus alerting rule's annotations: a rule says what to do for its case (a
+    stall needs the carrier asked, a refund someone to approve it)."""
+    lines = [order(0, "A", "shipped", tracking_no="ZTO777", channel="jd")]
+    (fired,) = track(lines, config({"stuck": [STALL_RULE]}), until=49 * 60 * MIN)
+    notes = fired.annotations
+    assert notes["description"].endswith(". Ask jd's carrier to trace ZTO777 (shipped for 48h).")
+    assert notes["runbook_url"] == STALL_RULE["runbook_url"]
+    assert notes["tracking_no"] == "ZTO777"
+    gaps = {"gaps": {"paid_without_wms": {"within": "10m", "runbook_url": "https://w/x"}}}
+    (leak,) = track([order(0, "B", "paid"), payment(0, "B")], config(gaps), until=11 * MIN)
+    assert leak.annotations["runbook_url"] == "https://w/x"
+    plain = track(
+        lines, config({"stuck": [{**STALL_RULE, "description": None}]}), until=49 * 60 * MIN
+    )
+    assert "Open the order's timeline" in plain[0].annotations["description"]

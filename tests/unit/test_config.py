@@ -362,3 +362,30 @@ def test_a_key_given_twice_is_an_error_at_its_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:  # the only error is `x`, an unknown key
         load_config(path)
     assert [e.split(":")[0] for e in err.value.errors] == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "error"),
+    [
+        (
+            {"summary": "Order {order} stuck"},
+            "summary: Value error, unknown placeholder {order}",
+        ),
+        (
+            {"description": "trace {carrier"},
+            "description: Value error, expected '}'",
+        ),
+        (
+            {"runbook_url": "wiki/stalled"},
+            "runbook_url: String should match pattern",
+        ),
+    ],
+)
+def test_a_rules_wording_is_checked_at_start(rule: dict[str, Any], error: str) -> None:
+    """A placeholder the alert cannot fill used to stop the dataflow when the rule first
+    fired, hours into a run; now it is a config error naming the key."""
+    stuck = {"name": "p", "statuses": ["paid"], "max_dwell": "1m", **rule}
+    (found,) = errors_of({"rules": {"stuck": [stuck]}})
+    assert found.startswith(f"rules.stuck[0].{error}")
+    if "placeholder" in error:
+        assert "use order_id, status, dwell, limit, channel, warehouse, tracking_no" in found

@@ -12,7 +12,7 @@ from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.stats import LabelCap, ShardStats
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
-from orderwatch.pipelines.route import ChunkOrder
+from orderwatch.pipelines.route import ChunkOrder, ShardBatch
 from orderwatch.pipelines.snapshots import (
     STATE_FORMAT,
     StateFormatError,
@@ -141,3 +141,26 @@ def test_shard_stats_of_the_earlier_format_18_layout_still_load() -> None:
     assert stats.status_counts == {"paid": 3}
     assert [stats.channels(c) for c in ("jd", "pdd", "tmall")] == ["jd", "pdd", "other"]
     assert pickle.loads(pickle.dumps(stats)).status_counts == {"paid": 3}
+
+
+def test_a_rules_next_step_and_runbook_may_change_across_a_resume() -> None:
+    """Read only when an alert fires, they are not in the settings digest, and a resumed
+    shard takes the current ones; the rest of a rule still must match."""
+    from orderwatch.pipelines.orders import flow_steps
+    from orderwatch.runtime import Runtime
+
+    def cfg(step: str) -> Any:
+        rule = {"name": "p", "statuses": ["paid"], "max_dwell": "30m", "description": step}
+        return config({"stuck": [{**rule, "runbook_url": f"https://w/{step}"}]})
+
+    before, after = cfg("old"), cfg("new")
+    assert state_settings(before) == state_settings(after)
+    _, build = flow_steps(before, Runtime(), live=False, recovery=True)
+    shard = build(None)
+    (d,) = decode_all([order(0, "A", "paid")])
+    shard.on_batch([ShardBatch("s000", [(d.ts_ms, d.event)], d.ts_ms)])
+    _, build = flow_steps(after, Runtime(), live=False, recovery=True)
+    resumed = build(shard.snapshot())
+    (fired,) = resumed.tracker.advance(BASE + HOUR)
+    assert fired.annotations["description"].endswith(". new")
+    assert fired.annotations["runbook_url"] == "https://w/new"
