@@ -320,6 +320,8 @@ class State(_Model):
     dir: Path = Path("./state")
     recovery: bool = False  # bytewax snapshots of the dataflow state (resume after restart)
     snapshot_interval: PositiveDuration = parse_duration_ms("30s")
+    # memory: alerts are kept only while the daemon runs (the demo: see defaults/demo.yaml)
+    alert_store: Literal["file", "memory"] = "file"
 
 
 class Engine(_Model):

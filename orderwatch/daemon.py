@@ -238,7 +238,8 @@ def run_daemon(
         hosts = [a.rpartition(":")[0] for a in addresses.split(",")]
         runtime.peers = [f"http://{h}:{cfg.http.port + i}" for i, h in enumerate(hosts) if i != pid]
     try:
-        store = open_alert_store(cfg, state_dir if primary else None, runtime, process=pid)
+        on_disk = primary and cfg.state.alert_store == "file"
+        store = open_alert_store(cfg, state_dir if on_disk else None, runtime, process=pid)
     except (OSError, sqlite3.Error) as exc:
         where = state_dir / DB_NAME
         raise SystemExit(f"orderwatch: cannot open the alert store {where}: {exc}") from None
@@ -273,7 +274,7 @@ def run_daemon(
         process=pid,
     )
     unbuilt = {
-        "notifiers": len(cfg.notifiers),
+        "notifiers": sum(n.kind != "console" for n in cfg.notifiers),  # the console is built
         "breakers": len(cfg.breakers),
         "switches": len(cfg.switches),
     }

@@ -512,7 +512,7 @@ def _not_after(
     if type(d) is not Decoded or not_after is None or d.ts_ms <= not_after:
         return d
     past = (d.ts_ms - not_after) / 1000
-    ahead = f"ts is {past:.3f}s later than this machine's clock plus engine.max_future allow"
+    ahead = f"ts is {past:.3f}s past what engine.max_future allows ahead of this machine's clock"
     return Rejected("future_timestamp", ahead, source, "", raw)
 
 

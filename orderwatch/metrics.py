@@ -36,7 +36,7 @@ labels and help text, so the code and the documentation cannot drift apart.
 | `orderwatch_orders_packed_bytes` | gauge | | the packed orders' size (after compression, `engine.pack_compression`) |
 | `orderwatch_orders_forgotten_total` | counter | | orders dropped after their retention |
 | `orderwatch_status_dwell_seconds` | histogram | status, channel | time spent in a status, observed when the order leaves it |
-| `orderwatch_pay_to_collect_seconds` | histogram | | payment to carrier collection (`paid` → `shipped`) |
+| `orderwatch_pay_to_collect_seconds` | histogram | | payment to carrier collection: from the first successful payment callback (or the move to `paid`, if that came first) to the first of `shipped`, `in_transit`, `delivered`, `completed` |
 | `orderwatch_pay_to_collect_within_sla_total` | counter | | pay-to-collect observations within the fulfilment SLA |
 | `orderwatch_pay_to_collect_sla_ratio` | gauge | | share of pay-to-collect observations within the SLA (已揽收达成时效; absent before the first) |
 | `orderwatch_pay_to_collect_sla_seconds` | gauge | | the fulfilment SLA (`rules.fulfilment_sla`) |

@@ -26,6 +26,8 @@ def format_line(a: AlertChange, zone: str) -> str:
     head = f"{icon} {state} {sev:<8} {a.labels.get('rule', a.labels.get('alertname', ''))}"
     tail = f" {subject}" + (f" {where}" if where else "")
     summary = a.annotations.get("summary", "")
+    if state == "RESOLVED" and "resolution" in a.annotations:  # what ended it, first
+        summary = f"{a.annotations['resolution']} — was: {summary}"
     return _printable(f"{head}{tail} at {local_time(when, zone)}: {summary}")
 
 

@@ -60,7 +60,7 @@ class LabelCap:
 
     def __init__(self, limit: int, always: Sequence[str] = ()) -> None:
         self._seen: set[str] = set(always)
-        self._limit = max(limit, len(self._seen))
+        self._limit = limit + len(self._seen)  # `always` comes on top of the cap
 
     def __call__(self, value: str | None) -> str:
         if value is None or value == "":

@@ -53,7 +53,7 @@ class Entry(NamedTuple):
             parts += [
                 f"amount={self.amount}" if self.amount else "",
                 f"tracking={self.ident}" if self.ident else "",
-                f"({self.source or 'oms'})",
+                f"({self.source})" if self.source else "",  # none given: none invented
             ]
         elif self.kind == "wms":
             parts += [self.ident or "", f"@{self.place}" if self.place else ""]

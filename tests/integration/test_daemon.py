@@ -637,3 +637,31 @@ def test_alerts_stored_but_never_printed_are_printed_at_the_next_start(tmp_path:
     with daemon(tmp_path, sample_config(events), name="second", state=state) as d:
         wait_for(lambda: "orderwatch_dataflow_running 1.0" in d.get("/metrics")[1], 20, "flow")
         assert "LOST1" not in d.console()
+
+
+def test_the_demo_keeps_its_alerts_in_memory_so_a_restart_shows_only_its_new_traffic(
+    tmp_path: Path,
+) -> None:
+    """The demo's simulator makes new traffic from the current time at every start, reusing
+    the last run's order ids. With its alerts on disk, a restart took the new alerts for ones
+    announced before (superseded without a word, or dropped as too old once the first run's
+    1,800× clock had run weeks ahead) and the last run's were left firing, with nothing to end
+    them. Its console notifier is the console: no warning that it is not built."""
+    from importlib.resources import files
+
+    demo = yaml.safe_load(files("orderwatch").joinpath("defaults/demo.yaml").read_text("utf-8"))
+    del demo["http"]  # the harness's free port, not 8080
+    state = tmp_path / "demo-state"
+    cfg = {**demo, "state": {**demo["state"], "dir": str(state)}}
+    for run, enough in (("first", 150), ("second", 20)):  # the first runs further ahead
+        with daemon(tmp_path, cfg, name=run, state=state) as d:
+            wait_for(lambda d=d, n=enough: d.console().count("FIRING") >= n, 90, "alerts")  # type: ignore[misc]
+            firing = d.get("/v1/alerts")[1]["alerts"]
+            watermark = _metric(d, "orderwatch_watermark_timestamp_seconds")
+            assert d.stop() == 0
+        # this run's traffic only: each alert fired once the watermark passed its start, none
+        # is the last run's (its clock ran further), left firing with nothing to end it
+        starts = [datetime.fromisoformat(a["startsAt"]).timestamp() for a in firing]
+        assert starts and max(starts) < watermark
+        assert not (state / DB_NAME).exists()
+        assert "configured but not run" not in d.logs()

@@ -65,7 +65,7 @@ def test_a_resolved_alert_says_what_ended_it_and_the_status_now() -> None:
         f"ended by order cancelled (auto-close) at 2026-11-11 00:30:00 +08:00 {ZONE}"
     )
     assert ended["applied"].annotations["status"] == "paid"
-    assert ended["applied"].annotations["resolution"].startswith("ended by order paid (")
+    assert ended["applied"].annotations["resolution"].startswith("ended by order paid at ")
     # the firing instance keeps its own annotations: it was the state when it fired
     firing = by_rule(track(closed, config(GAPS)))[("payment_not_applied", "firing")]
     assert firing.annotations["status"] == "created"

@@ -19,3 +19,19 @@ def test_control_characters_from_the_input_cannot_forge_lines_or_drive_the_termi
     assert printed.count("\n") == 1 and "\x1b" not in printed
     assert "X1\\n✅ RESOLVED" in printed and "\\x1b[2J" in printed
     assert printed.startswith("🟠 ANOMALY  warning  shipped_without_tracking X1")
+
+
+def test_a_resolved_line_says_first_what_ended_it() -> None:
+    """The on-call reads the console line alone: "✅ RESOLVED … still `created`" read as if
+    the payment had been applied when the order was auto-closed with the money in it."""
+    from tests.factories import MIN, config, order, payment, track
+
+    gaps = {"gaps": {"payment_not_applied": {"within": "5m", "severity": "critical"}}}
+    lines = [order(0, "A", "created"), payment(0, "A"), order(9 * MIN, "A", "cancelled")]
+    out = io.StringIO()
+    ConsolePrinter("Asia/Shanghai", out)(track(lines, config(gaps)))
+    firing, resolved = out.getvalue().splitlines()
+    assert firing.startswith("🔴 FIRING   critical payment_not_applied A")
+    assert resolved.startswith("✅ RESOLVED critical payment_not_applied A at 2026-11-11 00:09:00")
+    ended = "ended by order cancelled at 2026-11-11 00:09:00 +08:00 (Asia/Shanghai)"
+    assert f": {ended} — was: Order A payment succeeded" in resolved

@@ -52,6 +52,10 @@ def test_future_timestamps_are_rejected_live_with_their_position() -> None:
     )
     dead = [v for k, v in out if k == DEAD_LETTER_KEY]
     assert [(d.reason, d.position) for d in dead] == [("future_timestamp", "12")]
+    # 20 min ahead, 10 min allowed (the default): the detail says so in a whole sentence
+    assert dead[0].detail == (
+        "ts is 600.000s past what engine.max_future allows ahead of this machine's clock"
+    )
     batches = [v for k, v in out if isinstance(v, ShardBatch)]
     assert {ev.order_id for b in batches for _, ev in b.events} == {"A", "C"}
     assert runtime.intakes()[0].rejected[("src", "future_timestamp")] == 1
