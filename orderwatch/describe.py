@@ -86,7 +86,8 @@ def describe(cfg: Config) -> str:
         lines.append("status map: " + ", ".join(f"{k}→{v}" for k, v in cfg.status_map.items()))
     lines.append("alerts: printed on the console (always); GET /v1/alerts")
     lines.append(f"http: {cfg.http.listen} (read-only API and /metrics)")
-    lines.append(f"state dir: {cfg.state.dir}; shards: {cfg.engine.shards}")
+    kept = "alerts kept in memory only" if cfg.state.alert_store == "memory" else "alerts.db"
+    lines.append(f"state dir: {cfg.state.dir} ({kept}); shards: {cfg.engine.shards}")
     lines += ["", f"validated, not run by this build ({NOT_BUILT}):"]
     for b in cfg.breakers:
         watch = f"route {b.route}" if b.route else f"backlog in {b.backlog.status}"  # type: ignore[union-attr]
@@ -94,6 +95,8 @@ def describe(cfg: Config) -> str:
     if cfg.switches:
         lines.append("  switches: " + ", ".join(cfg.switches))
     for n in cfg.notifiers:
+        if n.kind == "console":
+            continue  # that one is built: the console line above
         match = " when " + ",".join(f"{k}={v}" for k, v in n.match.items()) if n.match else ""
         signed = " (signed)" if n.secret else ""
         lines.append(f"  notifier {n.kind} {_redact(n.url)}{signed}{match}")

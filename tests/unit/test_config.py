@@ -304,7 +304,8 @@ def test_check_config_sets_apart_what_this_build_does_not_run(
     monkeypatch.chdir(tmp_path)
     breaker = {"name": "cb1", "route": "/cb", "when": {"qps_above": 5000}, "switches": ["x"]}
     notifier = {"kind": "wecom", "url": "https://qyapi.example/send?key=SECRET"}
-    doc = {"switches": ["x"], "breakers": [breaker], "notifiers": [notifier]}
+    notifiers = [notifier, {"kind": "console"}]  # the console runs: not listed as unbuilt
+    doc = {"switches": ["x"], "breakers": [breaker], "notifiers": notifiers}
     Path("c.yaml").write_text(yaml.safe_dump(doc))
     assert main(["check-config", "c.yaml"]) == 0
     runs, _, unbuilt = capsys.readouterr().out.partition("validated, not run by this build")
@@ -314,6 +315,7 @@ def test_check_config_sets_apart_what_this_build_does_not_run(
         "breaker cb1: route /cb" in unbuilt and "notifier wecom https://qyapi.example/…" in unbuilt
     )
     assert "SECRET" not in unbuilt
+    assert "console" not in unbuilt
 
 
 @pytest.mark.parametrize(
