@@ -147,12 +147,20 @@ def _template(text: str | None) -> str | None:
     if text is None:
         return None
     try:
-        names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(text)]
     except ValueError as exc:  # e.g. a lone `{`
         raise ValueError(f"{exc} (write {{{{ and }}}} for literal braces)") from None
+    names = {name for name, _ in fields if name is not None}
+    widths = [int(n) for _, spec in fields for n in re.findall(r"\d+", spec or "")]
+    if max(widths, default=0) > 200:  # `{dwell:>999999999}`: a gigabyte per alert
+        raise ValueError(f"{text!r} pads a placeholder to {max(widths):,} characters (at most 200)")
     unknown = sorted(names - set(TEMPLATE_FIELDS))
     if unknown:
         raise ValueError(f"unknown placeholder {{{unknown[0]}}}; use {', '.join(TEMPLATE_FIELDS)}")
+    try:  # every field is a str when the alert fires: a spec or conversion a str refuses
+        text.format(**dict.fromkeys(TEMPLATE_FIELDS, "x"))
+    except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"{text!r} cannot be filled in: {exc!r}") from None
     return text
 
 
@@ -322,6 +330,14 @@ class State(_Model):
     snapshot_interval: PositiveDuration = parse_duration_ms("30s")
     # memory: alerts are kept only while the daemon runs (the demo: see defaults/demo.yaml)
     alert_store: Literal["file", "memory"] = "file"
+
+    @model_validator(mode="after")
+    def _resume_needs_the_file_store(self) -> State:
+        # A resumed shard knows which alerts it has fired; a store that forgot them would
+        # never show them again, and would announce again what the snapshot did not cover.
+        if self.recovery and self.alert_store == "memory":
+            raise ValueError("recovery: true needs alert_store: file (the alerts it resumes)")
+        return self
 
 
 class Engine(_Model):

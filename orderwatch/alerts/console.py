@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from orderwatch.domain.alert import AlertChange
+from orderwatch.domain.alert import RESOLUTION, AlertChange
 from orderwatch.domain.wording import local_time
 
 _ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
@@ -26,8 +26,9 @@ def format_line(a: AlertChange, zone: str) -> str:
     head = f"{icon} {state} {sev:<8} {a.labels.get('rule', a.labels.get('alertname', ''))}"
     tail = f" {subject}" + (f" {where}" if where else "")
     summary = a.annotations.get("summary", "")
-    if state == "RESOLVED" and "resolution" in a.annotations:  # what ended it, first
-        summary = f"{a.annotations['resolution']} — was: {summary}"
+    ended = a.annotations.get(RESOLUTION) if state == "RESOLVED" else None
+    if ended:  # what ended it, first
+        summary = f"{ended} — was: {summary}"
     return _printable(f"{head}{tail} at {local_time(when, zone)}: {summary}")
 
 

@@ -49,7 +49,7 @@ import orjson
 import structlog
 from sortedcontainers import SortedList
 
-from orderwatch.domain.alert import FIRING, RESOLVED, AlertChange, rfc3339_ms
+from orderwatch.domain.alert import FIRING, RESOLUTION, RESOLVED, AlertChange, rfc3339_ms
 from orderwatch.domain.rules import GAP_ALERT, PAID_WITHOUT_WMS
 from orderwatch.domain.stats import LabelCap
 from orderwatch.durations import format_duration_ms
@@ -302,7 +302,7 @@ class AlertStore:
                 continue  # pruned since: too old to announce now
             change = _row_to_change(tuple(instance))
             if status == FIRING and change.status == RESOLVED:  # it resolved since
-                notes = change.annotations_json
+                notes = {k: v for k, v in change.annotations.items() if k != RESOLUTION}
                 change = AlertChange(FIRING, change.labels, notes, change.starts_at, None)
             out.append(change)
         with self._db_lock:
@@ -314,7 +314,7 @@ class AlertStore:
         its severity changed or its filter narrowed since): nothing else would ever end them.
         They end at the latest event time the store has seen; returns those resolutions."""
         ended = [
-            alert.resolved(self._high_water, resolution="its rule is no longer configured")
+            alert.resolved(self._high_water, **{RESOLUTION: "its rule is no longer configured"})
             for alert in self.firing()
             if not could_fire(alert.labels)
         ]

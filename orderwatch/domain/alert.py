@@ -17,6 +17,7 @@ from orderwatch.jsonbytes import dumps_kept
 
 FIRING: Literal["firing"] = "firing"
 RESOLVED: Literal["resolved"] = "resolved"
+RESOLUTION = "resolution"  # the annotation a resolution adds: what ended the alert
 
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3

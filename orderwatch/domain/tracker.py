@@ -25,7 +25,7 @@ from itertools import combinations
 from typing import Any
 
 from orderwatch.domain import timeline, wording
-from orderwatch.domain.alert import FIRING, AlertChange
+from orderwatch.domain.alert import FIRING, RESOLUTION, AlertChange
 from orderwatch.domain.deadlines import FarDeadlines
 from orderwatch.domain.dedup import Deduper, event_key, seen_in
 from orderwatch.domain.lifecycle import (
@@ -587,7 +587,8 @@ class ShardTracker:
         if rec.flags & bit:
             rec.flags &= ~bit
             alert = self.firing.pop((oid, rule))
-            out.append(alert.resolved(ts, **wording.resolution(self._ending, rec, self._zone)))
+            why = wording.resolution(self._ending, rec, self._zone, alert.starts_at)
+            out.append(alert.resolved(ts, **{RESOLUTION: why}))
             if not rec.flags & self._firing_mask:
                 # its expiry counts again, and may be past: schedule it now, not only once
                 # whatever deadline the heap holds for the order comes due
@@ -669,6 +670,7 @@ class ShardTracker:
     def _on_order(
         self, oid: str, rec: OrderRec, ev: OrderEvent, ts: int, out: list[AlertChange]
     ) -> str | None:
+        was = (rec.channel, rec.warehouse)  # before this event (`_touch`)
         new, old = ev.status, rec.status
         if ev.channel:
             rec.channel = ev.channel
@@ -698,7 +700,7 @@ class ShardTracker:
             if illegal:  # reported and applied (CONTRACT §2): the alert shows the new status
                 self._anomaly(oid, rec, ILLEGAL_TRANSITION, f"{old} → {new}", ts, out)
                 note = f"illegal {old} → {new}"
-            self._touch(oid, rec, ts, out)
+            self._touch(oid, rec, ts, out, was)
         elif note is None:
             note = "repeated status"  # changes no clock (CONTRACT §2)
         if not rec.flags & _AMOUNT_SETTLED and rec.pay_nos and rec.payable is not None:
@@ -764,12 +766,21 @@ class ShardTracker:
             rec.paid_at = None
             rec.flags &= ~(_GAP_DONE[PAID_WITHOUT_WMS] | _GAP_DONE[PAYMENT_NOT_APPLIED])
 
-    def _touch(self, oid: str, rec: OrderRec, ts: int, out: list[AlertChange]) -> None:
+    def _touch(
+        self,
+        oid: str,
+        rec: OrderRec,
+        ts: int,
+        out: list[AlertChange],
+        was: tuple[str | None, str | None] | None = None,
+    ) -> None:
         """An order, WMS or logistics event: `since: last_update` clocks restart.
 
         Only a newer event moves the clock. A late one stamped before the last update (a
         carrier's backfilled scan) leaves the order as stalled as it was: its alerts keep
-        firing unless the order left their statuses (a late status change can do that).
+        firing unless the order left their statuses (a late status change can do that), and
+        a rule it has decided stays decided, but for one whose channel/warehouse filter the
+        event's facts (`was`: those before it) make apply only now.
         """
         status = rec.status
         if rec.last_update is None or ts > rec.last_update:
@@ -778,10 +789,17 @@ class ShardTracker:
                 for spec in self._update_rules:
                     self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
             rec.flags &= ~self._update_done
-        elif rec.flags & self._update_firing:
+        else:
             for spec in self._update_rules:
-                if status not in spec.statuses:
-                    self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
+                if rec.flags & stuck_firing(spec.index):
+                    if status not in spec.statuses:
+                        self._resolve(oid, rec, spec.name, stuck_firing(spec.index), ts, out)
+                elif (
+                    was is not None
+                    and spec.applies_to(rec.channel, rec.warehouse)
+                    and not spec.applies_to(*was)
+                ):
+                    rec.flags &= ~stuck_done(spec.index)  # it never fired at this clock
         for statuses, dwell in self._update_plan:
             if status in statuses:
                 self._offer(oid, rec, rec.last_update + dwell)
@@ -838,6 +856,7 @@ class ShardTracker:
     def _on_wms(
         self, oid: str, rec: OrderRec, ev: WmsEvent, ts: int, out: list[AlertChange]
     ) -> str | None:
+        was = (rec.channel, rec.warehouse)  # before this event (`_touch`)
         if ev.warehouse:
             rec.warehouse = ev.warehouse
         if ev.action != "cancelled":
@@ -852,7 +871,7 @@ class ShardTracker:
             if rec.paid_at is not None:
                 rec.flags |= _GAP_DONE[PAID_WITHOUT_WMS]
             self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)
-        self._touch(oid, rec, ts, out)
+        self._touch(oid, rec, ts, out, was)
         return None
 
     def _on_logistics(

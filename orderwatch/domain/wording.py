@@ -187,13 +187,13 @@ def anomaly(
     return out
 
 
-def resolution(record: bytes, rec: OrderRec, zone: str) -> dict[str, str]:
-    """What a resolved alert adds: the event that ended its condition (`record`, its timeline
-    record) and the order's status now, so "paid, applied" and "closed with the money in it"
-    read apart."""
+def resolution(record: bytes, rec: OrderRec, zone: str, starts_at: int) -> str:
+    """What a resolved alert adds, as its `resolution`: the event that ended its condition
+    (`record`, its timeline record) and the order's status now, so "paid, applied" and "closed
+    with the money in it" read apart. The firing's own annotations stay as they were (a firing
+    re-announced from the store's outbox drops just this one)."""
     (e,) = timeline.entries(record, 1, None)
-    return {
-        "resolution": f"ended by {e.describe()} at {local_time(e.ts, zone)}",
-        "status": rec.status or "unknown",
-        "status_since": local_time(rec.since, zone) if rec.status else "",
-    }
+    when = local_time(e.ts, zone)
+    if e.ts < starts_at:  # late: `endsAt` is clamped to the start; say why it reads so
+        when = f"{when}, which arrived late, after the alert had started"
+    return f"ended by {e.describe()} at {when}; the order is now {rec.status or 'unknown'}"

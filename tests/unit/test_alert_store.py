@@ -310,6 +310,12 @@ def test_an_unannounced_firing_resolved_since_is_handed_out_as_it_fired() -> Non
     fired, ended = store.unannounced()
     assert (fired.status, fired.ends_at, fired.labels) == ("firing", None, a.labels)
     assert ended == a.resolved(BASE + HOUR)
+    # the resolution's account of what ended it is not the firing's to tell
+    store = AlertStore(None)
+    store.apply([a])
+    store.apply([a.resolved(BASE + HOUR, resolution="ended by order cancelled …")])
+    fired, _ = store.unannounced()
+    assert fired.annotations == a.annotations
 
 
 def test_each_process_hands_out_its_own_and_process_0_those_of_a_gone_process(

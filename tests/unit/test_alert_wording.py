@@ -4,10 +4,13 @@ it is, the next step, and, once resolved, what ended it. From a seed-incident au
 from __future__ import annotations
 
 from decimal import Decimal
+from unittest.mock import ANY
 
 from orderwatch.domain.alert import AlertChange
 from orderwatch.domain.money import show, to_cents
-from tests.factories import MIN, config, order, payment, track, wms
+from orderwatch.domain.rules import RuleSet
+from orderwatch.domain.tracker import ShardTracker
+from tests.factories import HOUR, MIN, config, order, payment, track, wms
 
 GAPS = {
     "gaps": {
@@ -60,16 +63,31 @@ def test_a_resolved_alert_says_what_ended_it_and_the_status_now() -> None:
     ended = {}
     for name, lines in (("closed", closed), ("applied", applied)):
         ended[name] = by_rule(track(lines, config(GAPS)))[("payment_not_applied", "resolved")]
-    assert ended["closed"].annotations["status"] == "cancelled"
     assert ended["closed"].annotations["resolution"] == (
-        f"ended by order cancelled (auto-close) at 2026-11-11 00:30:00 +08:00 {ZONE}"
+        f"ended by order cancelled (auto-close) at 2026-11-11 00:30:00 +08:00 {ZONE}; "
+        "the order is now cancelled"
     )
-    assert ended["applied"].annotations["status"] == "paid"
     assert ended["applied"].annotations["resolution"].startswith("ended by order paid at ")
-    # the firing instance keeps its own annotations: it was the state when it fired
+    assert ended["applied"].annotations["resolution"].endswith("; the order is now paid")
+    # otherwise the annotations it fired with: a firing re-announced after a crash drops the
+    # resolution and is what was announced (AlertStore.unannounced)
     firing = by_rule(track(closed, config(GAPS)))[("payment_not_applied", "firing")]
-    assert firing.annotations["status"] == "created"
     assert "resolution" not in firing.annotations
+    assert ended["closed"].annotations == {**firing.annotations, "resolution": ANY}
+
+
+def test_a_late_resolution_says_it_arrived_late() -> None:
+    """`endsAt` is clamped to `startsAt` for an event stamped before the alert started: the
+    text says why, instead of an end two days before the start."""
+    lines = [order(0, "A", "created"), payment(MIN, "A")]
+    tracker = ShardTracker(RuleSet.from_config(config(GAPS)))
+    track(lines, config(GAPS), until=HOUR, tracker=tracker)
+    (ended,) = track([order(2 * MIN, "A", "paid")], config(GAPS), until=HOUR + 1, tracker=tracker)
+    assert (ended.status, ended.ends_at) == ("resolved", ended.starts_at)
+    assert (
+        "00:02:00 +08:00 (Asia/Shanghai), which arrived late, after the alert had started"
+        in (ended.annotations["resolution"])
+    )
 
 
 def test_a_warehouse_event_that_ends_a_leak_is_named() -> None:

@@ -381,6 +381,11 @@ def test_a_key_given_twice_is_an_error_at_its_line(tmp_path: Path) -> None:
             {"runbook_url": "wiki/stalled"},
             "runbook_url: String should match pattern",
         ),
+        # names it knows, but a spec or conversion a str refuses, or a padding to 1 GB
+        ({"summary": "waited {dwell:d}"}, "summary: Value error, 'waited {dwell:d}' cannot be"),
+        ({"summary": "{status!x}"}, "summary: Value error, '{status!x}' cannot be filled in"),
+        ({"description": "{dwell:{width}}"}, "description: Value error, '{dwell:{width}}' cannot"),
+        ({"summary": "{dwell:>999999999}"}, "summary: Value error, '{dwell:>999999999}' pads"),
     ],
 )
 def test_a_rules_wording_is_checked_at_start(rule: dict[str, Any], error: str) -> None:
@@ -391,3 +396,18 @@ def test_a_rules_wording_is_checked_at_start(rule: dict[str, Any], error: str) -
     assert found.startswith(f"rules.stuck[0].{error}")
     if "placeholder" in error:
         assert "use order_id, status, dwell, limit, channel, warehouse, tracking_no" in found
+
+
+def test_templates_a_str_can_fill_pass() -> None:
+    for text in ("{dwell:>10}", "{status!r}", "{{literal}} {order_id}", "{tracking_no:.8}"):
+        stuck = {"name": "p", "statuses": ["paid"], "max_dwell": "1m", "summary": text}
+        assert validate_config({"rules": {"stuck": [stuck]}}).rules.stuck[0].summary == text
+
+
+def test_recovery_with_alerts_kept_in_memory_is_refused() -> None:
+    """A resumed shard knows the alerts it fired; a store that forgot them would never show
+    them again (and would announce again what the snapshot did not cover)."""
+    (found,) = errors_of({"state": {"recovery": True, "alert_store": "memory"}})
+    why = "recovery: true needs alert_store: file (the alerts it resumes)"
+    assert found == f"state: Value error, {why}"
+    assert validate_config({"state": {"recovery": True}}).state.alert_store == "file"

@@ -34,4 +34,4 @@ def test_a_resolved_line_says_first_what_ended_it() -> None:
     assert firing.startswith("🔴 FIRING   critical payment_not_applied A")
     assert resolved.startswith("✅ RESOLVED critical payment_not_applied A at 2026-11-11 00:09:00")
     ended = "ended by order cancelled at 2026-11-11 00:09:00 +08:00 (Asia/Shanghai)"
-    assert f": {ended} — was: Order A payment succeeded" in resolved
+    assert f": {ended}; the order is now cancelled — was: Order A payment" in resolved

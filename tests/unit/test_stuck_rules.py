@@ -241,3 +241,14 @@ def test_a_late_status_change_out_of_the_set_still_resolves_the_stall() -> None:
     done = track([order(HOUR, "A", "delivered")], cfg, until=61 * HOUR, tracker=tracker)
     assert [(a.status, a.labels["rule"]) for a in done] == [("resolved", "stalled")]
     assert tracker.firing == {}
+
+
+def test_a_late_fact_that_makes_a_filtered_stall_rule_apply_lets_it_fire() -> None:
+    """The warehouse was unknown when the stall came due, so the WH1 rule did not fire; a
+    late WMS event then says WH1. In time order it would have fired: it fires now."""
+    rule = {**STALL["stuck"][0], "name": "stalled_wh1", "warehouses": ["WH1"]}
+    cfg = config({"stuck": [rule]})
+    tracker = ShardTracker(RuleSet.from_config(cfg))
+    track([order(0, "A", "shipped"), scan(2 * HOUR, "A")], cfg, until=60 * HOUR, tracker=tracker)
+    late = track([wms(HOUR, "A", warehouse="WH1")], cfg, until=61 * HOUR, tracker=tracker)
+    assert summary(late) == [("firing", "stalled_wh1", "A", 50 * HOUR, None)]
