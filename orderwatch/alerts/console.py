@@ -25,8 +25,9 @@ def format_line(a: AlertChange, zone: str) -> str:
     subject = a.labels.get("order_id") or a.labels.get("route") or ""
     head = f"{icon} {state} {sev:<8} {a.labels.get('rule', a.labels.get('alertname', ''))}"
     tail = f" {subject}" + (f" {where}" if where else "")
-    summary = a.annotations.get("summary", "")
-    ended = a.annotations.get(RESOLUTION) if state == "RESOLVED" else None
+    notes = a.annotations
+    summary = notes.get("summary", "")
+    ended = notes.get(RESOLUTION) if state == "RESOLVED" else None
     if ended:  # what ended it, first
         summary = f"{ended} — was: {summary}"
     return _printable(f"{head}{tail} at {local_time(when, zone)}: {summary}")

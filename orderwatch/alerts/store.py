@@ -161,11 +161,6 @@ class AlertStore:
         self._claimed: list[int] = []  # outbox rows `unannounced` returned
         self._load()
 
-    @classmethod
-    def in_dir(cls, state_dir: Path, **kwargs: Any) -> AlertStore:
-        """The store at `<state.dir>/alerts.db`."""
-        return cls(Path(state_dir) / DB_NAME, **kwargs)
-
     def _load(self) -> None:
         db = self._db
         for row in db.execute(f"SELECT {_COLUMNS} FROM instances WHERE state = 'firing'"):

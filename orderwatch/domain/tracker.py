@@ -88,6 +88,16 @@ _AFTER_ANY_RANK = 9  # (watermark, 9) sorts after every (watermark, rank, seq, e
 _AMOUNT_SETTLED = AMOUNT_OK | _ANOMALY_FLAG[AMOUNT_MISMATCH]
 _COLLECT_STATUSES = frozenset({"shipped", "in_transit", "delivered", "completed"})
 _HEAP_SLACK = 4096  # superseded deadline-heap entries tolerated beyond 1.5 per live one
+# What `_derive` sets up again on resume, left out of a snapshot.
+_DERIVED = (
+    "_deadlines",
+    "_handlers",
+    "_ending",
+    "_filtered_updates",
+    "_ttl",
+    "_retention",
+    "_longest",
+)
 # A deadline-heap entry is one int, `(due - _EPOCH) << bits | slot`: it sorts by due time,
 # and costs ~40 bytes where a (due, order id) tuple cost ~100 (a tuple, an int, often an id
 # copy). Counted from 2025 with 20 slot bits it stays below 2**60, a two-digit int (32 bytes
@@ -190,6 +200,11 @@ class ShardTracker:
         }
         self._ending = b""  # the timeline record of the event being applied
         rules = self.rules
+        # a late event's channel/warehouse may make one of these apply (`_touch`)
+        self._filtered_updates = any(
+            not s.since_entered and (s.channels is not None or s.warehouses is not None)
+            for s in rules.stuck
+        )
         self._ttl, self._retention = rules.order_ttl_ms, rules.terminal_retention_ms
         self._longest = rules.longest_window_ms
 
@@ -203,7 +218,7 @@ class ShardTracker:
         state = self.__dict__.copy()
         state["_slots"] = len(self._slots)
         state["_far"] = self._far.open_until
-        for derived in ("_deadlines", "_handlers", "_ending", "_ttl", "_retention", "_longest"):
+        for derived in _DERIVED:
             del state[derived]
         return state
 
@@ -670,7 +685,7 @@ class ShardTracker:
     def _on_order(
         self, oid: str, rec: OrderRec, ev: OrderEvent, ts: int, out: list[AlertChange]
     ) -> str | None:
-        was = (rec.channel, rec.warehouse)  # before this event (`_touch`)
+        was = self._facts_before(rec, ts) if self._filtered_updates else None
         new, old = ev.status, rec.status
         if ev.channel:
             rec.channel = ev.channel
@@ -766,6 +781,13 @@ class ShardTracker:
             rec.paid_at = None
             rec.flags &= ~(_GAP_DONE[PAID_WITHOUT_WMS] | _GAP_DONE[PAYMENT_NOT_APPLIED])
 
+    def _facts_before(self, rec: OrderRec, ts: int) -> tuple[str | None, str | None] | None:
+        """The order's channel and warehouse before a late event (`_touch`); None for the rest.
+        Called only where a `since: last_update` rule has a filter (`_filtered_updates`)."""
+        if rec.last_update is not None and ts <= rec.last_update:
+            return rec.channel, rec.warehouse
+        return None
+
     def _touch(
         self,
         oid: str,
@@ -856,7 +878,7 @@ class ShardTracker:
     def _on_wms(
         self, oid: str, rec: OrderRec, ev: WmsEvent, ts: int, out: list[AlertChange]
     ) -> str | None:
-        was = (rec.channel, rec.warehouse)  # before this event (`_touch`)
+        was = self._facts_before(rec, ts) if self._filtered_updates else None
         if ev.warehouse:
             rec.warehouse = ev.warehouse
         if ev.action != "cancelled":
