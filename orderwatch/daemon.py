@@ -290,7 +290,22 @@ def run_daemon(
             QueueSink(runtime, local=primary),
             DeadLetterSink(state_dir / "dead-letters.jsonl", local=primary, log_them=True),
         )
-        flow = build_flow(cfg, sources, outputs, runtime, live=True, recovery=cfg.state.recovery)
+        carried = store.firing() if primary else []
+        if carried:  # each ends as unconfirmed unless this run's input raises it again
+            log.info(
+                "alerts firing before this start: each ends as unconfirmed unless the input "
+                "raises it again by its startsAt",
+                count=len(carried),
+            )
+        flow = build_flow(
+            cfg,
+            sources,
+            outputs,
+            runtime,
+            live=True,
+            recovery=cfg.state.recovery,
+            carried=carried,
+        )
         _install_signals(runtime)
         tune_gc()
         runtime.sources_connected = True

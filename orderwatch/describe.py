@@ -58,10 +58,16 @@ def describe(cfg: Config) -> str:
             f"  {r.name}: {'/'.join(r.statuses)} longer than {fmt(r.max_dwell)} "
             f"since {r.since} → {r.severity}{filt}"
         )
+        if r.description:
+            lines.append(f"    next step: {r.description}")
+        if r.runbook_url:
+            lines.append(f"    runbook: {r.runbook_url}")
     lines.append("gap rules:")
     for name in ("paid_without_wms", "wms_without_payment", "payment_not_applied"):
         g = getattr(cfg.rules.gaps, name)
         lines.append(f"  {name}: " + (f"within {fmt(g.within)} → {g.severity}" if g else "off"))
+        if g and g.runbook_url:
+            lines.append(f"    runbook: {g.runbook_url}")
     off = set(cfg.rules.anomalies.disabled)
     lines.append(
         f"anomalies ({cfg.rules.anomalies.severity}): "
@@ -87,7 +93,10 @@ def describe(cfg: Config) -> str:
     lines.append("alerts: printed on the console (always); GET /v1/alerts")
     lines.append(f"http: {cfg.http.listen} (read-only API and /metrics)")
     kept = "alerts kept in memory only" if cfg.state.alert_store == "memory" else "alerts.db"
-    lines.append(f"state dir: {cfg.state.dir} ({kept}); shards: {cfg.engine.shards}")
+    resume = "on" if cfg.state.recovery else "off: a restart rebuilds the orders from its input"
+    lines.append(
+        f"state dir: {cfg.state.dir} ({kept}); recovery {resume}; shards: {cfg.engine.shards}"
+    )
     lines += ["", f"validated, not run by this build ({NOT_BUILT}):"]
     for b in cfg.breakers:
         watch = f"route {b.route}" if b.route else f"backlog in {b.backlog.status}"  # type: ignore[union-attr]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from orderwatch.domain.alert import RESOLUTION, AlertChange
+from orderwatch.domain.alert import RESOLUTION, UNCONFIRMED, AlertChange
 from orderwatch.domain.wording import local_time
 
 _ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
@@ -30,6 +30,8 @@ def format_line(a: AlertChange, zone: str) -> str:
     ended = notes.get(RESOLUTION) if state == "RESOLVED" else None
     if ended:  # what ended it, first
         summary = f"{ended} — was: {summary}"
+    if ended == UNCONFIRMED:  # not a ✅: nothing says the order is fine
+        head = "❔" + head[1:]
     return _printable(f"{head}{tail} at {local_time(when, zone)}: {summary}")
 
 

@@ -49,7 +49,14 @@ import orjson
 import structlog
 from sortedcontainers import SortedList
 
-from orderwatch.domain.alert import FIRING, RESOLUTION, RESOLVED, AlertChange, rfc3339_ms
+from orderwatch.domain.alert import (
+    FIRING,
+    RESOLUTION,
+    RESOLVED,
+    UNCONFIRMED,
+    AlertChange,
+    rfc3339_ms,
+)
 from orderwatch.domain.rules import GAP_ALERT, PAID_WITHOUT_WMS
 from orderwatch.domain.stats import LabelCap
 from orderwatch.durations import format_duration_ms
@@ -333,7 +340,8 @@ class AlertStore:
                 )
                 return True
         elif row is not None:
-            return False  # this instance was already announced (firing, resolved or one-shot)
+            # already announced (firing, resolved or one-shot), unless it ended as unconfirmed
+            return row[0] == "resolved" and not c.one_shot and self._reopens(c)
         if c.starts_at < horizon:  # older than what we remember: seen before, then pruned
             self._too_old, self._too_old_n = c, self._too_old_n + 1
             return False
@@ -357,6 +365,26 @@ class AlertStore:
                 c.annotations_json.decode(),
                 c.labels.get("order_id"),
             ),
+        )
+        return True
+
+    def _reopens(self, c: AlertChange) -> bool:
+        """Fire `c` again if its instance was ended as unconfirmed after a restart (`UNCONFIRMED`)
+        and this run raises it after all: a late event raised it only once the watermark had
+        passed its start. Not while another instance of its fingerprint fires."""
+        if c.fingerprint in self._firing:
+            return False
+        db = self._db
+        (notes,) = db.execute(
+            "SELECT annotations FROM instances WHERE fingerprint = ? AND starts_at = ?",
+            (c.fingerprint, c.starts_at),
+        ).fetchone()
+        if orjson.loads(notes).get(RESOLUTION) != UNCONFIRMED:
+            return False
+        db.execute(
+            "UPDATE instances SET state = 'firing', ends_at = NULL, annotations = ? "
+            "WHERE fingerprint = ? AND starts_at = ?",
+            (c.annotations_json.decode(), c.fingerprint, c.starts_at),
         )
         return True
 

@@ -25,7 +25,7 @@ from itertools import combinations
 from typing import Any
 
 from orderwatch.domain import timeline, wording
-from orderwatch.domain.alert import FIRING, RESOLUTION, AlertChange
+from orderwatch.domain.alert import FIRING, RESOLUTION, UNCONFIRMED, AlertChange
 from orderwatch.domain.deadlines import FarDeadlines
 from orderwatch.domain.dedup import Deduper, event_key, seen_in
 from orderwatch.domain.lifecycle import (
@@ -90,6 +90,7 @@ _COLLECT_STATUSES = frozenset({"shipped", "in_transit", "delivered", "completed"
 _HEAP_SLACK = 4096  # superseded deadline-heap entries tolerated beyond 1.5 per live one
 # What `_derive` sets up again on resume, left out of a snapshot.
 _DERIVED = (
+    "_carried",
     "_deadlines",
     "_handlers",
     "_ending",
@@ -199,6 +200,9 @@ class ShardTracker:
             LogisticsEvent: self._on_logistics,
         }
         self._ending = b""  # the timeline record of the event being applied
+        # Alerts the store held firing at this start, by (startsAt, fingerprint): `carry`. Not
+        # in a snapshot: every start hands them over again.
+        self._carried: list[tuple[int, str, AlertChange]] = []
         rules = self.rules
         # a late event's channel/warehouse may make one of these apply (`_touch`)
         self._filtered_updates = any(
@@ -301,6 +305,8 @@ class ShardTracker:
                 apply(ts, ev, out)
             del pending[:cut]
         self._fire_due(settled, out)
+        if self._carried and self._carried[0][0] <= settled:
+            self._confirm(settled, out)
         self._settled = settled
         if self.watermark is None or watermark > self.watermark:
             self.watermark = watermark
@@ -308,6 +314,32 @@ class ShardTracker:
         if self._pack_after and len(self._unpacked) >= self._pack_at:
             self._pack_idle()
         return out
+
+    def carry(self, alerts: list[AlertChange]) -> None:
+        """Alerts of this shard's orders that the alert store held firing when this run began.
+
+        Without the state that raised them (no recovery, or an older snapshot) nothing would
+        ever end one whose order's events are no longer in the input: it would stay firing
+        for good. Each is settled once the watermark passes its `startsAt`, when this run would
+        have raised it again (`_confirm`)."""
+        known = {fp for _, fp, _ in self._carried}
+        for alert in alerts:
+            if alert.fingerprint not in known:
+                known.add(alert.fingerprint)
+                heapq.heappush(self._carried, (alert.starts_at, alert.fingerprint, alert))
+
+    def _confirm(self, settled: int, out: list[AlertChange]) -> None:
+        """Settle the carried alerts due by `settled`: one this run fired again (the same
+        instance) goes on as its own; any other ends now, worded as unconfirmed. One this run
+        fired with another `startsAt` has already superseded it in the store, which takes
+        that resolution for an old one and drops it."""
+        carried = self._carried
+        while carried and carried[0][0] <= settled:
+            starts_at, fp, alert = heapq.heappop(carried)
+            labels = alert.labels
+            held = self.firing.get((labels.get("order_id", ""), labels.get("rule", "")))
+            if held is None or held.fingerprint != fp or held.starts_at != starts_at:
+                out.append(alert.resolved(settled, **{RESOLUTION: UNCONFIRMED}))
 
     def record(self, oid: str) -> OrderRec | None:
         """The order's record to read (a private copy if it is packed), or None."""
@@ -351,13 +383,16 @@ class ShardTracker:
         return len(self._pending)
 
     def next_due(self) -> int | None:
-        """The earliest event time at which something may happen (a buffered event or deadline)."""
+        """The earliest event time at which something may happen (a buffered event, a deadline
+        or a carried alert to settle)."""
         times = [min(p[0] for p in self._pending)] if self._pending else []
         if self._deadlines:
             times.append(heap_entry(self._deadlines[0], self._bits)[0])
         far = self._far.earliest()
         if far is not None:
             times.append(heap_entry(far, self._bits)[0])
+        if self._carried:
+            times.append(self._carried[0][0])
         return min(times) if times else None
 
     # --- deadlines ---------------------------------------------------------------------------

@@ -27,17 +27,20 @@ from orderwatch.domain.stats import ShardStats
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.events import Decoder
+from orderwatch.pipelines.carried import CarriedAlerts, CarriedSource
 from orderwatch.pipelines.route import DEAD_LETTER_KEY, ChunkOrder, Router, ShardBatch
 from orderwatch.pipelines.snapshots import Settings, dump_shard, load_shard, state_settings
 from orderwatch.runtime import Runtime
 from orderwatch.simulate.model import SIMULATOR_STATUS_MAP
+
+ShardInput = ShardBatch | CarriedAlerts  # what a shard's step takes
 
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
+class ShardLogic(StatefulBatchLogic[ShardInput, AlertChange, bytes | None]):
     """One shard: feeds batches into its tracker and advances the shared-rule watermark."""
 
     def __init__(
@@ -71,13 +74,16 @@ class ShardLogic(StatefulBatchLogic[ShardBatch, AlertChange, bytes | None]):
         self.runtime.clocks[key] = self.clock
         self.runtime.trackers[key] = self.tracker
 
-    def on_batch(self, values: list[ShardBatch]) -> tuple[list[AlertChange], bool]:
+    def on_batch(self, values: list[ShardInput]) -> tuple[list[AlertChange], bool]:
         if self.key is None:
             self._register(values[0].key)
         wall = self.now_ms()
         out: list[AlertChange] = []
         for batch in values:
-            out += self._take(self.order.ready(batch), wall)
+            if type(batch) is CarriedAlerts:
+                self.tracker.carry(batch.alerts)
+                continue
+            out += self._take(self.order.ready(batch), wall)  # type: ignore[arg-type]
         return out + self._advance(self.clock.current(wall)), StatefulBatchLogic.RETAIN
 
     def _take(self, batches: list[ShardBatch], wall: int) -> list[AlertChange]:
@@ -194,8 +200,11 @@ def build_flow(
     live: bool,
     recovery: bool = False,
     now_ms: Callable[[], int] = _wall_ms,
+    carried: list[AlertChange] | None = None,
 ) -> Dataflow:
-    """The whole order dataflow. `live=False` is a replay: event time only, no wall clock."""
+    """The whole order dataflow. `live=False` is a replay: event time only, no wall clock.
+    `carried`: the alerts the store holds firing at this start (`pipelines.carried`); a
+    daemon always passes it, so its flow has the same steps whether there are any or not."""
     router, build_shard = flow_steps(cfg, runtime, live=live, recovery=recovery, now_ms=now_ms)
     flow = Dataflow("orderwatch")
     streams = [op.input(f"read_{i}", flow, src) for i, src in enumerate(inputs)]
@@ -205,7 +214,11 @@ def build_flow(
     spread = op.redistribute("spread_decoding", raw)
     routed = op.flat_map_batch("decode_and_route", spread, router)
     split = op.branch("split_dead_letters", routed, lambda kv: kv[0] != DEAD_LETTER_KEY)
-    alerts = op.stateful_batch("track_orders", split.trues, build_shard)
+    tracked = split.trues
+    if carried is not None:
+        carry = op.input("carried_alerts", flow, CarriedSource(carried, runtime.shards))
+        tracked = op.merge("with_carried_alerts", split.trues, carry)
+    alerts = op.stateful_batch("track_orders", tracked, build_shard)
     op.output(
         "write_alerts", op.map("key_alerts", alerts, lambda kv: ("alerts", kv[1])), outputs.alerts
     )

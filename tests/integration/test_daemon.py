@@ -181,6 +181,37 @@ def test_restart_without_a_rule_resolves_its_alerts(tmp_path: Path) -> None:
     assert "rules no longer configured" in d.logs()
 
 
+@pytest.mark.parametrize("args", [(), ("--processes", "2")], ids=["1-process", "2-processes"])
+def test_a_restart_without_its_orders_ends_what_its_input_no_longer_raises(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """No recovery, and the input rotated away while stopped: the alerts left firing had no
+    order left to end them and stayed firing for good. Each now ends, worded as unconfirmed,
+    once the watermark passes it; those the new input raises again go on. With 2 processes,
+    process 0 (which holds the alert store) hands each to its shard's process."""
+    events = tmp_path / "events.jsonl"
+    shutil.copy(SAMPLE, events)
+    state = tmp_path / "state"
+    with daemon(tmp_path, sample_config(events), name="first", state=state, args=args) as d:
+        wait_for(lambda: len(firing_rules(d)) == 12, 40, "sample alerts")
+        before = firing_rules(d)
+    # what the log holds after the rotation: O1002's events, and the newest line (O1099 created)
+    # to carry the event time on as far as before
+    kept = ('"order_id": "O1002"', '"order_id": "O1099"')
+    lines = SAMPLE.read_text().splitlines()
+    events.write_text("".join(f"{x}\n" for x in lines if any(k in x for k in kept)))
+    still = {(rule, oid) for rule, oid in before if oid == "O1002"}
+    assert still and len(still) < len(before)
+    with daemon(tmp_path, sample_config(events), name="second", state=state, args=args) as d:
+        wait_for(lambda: firing_rules(d) == still, 40, "the others ended")
+        time.sleep(1)
+        assert firing_rules(d) == still
+    console = d.console()
+    assert "FIRING" not in console, console
+    assert console.count("RESOLVED") == len(before) - len(still)
+    assert console.count("not raised again since orderwatch restarted") == len(before) - len(still)
+
+
 def test_sighup_does_not_stop_the_daemon(tmp_path: Path) -> None:
     """It killed it at once, without a clean shutdown (a closed terminal sends it)."""
     events = tmp_path / "events.jsonl"
@@ -353,7 +384,8 @@ def test_sigterm_leaves_a_clean_state_and_a_restart_repeats_nothing(tmp_path: Pa
     with daemon(tmp_path, cfg, name="second", state=state) as d2:
         wait_for(lambda: firing_rules(d2) == first, 30, "same alerts after restart")
         time.sleep(1)
-    assert "FIRING" not in d2.console(), d2.console()
+        assert firing_rules(d2) == first  # each raised again: none ended as unconfirmed
+    assert "FIRING" not in d2.console() and "RESOLVED" not in d2.console(), d2.console()
 
 
 @pytest.mark.integration

@@ -411,3 +411,30 @@ def test_recovery_with_alerts_kept_in_memory_is_refused() -> None:
     why = "recovery: true needs alert_store: file (the alerts it resumes)"
     assert found == f"state: Value error, {why}"
     assert validate_config({"state": {"recovery": True}}).state.alert_store == "file"
+
+
+def test_check_config_shows_each_rule_s_next_step_and_runbook_and_recovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the on-call will read in an alert, seen before it runs; and whether a restart
+    keeps the orders (without recovery, alerts it cannot raise again end as unconfirmed)."""
+    monkeypatch.chdir(tmp_path)
+    stuck = {
+        "name": "stalled",
+        "statuses": ["in_transit"],
+        "max_dwell": "48h",
+        "description": "call the carrier",
+        "runbook_url": "https://wiki.example/stalled",
+    }
+    gaps = {"paid_without_wms": {"within": "10m", "runbook_url": "https://wiki.example/leak"}}
+    Path("r.yaml").write_text(yaml.safe_dump({"rules": {"stuck": [stuck], "gaps": gaps}}))
+    assert main(["check-config", "r.yaml"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    at = out.index("  stalled: in_transit longer than 48h since entered → warning")
+    assert out[at + 1 : at + 3] == [
+        "    next step: call the carrier",
+        "    runbook: https://wiki.example/stalled",
+    ]
+    at = next(i for i, x in enumerate(out) if x.startswith("  paid_without_wms: within 10m"))
+    assert out[at + 1] == "    runbook: https://wiki.example/leak"
+    assert any("recovery off: a restart rebuilds the orders" in x for x in out)

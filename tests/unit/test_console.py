@@ -35,3 +35,18 @@ def test_a_resolved_line_says_first_what_ended_it() -> None:
     assert resolved.startswith("✅ RESOLVED critical payment_not_applied A at 2026-11-11 00:09:00")
     ended = "ended by order cancelled at 2026-11-11 00:09:00 +08:00 (Asia/Shanghai)"
     assert f": {ended}; the order is now cancelled — was: Order A payment" in resolved
+
+
+def test_an_alert_ended_as_unconfirmed_after_a_restart_is_no_green_tick() -> None:
+    """Nothing says its order is fine: only that this run cannot raise it again."""
+    from orderwatch.domain.alert import RESOLUTION, UNCONFIRMED
+
+    a = AlertChange(
+        FIRING, {"rule": "paid_30m", "severity": "warning", "order_id": "A"}, {}, BASE, None
+    )
+    out = io.StringIO()
+    ConsolePrinter("UTC", out)([a.resolved(BASE + 1, **{RESOLUTION: UNCONFIRMED})])
+    assert out.getvalue().startswith(
+        "❔ RESOLVED warning  paid_30m A at 2026-11-10 16:00:00 +00:00"
+    )
+    assert f": {UNCONFIRMED} — was: " in out.getvalue()

@@ -21,8 +21,8 @@ from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
 from orderwatch.events import AccessLogEvent, Decoder, OrderEvent
-from orderwatch.pipelines.orders import ShardLogic
-from orderwatch.pipelines.route import Router, ShardBatch
+from orderwatch.pipelines.orders import ShardInput, ShardLogic
+from orderwatch.pipelines.route import Router
 from orderwatch.pipelines.snapshots import dump_shard, load_shard, state_settings
 from orderwatch.runtime import Runtime
 from tests.factories import (
@@ -76,7 +76,7 @@ def through_router(
     chunks = [RawChunk("t", i + 1, lines[i : i + batch]) for i in range(0, len(lines), batch)]
     if shuffle is not None:
         shuffle.shuffle(chunks)
-    waiting: dict[str, list[ShardBatch]] = defaultdict(list)
+    waiting: dict[str, list[ShardInput]] = defaultdict(list)
     for chunk in chunks:
         for key, item in router.route(chunk):
             logic = logics.get(key)
