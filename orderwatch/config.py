@@ -519,6 +519,11 @@ def _duplicate_rule_names(data: dict[str, Any]) -> list[str]:
         if isinstance(name, str):
             if name in seen:
                 errors.append(f"rules.stuck[{i}].name: duplicate stuck rule name {name!r}")
+            elif name in Gaps.model_fields:  # alerts are told apart by (order, rule) in a shard
+                errors.append(
+                    f"rules.stuck[{i}].name: {name!r} is a gap rule's name; give the stuck "
+                    "rule another"
+                )
             seen.add(name)
     return errors
 

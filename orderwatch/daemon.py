@@ -305,6 +305,7 @@ def run_daemon(
             live=True,
             recovery=cfg.state.recovery,
             carried=carried,
+            carried_since=store.high_water,
         )
         _install_signals(runtime)
         tune_gc()

@@ -10,7 +10,8 @@ instance forward:
 
 - `firing` of an unknown instance: kept (a still-firing *other* instance of the same
   fingerprint is superseded silently: one fingerprint fires at most once at a time);
-- `firing` of a known instance (firing, resolved or one-shot): dropped;
+- `firing` of a known instance (firing, resolved or one-shot): dropped, but for one that
+  ended as unconfirmed after a restart (`UNCONFIRMED`), which fires again;
 - `resolved` of a firing instance: kept; of a resolved one: dropped; of an unknown one:
   kept once (the first we hear of it tells receivers it ended), recorded, then dropped;
 - one-shot (`endsAt == startsAt`): kept once per instance, forever.
@@ -372,9 +373,13 @@ class AlertStore:
         """Fire `c` again if its instance was ended as unconfirmed after a restart (`UNCONFIRMED`)
         and this run raises it after all: a late event raised it only once the watermark had
         passed its start. Not while another instance of its fingerprint fires."""
-        if c.fingerprint in self._firing:
-            return False
         db = self._db
+        # the database, not `_firing`: that view follows only once this batch is committed,
+        # and the batch may hold the unconfirmed end itself
+        if db.execute(
+            "SELECT 1 FROM instances WHERE fingerprint = ? AND +state = 'firing'", (c.fingerprint,)
+        ).fetchone():
+            return False
         (notes,) = db.execute(
             "SELECT annotations FROM instances WHERE fingerprint = ? AND starts_at = ?",
             (c.fingerprint, c.starts_at),
@@ -432,6 +437,11 @@ class AlertStore:
             del self._counts[key]
 
     # --- reading -------------------------------------------------------------------------------
+
+    @property
+    def high_water(self) -> int:
+        """The latest event time of any change stored (0 for a new store)."""
+        return self._high_water
 
     def firing(self) -> list[AlertChange]:
         """Alerts firing now (one-shot anomalies excluded), oldest first."""

@@ -87,6 +87,9 @@ _RANK: dict[type, int] = {OrderEvent: 0, PaymentEvent: 1, WmsEvent: 2, Logistics
 _AFTER_ANY_RANK = 9  # (watermark, 9) sorts after every (watermark, rank, seq, event)
 _AMOUNT_SETTLED = AMOUNT_OK | _ANOMALY_FLAG[AMOUNT_MISMATCH]
 _COLLECT_STATUSES = frozenset({"shipped", "in_transit", "delivered", "completed"})
+# How far past a carried alert's settling point the watermark must go before it ends as
+# unconfirmed (`carry`): Alertmanager's `resolve_timeout` default.
+CARRY_GRACE_MS = 5 * 60_000
 _HEAP_SLACK = 4096  # superseded deadline-heap entries tolerated beyond 1.5 per live one
 # What `_derive` sets up again on resume, left out of a snapshot.
 _DERIVED = (
@@ -275,16 +278,19 @@ class ShardTracker:
         start = 0
         for i, mark in late:
             self.ingest_many(events[start:i])
-            out += self.advance(mark)
+            out += self.advance(mark, settle=False)
             self.ingest_many(events[i : i + 1])
-            out += self.advance(mark)
+            out += self.advance(mark, settle=False)
             start = i + 1
         self.ingest_many(events[start:] if start else events)
         return out
 
-    def advance(self, watermark: int, *, final: bool = False) -> list[AlertChange]:
+    def advance(
+        self, watermark: int, *, final: bool = False, settle: bool = True
+    ) -> list[AlertChange]:
         """Apply buffered events and fire deadlines before `watermark` (`final`: at or before
-        it, for the end of the input, when nothing can come any more)."""
+        it, for the end of the input, when nothing can come any more). `settle=False` leaves
+        the carried alerts for later: a late event still to be applied may raise them."""
         out: list[AlertChange] = []
         settled = watermark if final else watermark - 1
         if self._settled is not None and settled < self._settled:
@@ -295,8 +301,11 @@ class ShardTracker:
             pending.sort()
             cut = bisect_right(pending, (settled, _AFTER_ANY_RANK))
             deadlines, far = self._deadlines, self._far
+            carried = self._carried if settle else None
             apply = self._apply
             for ts, _, _, ev in pending[:cut]:
+                if carried and carried[0][0] < ts:
+                    self._settle_carried(ts - 1, out)
                 # due before ts? (`far` holds nothing due before its `open_until`)
                 if ts > far.open_until or (
                     deadlines and deadlines[0] < (ts - _EPOCH) << self._bits
@@ -304,9 +313,9 @@ class ShardTracker:
                     self._fire_due(ts - 1, out)
                 apply(ts, ev, out)
             del pending[:cut]
+        if settle and self._carried:
+            self._settle_carried(settled, out)
         self._fire_due(settled, out)
-        if self._carried and self._carried[0][0] <= settled:
-            self._confirm(settled, out)
         self._settled = settled
         if self.watermark is None or watermark > self.watermark:
             self.watermark = watermark
@@ -315,31 +324,37 @@ class ShardTracker:
             self._pack_idle()
         return out
 
-    def carry(self, alerts: list[AlertChange]) -> None:
-        """Alerts of this shard's orders that the alert store held firing when this run began.
+    def carry(self, alerts: list[AlertChange], since: int = 0) -> None:
+        """Alerts of this shard's orders that the alert store held firing when this run began;
+        `since`: the latest event time the store had seen then.
 
         Without the state that raised them (no recovery, or an older snapshot) nothing would
         ever end one whose order's events are no longer in the input: it would stay firing
-        for good. Each is settled once the watermark passes its `startsAt`, when this run would
-        have raised it again (`_confirm`)."""
+        for good. Each is settled (`_settle_carried`) once the watermark passes its `startsAt` and
+        `since` (by then this run has read again what raised it, if it still can) plus
+        `CARRY_GRACE_MS`, for what a source read more slowly delivers late."""
         known = {fp for _, fp, _ in self._carried}
         for alert in alerts:
             if alert.fingerprint not in known:
                 known.add(alert.fingerprint)
-                heapq.heappush(self._carried, (alert.starts_at, alert.fingerprint, alert))
+                at = max(alert.starts_at, since) + CARRY_GRACE_MS
+                heapq.heappush(self._carried, (at, alert.fingerprint, alert))
 
-    def _confirm(self, settled: int, out: list[AlertChange]) -> None:
-        """Settle the carried alerts due by `settled`: one this run fired again (the same
-        instance) goes on as its own; any other ends now, worded as unconfirmed. One this run
-        fired with another `startsAt` has already superseded it in the store, which takes
-        that resolution for an old one and drops it."""
+    def _settle_carried(self, until: int, out: list[AlertChange]) -> None:
+        """Settle the carried alerts due by `until`, each in event-time order with the
+        deadlines and events around it, so that what is announced does not depend on the
+        batches: one this run fired again (the same instance) goes on as its own; any other
+        ends at its settling time, worded as unconfirmed. One this run fired with another
+        `startsAt` before then has superseded it in the store, which drops that end."""
         carried = self._carried
-        while carried and carried[0][0] <= settled:
-            starts_at, fp, alert = heapq.heappop(carried)
+        while carried and carried[0][0] <= until:
+            at, fp, alert = carried[0]
+            self._fire_due(at, out)  # what this run raises by then, first
+            heapq.heappop(carried)
             labels = alert.labels
             held = self.firing.get((labels.get("order_id", ""), labels.get("rule", "")))
-            if held is None or held.fingerprint != fp or held.starts_at != starts_at:
-                out.append(alert.resolved(settled, **{RESOLUTION: UNCONFIRMED}))
+            if held is None or held.fingerprint != fp or held.starts_at != alert.starts_at:
+                out.append(alert.resolved(at, **{RESOLUTION: UNCONFIRMED}))
 
     def record(self, oid: str) -> OrderRec | None:
         """The order's record to read (a private copy if it is packed), or None."""

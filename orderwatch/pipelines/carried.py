@@ -25,9 +25,12 @@ class CarriedAlerts:
 
     key: str
     alerts: list[AlertChange]
+    since: int  # the latest event time the alert store had seen at this start
 
 
-def by_shard(alerts: list[AlertChange], shards: int) -> list[tuple[str, CarriedAlerts]]:
+def by_shard(
+    alerts: list[AlertChange], shards: int, since: int = 0
+) -> list[tuple[str, CarriedAlerts]]:
     """`(shard key, CarriedAlerts)` for each shard that owns an order of `alerts` (every
     firing alert is about an order: one-shots are never carried, they never fire on)."""
     keys = shard_keys(shards)
@@ -36,7 +39,7 @@ def by_shard(alerts: list[AlertChange], shards: int) -> list[tuple[str, CarriedA
         order_id = alert.labels.get("order_id")
         if order_id is not None:
             grouped[keys[shard_of(order_id, shards)]].append(alert)
-    return [(key, CarriedAlerts(key, group)) for key, group in grouped.items()]
+    return [(key, CarriedAlerts(key, group, since)) for key, group in grouped.items()]
 
 
 class _Once(StatelessSourcePartition[tuple[str, CarriedAlerts]]):
@@ -54,8 +57,8 @@ class CarriedSource(DynamicSource[tuple[str, CarriedAlerts]]):
     """Emits the carried alerts once, on the cluster's first worker (process 0 holds the
     alert store); bytewax routes each shard's group to the worker that owns the shard."""
 
-    def __init__(self, alerts: list[AlertChange], shards: int) -> None:
-        self._items = by_shard(alerts, shards)
+    def __init__(self, alerts: list[AlertChange], shards: int, since: int = 0) -> None:
+        self._items = by_shard(alerts, shards, since)
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int

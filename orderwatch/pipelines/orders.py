@@ -81,7 +81,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, AlertChange, bytes | None]):
         out: list[AlertChange] = []
         for batch in values:
             if type(batch) is CarriedAlerts:
-                self.tracker.carry(batch.alerts)
+                self.tracker.carry(batch.alerts, batch.since)
                 continue
             out += self._take(self.order.ready(batch), wall)  # type: ignore[arg-type]
         return out + self._advance(self.clock.current(wall)), StatefulBatchLogic.RETAIN
@@ -201,10 +201,12 @@ def build_flow(
     recovery: bool = False,
     now_ms: Callable[[], int] = _wall_ms,
     carried: list[AlertChange] | None = None,
+    carried_since: int = 0,
 ) -> Dataflow:
     """The whole order dataflow. `live=False` is a replay: event time only, no wall clock.
-    `carried`: the alerts the store holds firing at this start (`pipelines.carried`); a
-    daemon always passes it, so its flow has the same steps whether there are any or not."""
+    `carried`: the alerts the store holds firing at this start (`pipelines.carried`), and
+    `carried_since` the latest event time it had seen; a daemon always passes them, so its
+    flow has the same steps whether there are any or not."""
     router, build_shard = flow_steps(cfg, runtime, live=live, recovery=recovery, now_ms=now_ms)
     flow = Dataflow("orderwatch")
     streams = [op.input(f"read_{i}", flow, src) for i, src in enumerate(inputs)]
@@ -216,7 +218,8 @@ def build_flow(
     split = op.branch("split_dead_letters", routed, lambda kv: kv[0] != DEAD_LETTER_KEY)
     tracked = split.trues
     if carried is not None:
-        carry = op.input("carried_alerts", flow, CarriedSource(carried, runtime.shards))
+        source = CarriedSource(carried, runtime.shards, carried_since)
+        carry = op.input("carried_alerts", flow, source)
         tracked = op.merge("with_carried_alerts", split.trues, carry)
     alerts = op.stateful_batch("track_orders", tracked, build_shard)
     op.output(

@@ -438,3 +438,10 @@ def test_check_config_shows_each_rule_s_next_step_and_runbook_and_recovery(
     at = next(i for i, x in enumerate(out) if x.startswith("  paid_without_wms: within 10m"))
     assert out[at + 1] == "    runbook: https://wiki.example/leak"
     assert any("recovery off: a restart rebuilds the orders" in x for x in out)
+
+
+def test_a_stuck_rule_may_not_take_a_gap_rule_s_name() -> None:
+    """Their alerts would share one key in a shard: one would end or replace the other."""
+    stuck = [{"name": "paid_without_wms", "statuses": ["paid"], "max_dwell": "1h"}]
+    (line,) = errors_of({"rules": {"stuck": stuck}})
+    assert line.startswith("rules.stuck[0].name: 'paid_without_wms' is a gap rule's name")
