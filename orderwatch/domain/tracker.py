@@ -94,6 +94,7 @@ _HEAP_SLACK = 4096  # superseded deadline-heap entries tolerated beyond 1.5 per 
 # What `_derive` sets up again on resume, left out of a snapshot.
 _DERIVED = (
     "_carried",
+    "_sorted",
     "_deadlines",
     "_handlers",
     "_ending",
@@ -203,6 +204,7 @@ class ShardTracker:
             LogisticsEvent: self._on_logistics,
         }
         self._ending = b""  # the timeline record of the event being applied
+        self._sorted = 0  # how much of `_pending`, from its start, is in order (`_sort_pending`)
         # Alerts the store held firing at this start, by (startsAt, fingerprint): `carry`. Not
         # in a snapshot: every start hands them over again.
         self._carried: list[tuple[int, str, AlertChange]] = []
@@ -297,8 +299,8 @@ class ShardTracker:
             settled = self._settled
         pending = self._pending
         if pending:
-            # Input is nearly in time order, so this sort is close to linear (timsort runs).
-            pending.sort()
+            if self._sorted < len(pending):
+                self._sort_pending()
             cut = bisect_right(pending, (settled, _AFTER_ANY_RANK))
             deadlines, far = self._deadlines, self._far
             carried = self._carried if settle else None
@@ -313,6 +315,7 @@ class ShardTracker:
                     self._fire_due(ts - 1, out)
                 apply(ts, ev, out)
             del pending[:cut]
+            self._sorted = len(pending)
         if settle and self._carried:
             self._settle_carried(settled, out)
         self._fire_due(settled, out)
@@ -355,6 +358,23 @@ class ShardTracker:
             held = self.firing.get((labels.get("order_id", ""), labels.get("rule", "")))
             if held is None or held.fingerprint != fp or held.starts_at != alert.starts_at:
                 out.append(alert.resolved(at, **{RESOLUTION: UNCONFIRMED}))
+
+    def _sort_pending(self) -> None:
+        """Sort what was buffered since the last advance into the sorted rest. Only the part of
+        the rest that the new events overlap is merged: the buffer holds `lateness` × the rate
+        (60 s at 10,000 events/s: ~19,000 per shard), and sorting all of it at every activation
+        (each chunk, each wake-up) took a live daemon's whole core at ~10,000 events/s."""
+        pending, done = self._pending, self._sorted
+        new = pending[done:]
+        new.sort()
+        if done and new[0] < pending[done - 1]:  # behind the newest: merge from where it goes
+            at = bisect_right(pending, new[0], 0, done)
+            new = sorted(pending[at:done] + new)  # two sorted runs: one linear merge
+            del pending[at:]
+            pending += new
+        else:  # the common case: all of it after what waits already
+            pending[done:] = new
+        self._sorted = len(pending)
 
     def record(self, oid: str) -> OrderRec | None:
         """The order's record to read (a private copy if it is packed), or None."""
@@ -400,7 +420,10 @@ class ShardTracker:
     def next_due(self) -> int | None:
         """The earliest event time at which something may happen (a buffered event, a deadline
         or a carried alert to settle)."""
-        times = [min(p[0] for p in self._pending)] if self._pending else []
+        pending, done = self._pending, self._sorted
+        times = [pending[0][0]] if done else []  # the sorted part's first
+        if done < len(pending):
+            times.append(min(p[0] for p in pending[done:]))
         if self._deadlines:
             times.append(heap_entry(self._deadlines[0], self._bits)[0])
         far = self._far.earliest()
