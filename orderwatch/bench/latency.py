@@ -41,6 +41,7 @@ from orderwatch.bench.measure import percentile
 from orderwatch.domain.rules import GAP_RULES
 
 LATENESS_MS = 500
+DEFAULT_LATENESS_MS = 60_000  # the config's default: what a daemon runs with unless told
 DWELL_MS = 2_000
 RESOLVE_AFTER_S = 6.0
 POLL_S = 0.02
@@ -57,7 +58,12 @@ def free_port() -> int:
 
 
 def daemon_config(
-    events: Path, state: Path, port: int, recovery: bool = False, reconcile: bool = False
+    events: Path,
+    state: Path,
+    port: int,
+    recovery: bool = False,
+    reconcile: bool = False,
+    lateness_ms: int = LATENESS_MS,
 ) -> dict[str, Any]:
     """The daemon's config: one tailed file, one 2 s stuck rule, fast watermark settings;
     `recovery`: bytewax snapshots every `state.snapshot_interval` (its default, 30 s);
@@ -68,7 +74,7 @@ def daemon_config(
     if reconcile:
         rules["gaps"] = {name: {"within": "10m"} for name in GAP_RULES}
     return {
-        "lateness": f"{LATENESS_MS}ms",
+        "lateness": f"{lateness_ms}ms",
         "idle_after": "1s",
         "sources": [{"kind": "file", "path": str(events), "follow": True}],
         "rules": rules,
@@ -79,9 +85,9 @@ def daemon_config(
     }
 
 
-def due_s(ts_ms: int) -> float:
+def due_s(ts_ms: int, lateness_ms: int = LATENESS_MS) -> float:
     """Wall time (epoch s) at which the watermark passes the deadline of an order paid at ts."""
-    return (ts_ms + DWELL_MS + LATENESS_MS) / 1000
+    return (ts_ms + DWELL_MS + lateness_ms) / 1000
 
 
 def delays_ms(due: Mapping[str, float], seen: Mapping[str, float]) -> list[float]:
@@ -263,6 +269,7 @@ def _feed(
     orders_per_s: float,
     resolve_after_s: float | None = RESOLVE_AFTER_S,
     busy_per_s: float = 0,
+    lateness_ms: int = LATENESS_MS,
 ) -> tuple[dict[str, float], int]:
     """Append a steady stream for `seconds`, then filler only until the last deadline passed.
 
@@ -272,7 +279,8 @@ def _feed(
     on and touches no order. Each order is `allocated` `resolve_after_s` later (None: never,
     so its alert keeps firing), written on top of whatever the tick writes. Returns each
     order's due moment and the number of lines written. `busy_per_s` more orders a second go
-    all the way to the warehouse at once (`busy_order`: 5 lines each), as load.
+    all the way to the warehouse at once (`busy_order`: 5 lines each), as load. The drain
+    lasts the lateness too: the watermark trails event time by that much.
     """
     due: dict[str, float] = {}
     pending: list[tuple[float, str]] = []  # (wall time to allocate, order id), in order
@@ -280,7 +288,7 @@ def _feed(
     tick = lines = 0
     owed = 1.0  # orders due by this tick: the first tick writes one
     owed_busy, busy = 0.0, 0
-    drain_until = seconds + DWELL_MS / 1000 + (resolve_after_s or 0) + 2
+    drain_until = seconds + (DWELL_MS + lateness_ms) / 1000 + (resolve_after_s or 0) + 2
     with path.open("ab", buffering=0) as f:
         while (elapsed := time.monotonic() - started) < drain_until:
             now = time.time()
@@ -292,7 +300,7 @@ def _feed(
             for _ in range(new):
                 oid = f"L{len(due):06d}"
                 out += [_order(ts, oid, "created"), _order(ts, oid, "paid")]
-                due[oid] = due_s(ts)
+                due[oid] = due_s(ts, lateness_ms)
                 if resolve_after_s is not None:
                     pending.append((now + resolve_after_s, oid))
             if elapsed < seconds and busy_per_s:
@@ -325,6 +333,7 @@ class _Run:
     catch_up_s: float | None = None  # reading the preloaded orders, before the feed started
     load_cores: float | None = None  # the daemon's CPU seconds per second while fed load
     state_bytes: int = 0  # the state directory once the daemon stopped (recovery store, alerts)
+    load_end: float = 0.0  # when the feed stopped writing new orders and load (epoch s)
 
     @property
     def troubled(self) -> bool:
@@ -342,12 +351,15 @@ def _live_run(
     open_orders: int = 0,
     recovery: bool = False,
     busy_per_s: float = 0,
+    lateness_ms: int = LATENESS_MS,
 ) -> _Run:
     """Start the daemon (`open_orders` preloaded), feed it, poll it, stop it."""
     with tempfile.TemporaryDirectory(prefix="orderwatch-bench-live-") as tmp:
         events, state, port = Path(tmp) / "events.jsonl", Path(tmp) / "state", free_port()
         preload(events, open_orders, int(time.time() * 1000))
-        cfg = daemon_config(events, state, port, recovery, reconcile=busy_per_s > 0)
+        cfg = daemon_config(
+            events, state, port, recovery, reconcile=busy_per_s > 0, lateness_ms=lateness_ms
+        )
         cfg_path = Path(tmp) / "live.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         argv = [sys.executable, "-m", "orderwatch", "run", "--config", str(cfg_path)]
@@ -371,8 +383,9 @@ def _live_run(
             cpu = [cpu_seconds(proc.pid)]
             timer = threading.Timer(seconds, lambda: cpu.append(cpu_seconds(proc.pid)))
             timer.start()  # the load ends after `seconds`; the drain that follows is idle
+            load_end = time.time() + seconds
             due, lines_written = _feed(
-                events, seconds, rate, orders_per_s, resolve_after_s, busy_per_s
+                events, seconds, rate, orders_per_s, resolve_after_s, busy_per_s, lateness_ms
             )
             timer.join()
             start, end = cpu if len(cpu) == 2 else (None, None)
@@ -406,6 +419,7 @@ def _live_run(
         catch_up_s=catch_up,
         load_cores=cores,
         state_bytes=held,
+        load_end=load_end,
     )
 
 
@@ -484,16 +498,31 @@ def run_recovery_latency(
 
 
 def run_busy_latency(
-    seconds: float = 30, busy_events_per_s: float = 50_000, rate: float = 200
+    seconds: float = 30,
+    busy_events_per_s: float = 50_000,
+    rate: float = 200,
+    lateness_ms: int = LATENESS_MS,
 ) -> dict[str, Any]:
     """The trickle of `run_latency` under load: `busy_events_per_s` more events a second, whole
     orders that reach the warehouse at once (5 events each, nothing fires), about half of what
     one worker replays, with the gap rules on so that each order is reconciled. The daemon's
-    CPU over the load shows how busy it was."""
+    CPU over the load shows how busy it was. With a `lateness_ms` of tens of seconds, only the
+    alerts due while the load ran count: the rest come due in the idle drain."""
     busy = busy_events_per_s / 5
-    run = _live_run(seconds, rate, 10, RESOLVE_AFTER_S, "/v1/alerts?rule=lat", busy_per_s=busy)
+    run = _live_run(
+        seconds,
+        rate,
+        10,
+        RESOLVE_AFTER_S,
+        "/v1/alerts?rule=lat",
+        busy_per_s=busy,
+        lateness_ms=lateness_ms,
+    )
+    if lateness_ms > LATENESS_MS:
+        run.due = {oid: at for oid, at in run.due.items() if at <= run.load_end}
     return {
         **_sightings(run),
+        "lateness_ms": lateness_ms,
         "busy_events_per_s": busy_events_per_s,
         "lines": run.lines,
         "daemon_cores": run.load_cores,  # its CPU seconds per second while fed the load

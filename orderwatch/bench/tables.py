@@ -251,6 +251,13 @@ def latency_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
             "" if cores is None else f", daemon {cores:.2f} cores"
         )
         rows += _sightings(busy, f"under load ({load})")
+    slow = result.get("busy_latency_default_lateness") or {}
+    if slow and not slow.get("skipped"):
+        cores = slow.get("daemon_cores")
+        load = f"{slow['busy_events_per_s']:,.0f} events/s, lateness 60 s" + (
+            "" if cores is None else f", daemon {cores:.2f} cores"
+        )
+        rows += _sightings(slow, f"under load ({load})")
     storm = result.get("storm_latency") or {}
     if storm and not storm.get("skipped"):
         c, h = storm["console"], storm["scrape_ms"]

@@ -19,6 +19,8 @@ from bench.plain_rules import run as plain_run
 from orderwatch.bench.inputs import ensure_open_orders, open_order_events, simulate_argv
 from orderwatch.bench.latency import (
     _FIRING,
+    DEFAULT_LATENESS_MS,
+    LATENESS_MS,
     PRELOAD_SPAN_MS,
     busy_order,
     daemon_config,
@@ -291,6 +293,13 @@ def fake_result() -> dict[str, Any]:
             "busy_events_per_s": 50_000,
             "daemon_cores": 0.456,
         },
+        "busy_latency_default_lateness": {
+            "api": {"count": 580, "missing": 0, "p50_ms": 40.0, "p99_ms": 80.0, "max_ms": 99},
+            "console": {"count": 580, "missing": 0, "p50_ms": 30.0, "p99_ms": 70.0, "max_ms": 90},
+            "busy_events_per_s": 10_000,
+            "lateness_ms": 60_000,
+            "daemon_cores": 0.25,
+        },
         "recovery_latency": {
             "api": {"count": 590, "missing": 10, "p50_ms": 50.0, "p99_ms": 700.0, "max_ms": 900},
             "console": {
@@ -381,6 +390,8 @@ def test_result_name_and_markdown() -> None:
     assert (
         "| GET /v1/alerts, under load (50,000 events/s, daemon 0.46 cores) | 300 | 60 | 140 |" in md
     )
+    slow = "console, under load (10,000 events/s, lateness 60 s, daemon 0.25 cores)"
+    assert f"| {slow} | 580 | 30 | 70 | 90 |" in md
     assert (
         "recovery on: 1,000,000 preloaded orders read in 25 s before the feed; snapshots every "
         "30s (the default); 8 alerts over 1 s on the console; daemon RSS 410 MiB, state "
@@ -527,6 +538,9 @@ def test_daemon_config_validates() -> None:
     assert not validated.state.recovery
     recovering = validate_config(daemon_config(Path("/tmp/e.jsonl"), Path("/s"), 1, True))
     assert recovering.state.recovery and recovering.state.snapshot_interval == 30_000
+    assert validated.lateness == LATENESS_MS
+    slow = daemon_config(Path("/e.jsonl"), Path("/s"), 1, lateness_ms=DEFAULT_LATENESS_MS)
+    assert validate_config(slow).lateness == validate_config({}).lateness  # the config default
 
 
 def test_the_load_of_a_busy_run_takes_every_tracker_step_and_fires_nothing() -> None:
