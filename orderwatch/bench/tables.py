@@ -244,20 +244,17 @@ def latency_rows(result: dict[str, Any]) -> tuple[list[str], Rows]:
         return head, [["(skipped)", "", "", "", ""]]
     rows = _sightings(lat)
     rows.append(["notifier HTTP request", lat["notifier"], "", "", ""])
-    busy = result.get("busy_latency") or {}
-    if busy and not busy.get("skipped"):
-        cores = busy.get("daemon_cores")
-        load = f"{busy['busy_events_per_s']:,.0f} events/s" + (
-            "" if cores is None else f", daemon {cores:.2f} cores"
-        )
-        rows += _sightings(busy, f"under load ({load})")
-    slow = result.get("busy_latency_default_lateness") or {}
-    if slow and not slow.get("skipped"):
-        cores = slow.get("daemon_cores")
-        load = f"{slow['busy_events_per_s']:,.0f} events/s, lateness 60 s" + (
-            "" if cores is None else f", daemon {cores:.2f} cores"
-        )
-        rows += _sightings(slow, f"under load ({load})")
+    for key, lateness in (
+        ("busy_latency", ""),
+        ("busy_latency_default_lateness", ", lateness 60 s"),
+    ):
+        busy = result.get(key) or {}
+        if busy and not busy.get("skipped"):
+            cores = busy.get("daemon_cores")
+            load = f"{busy['busy_events_per_s']:,.0f} events/s{lateness}" + (
+                "" if cores is None else f", daemon {cores:.2f} cores"
+            )
+            rows += _sightings(busy, f"under load ({load})")
     storm = result.get("storm_latency") or {}
     if storm and not storm.get("skipped"):
         c, h = storm["console"], storm["scrape_ms"]
