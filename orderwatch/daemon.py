@@ -293,8 +293,9 @@ def run_daemon(
         carried = store.firing() if primary else []
         if carried:  # each ends as unconfirmed unless this run's input raises it again
             log.info(
-                "alerts firing before this start: each ends as unconfirmed unless the input "
-                "raises it again by its startsAt",
+                "alerts firing before this start: each ends as unconfirmed unless this run's "
+                "input raises it again (5 min of event time after its start, or after where "
+                "the last run had got to)",
                 count=len(carried),
             )
         flow = build_flow(

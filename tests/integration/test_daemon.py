@@ -210,6 +210,7 @@ def test_a_restart_without_its_orders_ends_what_its_input_no_longer_raises(
     assert "FIRING" not in console, console
     assert console.count("RESOLVED") == len(before) - len(still)
     assert console.count("not raised again since orderwatch restarted") == len(before) - len(still)
+    assert '"count": 12, "event": "alerts firing before this start' in d.logs()
 
 
 def test_sighup_does_not_stop_the_daemon(tmp_path: Path) -> None:
