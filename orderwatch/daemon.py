@@ -306,7 +306,7 @@ def run_daemon(
             live=True,
             recovery=cfg.state.recovery,
             carried=carried,
-            carried_since=store.high_water,
+            carried_since=store.progress,
         )
         _install_signals(runtime)
         tune_gc()
@@ -326,6 +326,8 @@ def run_daemon(
     finally:
         runtime.dataflow_running = False
         control.stop()
+        if clean and primary:
+            store.note_progress(runtime.read_to())
         store.close()
         log.info("stopped", clean=clean)  # False: the dataflow ended by an error, said after
     return 0

@@ -138,6 +138,13 @@ class Runtime:
         present = [m for m in marks if m is not None]
         return min(present) if present else None
 
+    def read_to(self) -> int | None:
+        """How far in event time the input was read: the lowest shard's watermark without
+        the idle clock (what a restart must read again before it can tell what it raises)."""
+        marks = [c.read_to() for c in list(self.clocks.values())]
+        present = [m for m in marks if m is not None]
+        return min(present) if present else None
+
     def shard_watermark(self, key: str, wall_ms: int | None = None) -> int | None:
         """One shard's watermark at `wall_ms` (now): its clock's where it has one, since an
         idle shard with nothing due is not woken to advance its tracker."""

@@ -161,6 +161,7 @@ class AlertStore:
         self._fired: Counter[AlertKey] = Counter()  # effective firings since this process began
         self._leaks: Counter[tuple[str, str]] = Counter()  # paid_without_wms by channel, warehouse
         self._high_water = 0
+        self._progress = 0  # the latest watermark noted (`progress`)
         self._pruned_at = 0
         self._too_old: AlertChange | None = None  # the last change `_decide` found too old
         self._too_old_n = 0
@@ -181,6 +182,8 @@ class AlertStore:
         self._recent.extend(_row_to_change(r) for r in reversed(rows))
         got = db.execute("SELECT value FROM meta WHERE key = 'high_water'").fetchone()
         self._high_water = self._pruned_at = got[0] if got else 0
+        got = db.execute("SELECT value FROM meta WHERE key = 'progress'").fetchone()
+        self._progress = got[0] if got else 0
 
     def close(self) -> None:
         with self._db_lock:
@@ -194,8 +197,11 @@ class AlertStore:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def apply(self, changes: Iterable[AlertChange]) -> list[AlertChange]:
-        """Record `changes`; return the effective ones, in order, once they are on disk."""
+    def apply(
+        self, changes: Iterable[AlertChange], progress: int | None = None
+    ) -> list[AlertChange]:
+        """Record `changes`; return the effective ones, in order, once they are on disk.
+        `progress`: the watermark the dataflow had reached (`progress`), kept with them."""
         changes = list(changes)
         if not changes:
             return []
@@ -221,6 +227,8 @@ class AlertStore:
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (high_water,),
                 )
+                if progress is not None and progress > self._progress:
+                    self._write_progress(progress)
                 pruned = high_water - self._pruned_at >= _PRUNE_EVERY_MS
                 if pruned:
                     db.execute(
@@ -235,6 +243,8 @@ class AlertStore:
                 raise
             # Memory follows only what is committed.
             self._high_water = high_water
+            if progress is not None and progress > self._progress:
+                self._progress = progress
             if pruned:
                 self._pruned_at = high_water
             with self._lock:
@@ -439,9 +449,34 @@ class AlertStore:
     # --- reading -------------------------------------------------------------------------------
 
     @property
-    def high_water(self) -> int:
-        """The latest event time of any change stored (0 for a new store)."""
-        return self._high_water
+    def progress(self) -> int:
+        """How far in event time the runs that wrote this store had got: the latest of the
+        changes stored and of the watermarks noted with them (`apply`, `note_progress`)."""
+        return max(self._high_water, self._progress)
+
+    def note_progress(self, watermark: int | None) -> None:
+        """Keep the watermark reached (at a clean stop), so that the next start knows how far
+        this run had read even when no alert changed near the end."""
+        if watermark is None or watermark <= self._progress:
+            return
+        with self._db_lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._write_progress(watermark)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:  # only a start's settling waits less: not worth failing
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                log.warning("alert_store_progress_not_kept", error=str(exc))
+                return
+            self._progress = watermark
+
+    def _write_progress(self, watermark: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES ('progress', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (watermark,),
+        )
 
     def firing(self) -> list[AlertChange]:
         """Alerts firing now (one-shot anomalies excluded), oldest first."""

@@ -89,7 +89,7 @@ def _try_apply(
     """The effective changes once stored, or None if the store refused them (logged, counted,
     and shown by /readyz until a write succeeds)."""
     try:
-        effective = store.apply(changes)
+        effective = store.apply(changes, progress=runtime.read_to())
     except Exception as exc:
         first = runtime.alert_store_error is None
         runtime.alert_store_error = f"{type(exc).__name__}: {exc}"

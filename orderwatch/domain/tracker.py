@@ -319,6 +319,8 @@ class ShardTracker:
         if settle and self._carried:
             self._settle_carried(settled, out)
         self._fire_due(settled, out)
+        if final and self._carried:
+            self._settle_carried_at_end(settled, out)
         self._settled = settled
         if self.watermark is None or watermark > self.watermark:
             self.watermark = watermark
@@ -343,6 +345,26 @@ class ShardTracker:
                 at = max(alert.starts_at, since) + CARRY_GRACE_MS
                 heapq.heappush(self._carried, (at, alert.fingerprint, alert))
 
+    def _settle_carried_at_end(self, end: int, out: list[AlertChange]) -> None:
+        """The end of a finite input: nothing can come any more, so a carried alert that
+        started by then and was not raised again ends now, at the input's last event time,
+        without waiting for its grace (as deadlines after the end, one that starts later
+        stays as it is)."""
+        due = [c for c in self._carried if c[2].starts_at <= end]
+        if not due:
+            return
+        self._carried = [c for c in self._carried if c[2].starts_at > end]
+        heapq.heapify(self._carried)
+        for _, fp, alert in sorted(due):
+            if not self._raised_again(fp, alert):
+                out.append(alert.resolved(end, **{RESOLUTION: UNCONFIRMED}))
+
+    def _raised_again(self, fp: str, alert: AlertChange) -> bool:
+        """Does this run hold the same instance of the carried `alert` firing?"""
+        labels = alert.labels
+        held = self.firing.get((labels.get("order_id", ""), labels.get("rule", "")))
+        return held is not None and held.fingerprint == fp and held.starts_at == alert.starts_at
+
     def _settle_carried(self, until: int, out: list[AlertChange]) -> None:
         """Settle the carried alerts due by `until`, each in event-time order with the
         deadlines and events around it, so that what is announced does not depend on the
@@ -354,9 +376,7 @@ class ShardTracker:
             at, fp, alert = carried[0]
             self._fire_due(at, out)  # what this run raises by then, first
             heapq.heappop(carried)
-            labels = alert.labels
-            held = self.firing.get((labels.get("order_id", ""), labels.get("rule", "")))
-            if held is None or held.fingerprint != fp or held.starts_at != alert.starts_at:
+            if not self._raised_again(fp, alert):
                 out.append(alert.resolved(at, **{RESOLUTION: UNCONFIRMED}))
 
     def _sort_pending(self) -> None:

@@ -75,6 +75,10 @@ class WatermarkClock:
         value = self.value
         return w if value is None or w > value else value
 
+    def read_to(self) -> int | None:
+        """The watermark of the input read so far, without the idle clock's advance."""
+        return None if self.max_ts is None else self.max_ts - self._lateness
+
     def final(self) -> int | None:
         """End of a finite input: deadlines at or before the largest event time fire."""
         if self.max_ts is not None and (self.value is None or self.max_ts > self.value):

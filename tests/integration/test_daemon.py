@@ -195,11 +195,12 @@ def test_a_restart_without_its_orders_ends_what_its_input_no_longer_raises(
     with daemon(tmp_path, sample_config(events), name="first", state=state, args=args) as d:
         wait_for(lambda: len(firing_rules(d)) == 12, 40, "sample alerts")
         before = firing_rules(d)
-    # what the log holds after the rotation: O1002's events, and the newest line (O1099 created)
-    # to carry the event time on as far as before
+    # what the log holds after the rotation: O1002's events, the newest line (O1099 created)
+    # and a newer one, which carries event time on past where the first run had read
     kept = ('"order_id": "O1002"', '"order_id": "O1099"')
     lines = SAMPLE.read_text().splitlines()
-    events.write_text("".join(f"{x}\n" for x in lines if any(k in x for k in kept)))
+    newer = _line(type="order", ts="2026-11-14T00:10:00+08:00", order_id="N1", status="completed")
+    events.write_text("".join(f"{x}\n" for x in lines if any(k in x for k in kept)) + newer)
     still = {(rule, oid) for rule, oid in before if oid == "O1002"}
     assert still and len(still) < len(before)
     with daemon(tmp_path, sample_config(events), name="second", state=state, args=args) as d:

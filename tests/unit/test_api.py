@@ -546,10 +546,10 @@ class RefusingStore(AlertStore):
 
     refuse = True
 
-    def apply(self, changes: Any) -> list[AlertChange]:
+    def apply(self, changes: Any, progress: int | None = None) -> list[AlertChange]:
         if self.refuse:
             raise sqlite3.OperationalError("database or disk is full")
-        return super().apply(changes)
+        return super().apply(changes, progress)
 
 
 def test_a_store_that_refuses_writes_delays_alerts_and_never_drops_them(tmp_path: Path) -> None:
@@ -604,10 +604,10 @@ class WatchedStore(AlertStore):
         super().__init__(path)
         self.writing, self.written = threading.Event(), False
 
-    def apply(self, changes: Any) -> list[AlertChange]:
+    def apply(self, changes: Any, progress: int | None = None) -> list[AlertChange]:
         self.writing.set()
         try:
-            return super().apply(changes)
+            return super().apply(changes, progress)
         finally:
             self.written = True
 

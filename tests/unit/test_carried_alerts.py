@@ -7,6 +7,7 @@ an alert whose order's events are gone from the input ended nowhere and stayed f
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 from bytewax.run import cli_main
 from bytewax.testing import TestingSink, TestingSource
@@ -177,3 +178,31 @@ def test_the_dataflow_hands_each_order_s_alert_to_the_shard_that_owns_it() -> No
         ("resolved", "paid_30m", "A", 31 * MIN, 36 * MIN),
     ]
     assert got[1].status == RESOLVED and got[1].annotations[RESOLUTION] == UNCONFIRMED
+
+
+def test_at_the_end_of_a_finite_input_one_that_started_by_then_ends_without_its_grace() -> None:
+    """Nothing can come any more (a replay, a file read once); one starting after the last
+    event stays, as a deadline after the end does not fire."""
+    early, late = fired_before(), track([order(0, "Z", "paid")], CFG, until=2 * HOUR)[0]
+    late = AlertChange(late.status, late.labels, {}, BASE + 40 * MIN, None)
+    tracker = fresh()
+    tracker.carry([early, late], since=BASE + 2 * HOUR)
+    (ended,) = track([order(33 * MIN, "B", "created")], CFG, tracker=tracker)
+    assert (ended.fingerprint, ended.ends_at) == (early.fingerprint, BASE + 33 * MIN)
+    assert ended.annotations[RESOLUTION] == UNCONFIRMED
+    assert [c[2] for c in tracker._carried] == [late]
+
+
+def test_the_store_keeps_how_far_the_runs_had_read(tmp_path: Path) -> None:
+    """A start settles carried alerts only past it: an alert changed early in a long run must
+    not settle before the restart has read again what the rest of that run read."""
+    path = tmp_path / "alerts.db"
+    carried = fired_before()
+    with AlertStore(path) as store:
+        assert store.progress == 0
+        store.apply([carried], progress=BASE + 2 * HOUR)
+        assert store.progress == BASE + 2 * HOUR  # beyond the change's own time (31 min)
+        store.note_progress(BASE + 3 * HOUR)
+        store.note_progress(BASE + HOUR)  # never back
+    with AlertStore(path) as store:
+        assert store.progress == BASE + 3 * HOUR
