@@ -201,7 +201,7 @@ class AlertStore:
         self, changes: Iterable[AlertChange], progress: int | None = None
     ) -> list[AlertChange]:
         """Record `changes`; return the effective ones, in order, once they are on disk.
-        `progress`: the watermark the dataflow had reached (`progress`), kept with them."""
+        `progress`: how far the dataflow had read its input (`progress`), kept with them."""
         changes = list(changes)
         if not changes:
             return []
@@ -253,6 +253,30 @@ class AlertStore:
             if self._too_old is not None:
                 self._tell_too_old()
             return kept
+
+    def note_progress(self, watermark: int | None) -> None:
+        """Keep how far the input was read (at a clean stop), so that the next start knows it
+        even when no alert changed near the end."""
+        if watermark is None or watermark <= self._progress:
+            return
+        with self._db_lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._write_progress(watermark)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:  # only a start's settling waits less: not worth failing
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                log.warning("alert_store_progress_not_kept", error=str(exc))
+                return
+            self._progress = watermark
+
+    def _write_progress(self, watermark: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES ('progress', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (watermark,),
+        )
 
     def _tell_too_old(self) -> None:
         """Dropping a new alert as "announced, then pruned" is right for a replay of old input,
@@ -453,30 +477,6 @@ class AlertStore:
         """How far in event time the runs that wrote this store had got: the latest of the
         changes stored and of the watermarks noted with them (`apply`, `note_progress`)."""
         return max(self._high_water, self._progress)
-
-    def note_progress(self, watermark: int | None) -> None:
-        """Keep the watermark reached (at a clean stop), so that the next start knows how far
-        this run had read even when no alert changed near the end."""
-        if watermark is None or watermark <= self._progress:
-            return
-        with self._db_lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._write_progress(watermark)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:  # only a start's settling waits less: not worth failing
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                log.warning("alert_store_progress_not_kept", error=str(exc))
-                return
-            self._progress = watermark
-
-    def _write_progress(self, watermark: int) -> None:
-        self._db.execute(
-            "INSERT INTO meta (key, value) VALUES ('progress', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (watermark,),
-        )
 
     def firing(self) -> list[AlertChange]:
         """Alerts firing now (one-shot anomalies excluded), oldest first."""

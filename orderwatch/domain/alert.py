@@ -18,9 +18,9 @@ from orderwatch.jsonbytes import dumps_kept
 FIRING: Literal["firing"] = "firing"
 RESOLVED: Literal["resolved"] = "resolved"
 RESOLUTION = "resolution"  # the annotation a resolution adds: what ended the alert
-# The resolution of an alert left firing before a start that this run's input does not raise
-# again by its deadline (`ShardTracker.carry`); the alert store reopens such an instance if it
-# is raised after all (a late event).
+# The resolution of an alert left firing before a start that this run's input has not raised
+# again by its settling point (`ShardTracker.carry`); the alert store reopens such an instance
+# if it is raised after all (a late event).
 UNCONFIRMED = (
     "not raised again since orderwatch restarted: its state from before the restart is gone "
     "(state.recovery off, or the snapshot is older) and the input read since does not raise "

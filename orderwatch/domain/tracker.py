@@ -331,13 +331,13 @@ class ShardTracker:
 
     def carry(self, alerts: list[AlertChange], since: int = 0) -> None:
         """Alerts of this shard's orders that the alert store held firing when this run began;
-        `since`: the latest event time the store had seen then.
+        `since`: how far the runs before had read (`AlertStore.progress`).
 
         Without the state that raised them (no recovery, or an older snapshot) nothing would
         ever end one whose order's events are no longer in the input: it would stay firing
-        for good. Each is settled (`_settle_carried`) once the watermark passes its `startsAt` and
-        `since` (by then this run has read again what raised it, if it still can) plus
-        `CARRY_GRACE_MS`, for what a source read more slowly delivers late."""
+        for good. Each is settled (`_settle_carried`) once the watermark passes the later of
+        its `startsAt` and `since` (by then this run has read again what raised it, if it
+        still can) plus `CARRY_GRACE_MS`, for what a source read more slowly delivers late."""
         known = {fp for _, fp, _ in self._carried}
         for alert in alerts:
             if alert.fingerprint not in known:
