@@ -36,6 +36,16 @@ def test_the_rules_file_is_valid_for_promtool() -> None:
     assert f"SUCCESS: {len(rules())} rules found" in done.stdout
 
 
+def test_the_example_prometheus_config_loads_the_rules_and_names_the_job_they_select() -> None:
+    config = Path("deploy/prometheus/prometheus.yml")
+    done = promtool("check", "config", str(config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(rules())} rules found" in done.stdout
+    jobs = [job["job_name"] for job in yaml.safe_load(config.read_text())["scrape_configs"]]
+    selected = {m for r in rules() for m in re.findall(r'up\{job="(\w+)"\}', r["expr"])}
+    assert selected == {"orderwatch"} and selected <= set(jobs)
+
+
 def test_each_rule_fires_when_meant_and_not_otherwise(tmp_path: Path) -> None:
     """`promtool test rules` on the behaviour file, against the rules without annotations
     (their wording is checked below), and every rule is shown firing at least once there."""
