@@ -288,7 +288,12 @@ def run_daemon(
         sources = build_sources(cfg, runtime)
         outputs = Outputs(
             QueueSink(runtime, local=primary),
-            DeadLetterSink(state_dir / "dead-letters.jsonl", local=primary, log_them=True),
+            DeadLetterSink(
+                state_dir / "dead-letters.jsonl",
+                local=primary,
+                log_them=True,
+                index=runtime.rejected,
+            ),
         )
         carried = store.firing() if primary else []
         if carried:  # each ends as unconfirmed unless this run's input raises it again

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from orderwatch.domain.rejected import RejectedByOrder
 from orderwatch.domain.stats import LAG_BUCKETS, Histogram, LabelCap
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class Runtime:
     stopping: threading.Event = field(default_factory=threading.Event)  # cooperative shutdown
     wake_alerts: Callable[[], None] = lambda: None  # set by the alert consumer: a batch is queued
     peers: list[str] = field(default_factory=list)  # HTTP base URLs of the other processes
+    rejected: RejectedByOrder = field(default_factory=RejectedByOrder)  # process 0's dead letters
     _intakes: list[IntakeStats] = field(default_factory=list)
     _local: threading.local = field(default_factory=threading.local)
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -19,6 +19,7 @@ import structlog
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from orderwatch.domain.alert import AlertChange
+from orderwatch.domain.rejected import RejectedByOrder
 from orderwatch.events import Rejected
 from orderwatch.logs import RateLimited
 from orderwatch.runtime import AlertBatch, Runtime
@@ -93,9 +94,10 @@ class _DeadLetterPartition(StatefulSinkPartition[Any, None]):
     the records wait in memory, up to `_MAX_WAITING`, and are written once it takes them).
     Either way the daemon goes on: a dead letter is never worth stopping the monitoring."""
 
-    def __init__(self, path: Path, log_them: bool) -> None:
+    def __init__(self, path: Path, log_them: bool, index: RejectedByOrder | None) -> None:
         self._path = path
         self._log_them = log_them
+        self._index = index
         self._f: BinaryIO | None = None
         self._ino = 0
         self._waiting: list[bytes] = []
@@ -119,7 +121,11 @@ class _DeadLetterPartition(StatefulSinkPartition[Any, None]):
         return f
 
     def write_batch(self, values: list[Any]) -> None:
-        self._waiting += [orjson.dumps(dead_letter_json(v)) + b"\n" for v in values]
+        records = [dead_letter_json(v) for v in values]
+        self._waiting += [orjson.dumps(r) + b"\n" for r in records]
+        if self._index is not None:
+            for r in records:
+                self._index.add(r)
         if self._log_them:
             for v in values:
                 _rejections.warning(
@@ -190,13 +196,21 @@ class DeadLetterSink(_Single):
 
     part = "dead-letters"
 
-    def __init__(self, path: str | Path, local: bool = True, *, log_them: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        local: bool = True,
+        *,
+        log_them: bool = False,
+        index: RejectedByOrder | None = None,
+    ) -> None:
         super().__init__(local)
         self.path = Path(path)
         self.log_them = log_them  # the daemon logs them, rate-limited (a replay sums them up)
+        self.index = index  # the daemon's, for the order timelines of its HTTP API
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeadLetterPartition:
-        return _DeadLetterPartition(self.path, self.log_them)
+        return _DeadLetterPartition(self.path, self.log_them, self.index)
 
 
 _STOP_WAIT = 15.0  # seconds: at shutdown, how long a batch waits for a store that refuses it

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, NoReturn, get_args
 from urllib.parse import quote
 
 import aiohttp
@@ -400,8 +400,9 @@ async def order_timeline(request: web.Request) -> web.Response:
             where = f"; its shard {key} is not served by this process"
         else:
             where = ""  # one process: a shard not started yet has seen no input at all
-        raise ApiError(
-            404,
+        _untracked(
+            ctx,
+            order_id,
             f"order {order_id} is not tracked: never seen, or forgotten after its retention{where}",
         )
     # off the loop: the store's database may be busy with a write waiting for a lock
@@ -411,7 +412,30 @@ async def order_timeline(request: web.Request) -> web.Response:
         body = timeline(order_id, rec, tracker, known, ctx.timezone, mark)
     except RuntimeError:  # the worker changed the record while we read it
         body = timeline(order_id, rec, tracker, known, ctx.timezone, mark)
+    body.update(_rejected(ctx, order_id))
     return json_response(body)
+
+
+def _rejected(ctx: Context, order_id: str) -> dict[str, Any]:
+    """The order's inputs the dead-letter output took lately (held by process 0, which writes
+    the dead letters and answers /v1): often why an order looks stuck."""
+    count, records = ctx.runtime.rejected.get(order_id)
+    return {"rejected_count": count, "rejected_events": records}
+
+
+def _untracked(ctx: Context, order_id: str, message: str) -> NoReturn:
+    """404 for an order no shard holds, with its rejected inputs if any: an order whose every
+    event was rejected (a naive timestamp after a migration) is never tracked."""
+    rejected = _rejected(ctx, order_id)
+    records = rejected["rejected_events"]
+    if records:
+        reasons = ", ".join(sorted({r["reason"] for r in records}))
+        message += (
+            f"; {rejected['rejected_count']} of its inputs were rejected to the dead-letter "
+            f"output ({reasons}; the latest at {records[-1]['source']} {records[-1]['position']}"
+            "): see rejected_events"
+        )
+    raise ApiError(404, message, **(rejected if records else {}))
 
 
 PROXIED = "X-Orderwatch-Proxied"
@@ -440,8 +464,9 @@ async def _from_peers(ctx: Context, order_id: str) -> web.Response:
             body["resolved_alerts"] = [
                 a.to_json(packed=True) for a in known if a.status == "resolved"
             ]
+            body.update(_rejected(ctx, order_id))
             return json_response(body)
-    raise ApiError(404, f"order {order_id} is not tracked by any process of this cluster")
+    _untracked(ctx, order_id, f"order {order_id} is not tracked by any process of this cluster")
 
 
 # --- the application -------------------------------------------------------------------------

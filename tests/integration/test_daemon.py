@@ -70,6 +70,20 @@ def test_daemon_serves_alerts_timelines_and_metrics(tmp_path: Path) -> None:
 
         status, err = d.get("/v1/orders/NOPE")
         assert status == 404 and "NOPE" in err["error"]
+        # O1011's two lines (cut short; a naive timestamp) and O1012's one were rejected
+        status, err = d.get("/v1/orders/O1011")
+        assert status == 404 and err["rejected_count"] == 2, err
+        why = "(malformed_json, naive_timestamp; the latest at file:events.jsonl 50)"
+        assert why in err["error"]
+        status, err = d.get("/v1/orders/O1012")
+        assert [e["reason"] for e in err["rejected_events"]] == ["unknown_status"]
+        assert (timeline["rejected_count"], timeline["rejected_events"]) == (0, [])
+        with events.open("a") as f:  # a status update for a tracked order, stamped naively
+            f.write(_line(type="order", ts="2026-11-11T01:00:00", order_id="O1002", status="x"))
+        wait_for(lambda: d.get("/v1/orders/O1002")[1]["rejected_count"] == 1, 20, "rejected")
+        _, timeline = d.get("/v1/orders/O1002")
+        assert timeline["rejected_events"][0]["position"] == "72"
+        assert timeline["status"] == "paid"  # the rejected line changed nothing
         status, err = d.get("/v1/orders/stuck?limit=0")
         assert status == 400 and "limit" in err["error"]
         status, stuck = d.get("/v1/orders/stuck?rule=paid_not_shipped")
@@ -100,7 +114,7 @@ def test_daemon_serves_alerts_timelines_and_metrics(tmp_path: Path) -> None:
                     (("reason", "naive_timestamp"), ("source", "file:events.jsonl")),
                 )
             ]
-            == 1
+            == 2  # the sample's and the one appended above
         )
         assert samples[("orderwatch_orders", (("status", "paid"),))] >= 1
         assert (
@@ -437,6 +451,19 @@ def test_two_process_daemon_answers_for_every_order(tmp_path: Path) -> None:
             "paid_not_shipped",
         }
         assert d.get("/v1/orders/NOPE")[0] == 404
+        # process 0 writes the dead letters: it adds each order's to the timeline, wherever
+        # the order's shard runs, and to the 404 of an order only rejected inputs named
+        oids = [f"O10{i:02d}" for i in range(2, 11)]
+        with events.open("a") as f:
+            for oid in oids:
+                f.write(_line(type="order", ts="2026-11-11T02:00:00", order_id=oid, status="x"))
+
+        def rejected(oid: str) -> int:
+            return int(d.get(f"/v1/orders/{oid}")[1]["rejected_count"])
+
+        wait_for(lambda: all(rejected(oid) == 1 for oid in oids), 30, "rejections shown")
+        status, body = d.get("/v1/orders/O1011")
+        assert status == 404 and body["rejected_count"] == 2
         p1 = f"http://127.0.0.1:{d.port + 1}"
         other = wait_for(lambda: http_get(f"{p1}/metrics"), 30, "p1")
         assert other[0] == 200 and "orderwatch_orders_tracked" in other[1]
@@ -445,7 +472,7 @@ def test_two_process_daemon_answers_for_every_order(tmp_path: Path) -> None:
         assert status == 200
         assert {(a["labels"]["rule"], a["labels"]["order_id"]) for a in body["alerts"]} == seen
         status, body = http_get(f"{p1}/v1/orders/O1002")
-        assert status == 200 and len(body["alerts"]) == 3
+        assert status == 200 and len(body["alerts"]) == 3 and body["rejected_count"] == 1
         status, body = http_get(f"{p1}/v1/orders/stuck?rule=nope")
         assert status == 400 and body["parameter"] == "rule"
 

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orderwatch.alerts.store import AlertStore
 from orderwatch.config import Config
+from orderwatch.connectors.sinks import DeadLetterSink
 from orderwatch.control.api import build_app
 from orderwatch.control.server import (
     STOP,
@@ -31,6 +32,7 @@ from orderwatch.domain.alert import AlertChange
 from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
 from orderwatch.domain.watermark import WatermarkClock
+from orderwatch.events import Decoder
 from orderwatch.metrics import build_registry
 from orderwatch.pipelines.route import shard_keys, shard_of
 from orderwatch.runtime import Runtime, SourceHealth
@@ -423,6 +425,46 @@ def test_an_order_whose_events_wait_for_the_watermark_is_not_called_never_seen()
         d.runtime.trackers.clear()  # as before any input reached the shards
         unknown = (await (await client.get("/v1/orders/A")).json())["error"]
         assert "not tracked" in unknown and "not served" not in unknown
+
+    serve(d.app(), check)
+
+
+def test_order_timeline_shows_the_orders_rejected_inputs(tmp_path: Path) -> None:
+    """A rejected line never reaches its order, yet is often why it looks stuck: the timeline
+    shows the dead letters that name the order, and an order all of whose inputs were rejected
+    is a 404 that says so instead of "never seen"."""
+    d = Daemon().feed(SCENARIO, until=HOUR)
+    sink = DeadLetterSink(tmp_path / "dead.jsonl", index=d.runtime.rejected)
+    part = sink.build_part("dl", "dead-letters", None)
+    decoder = Decoder()
+    lines = [
+        b'{"type":"order","ts":"2026-11-11T01:00:00","order_id":"A","status":"allocated"}',
+        b'{"type":"order","ts":"2026-11-11T01:00:00","order_id":"Z","status":"created"}',
+        b'{"type":"order","order_id":"Z","status":"pai',
+    ]
+    part.write_batch([decoder.decode(raw, "file:oms.jsonl", str(i)) for i, raw in enumerate(lines)])
+    part.close()
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        body = await (await client.get("/v1/orders/A")).json()
+        assert body["status"] == "paid" and body["rejected_count"] == 1
+        (got,) = body["rejected_events"]
+        assert (got["reason"], got["source"], got["position"]) == (
+            "naive_timestamp",
+            "file:oms.jsonl",
+            "0",
+        )
+        assert '"status":"allocated"' in got["raw"]
+        body = await (await client.get("/v1/orders/B")).json()
+        assert (body["rejected_count"], body["rejected_events"]) == (0, [])
+        r = await client.get("/v1/orders/Z")
+        body = await r.json()
+        assert r.status == 404 and body["rejected_count"] == 2
+        assert "2 of its inputs were rejected" in body["error"]
+        assert "malformed_json, naive_timestamp" in body["error"]
+        assert "file:oms.jsonl 2" in body["error"]
+        assert [e["position"] for e in body["rejected_events"]] == ["1", "2"]
+        assert "rejected" not in (await (await client.get("/v1/orders/NOPE")).json())["error"]
 
     serve(d.app(), check)
 

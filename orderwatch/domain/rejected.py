@@ -1,0 +1,101 @@
+"""The inputs rejected for each order lately, so the order's timeline shows them.
+
+A rejected line never reaches its order's shard (it has no valid event time to be applied
+at), so the tracker cannot know of it. Yet it is often why the order looks stuck: the
+`shipped` callback that came with a naive timestamp after a migration, the `paid` event with
+an unknown status name. `GET /v1/orders/{id}` shows what this index holds of the order, so
+the on-call who opens an alert's timeline sees the rejected events beside the kept ones.
+
+Bounded: the most recently rejected `max_orders` orders, the last `per_order` records of each
+(the dead-letter file keeps every one in full), each record's raw input cut to `_RAW_CHARS`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+
+from orderwatch.jsonbytes import dumps_kept
+
+MAX_ORDER_ID = 128  # as the event schema: 1-128 characters
+_RAW_CHARS = 300
+# A line that is not JSON (cut short, a stray quote) may still name its order plainly.
+_ORDER_ID = re.compile(rb'"order_id"\s*:\s*"([^"\\]{1,128})"')
+
+
+def order_id_of(raw: bytes) -> str | None:
+    """The order a rejected input is about, as far as it can be read; None if it names none."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        found = _ORDER_ID.search(raw)
+        if found is None:
+            return None
+        try:
+            return found.group(1).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    value = obj.get("order_id") if isinstance(obj, dict) else None
+    if isinstance(value, str) and 1 <= len(value) <= MAX_ORDER_ID:
+        return value
+    return None
+
+
+class _Order:
+    __slots__ = ("count", "records")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.records: list[bytes] = []  # JSON, oldest first
+
+
+class RejectedByOrder:
+    """Written by the dead-letter sink's thread, read by the HTTP API's: one lock for both."""
+
+    def __init__(self, max_orders: int = 10_000, per_order: int = 3) -> None:
+        self._max_orders = max_orders
+        self._per_order = per_order
+        self._orders: OrderedDict[str, _Order] = OrderedDict()  # least recently rejected first
+        self._lock = threading.Lock()
+
+    def add(self, dead_letter: dict[str, Any]) -> None:
+        """Index one dead-letter record (`sinks.dead_letter_json`) under the order it names."""
+        raw = dead_letter.get("raw")
+        if raw is None:
+            return  # not UTF-8: no order id to read
+        order_id = order_id_of(raw.encode("utf-8"))
+        if order_id is None:
+            return
+        record = {k: v for k, v in dead_letter.items() if k not in ("raw", "truncated")}
+        record["raw"] = raw[:_RAW_CHARS]
+        if len(raw) > _RAW_CHARS or dead_letter.get("truncated"):
+            record["raw_truncated"] = True
+        blob = dumps_kept(record)  # held: in a buffer of its own size
+        with self._lock:
+            entry = self._orders.get(order_id)
+            if entry is None:
+                entry = self._orders[order_id] = _Order()
+                if len(self._orders) > self._max_orders:
+                    self._orders.popitem(last=False)
+            else:
+                self._orders.move_to_end(order_id)
+            entry.count += 1
+            entry.records.append(blob)
+            del entry.records[: -self._per_order]
+
+    def get(self, order_id: str) -> tuple[int, list[dict[str, Any]]]:
+        """How many of the order's inputs were rejected (since it was last indexed) and the
+        latest records, oldest first; (0, []) if none is held."""
+        with self._lock:
+            entry = self._orders.get(order_id)
+            if entry is None:
+                return 0, []
+            count, blobs = entry.count, list(entry.records)
+        return count, [orjson.loads(b) for b in blobs]
+
+    def __len__(self) -> int:
+        return len(self._orders)
