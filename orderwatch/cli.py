@@ -68,7 +68,12 @@ def _addresses(text: str) -> str:
 
 
 def _add_scaling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=_at_least(1), default=1, help="worker threads in this process")
+    p.add_argument(
+        "--workers",
+        type=_at_least(1),
+        default=1,
+        help="worker threads in this process (one interpreter lock: --processes uses more cores)",
+    )
     p.add_argument("--processes", type=_at_least(1), default=1, help="processes in a local cluster")
     p.add_argument(
         "--addresses", type=_addresses, help="host:port,... of every process (multi-host cluster)"

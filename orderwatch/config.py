@@ -165,7 +165,16 @@ def _template(text: str | None) -> str | None:
 
 
 # What a stuck rule's `summary` and `description` may say, filled in when it fires.
-TEMPLATE_FIELDS = ("order_id", "status", "dwell", "limit", "channel", "warehouse", "tracking_no")
+TEMPLATE_FIELDS = (
+    "order_id",
+    "status",
+    "dwell",
+    "limit",
+    "channel",
+    "warehouse",
+    "tracking_no",
+    "timeline",
+)
 Template = Annotated[str | None, AfterValidator(_template)]
 RunbookUrl = Annotated[str | None, Field(pattern=r"^https?://\S+$")]
 

@@ -32,6 +32,7 @@ from orderwatch.config import Severity
 from orderwatch.control.timeline import MAX_ORDER_ID, find_order, local_iso, timeline
 from orderwatch.domain.alert import AlertChange, rfc3339_ms
 from orderwatch.domain.rules import ANOMALY_ALERT, GAP_ALERT, STUCK_ALERT, RuleSet
+from orderwatch.domain.wording import timeline_path
 from orderwatch.metrics import event_clock_ms, rule_windows
 from orderwatch.runtime import Runtime
 
@@ -367,7 +368,7 @@ async def stuck_orders(request: web.Request) -> web.Response:
                 "overdue_seconds": max(clock - a.starts_at, 0) / 1000,
                 "age_seconds": age,
                 "fingerprint": a.fingerprint,
-                "timeline": f"/v1/orders/{a.labels.get('order_id', '')}",
+                "timeline": timeline_path(a.labels.get("order_id", "")),
             }
         )
     return json_response(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import lru_cache
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from orderwatch.domain import timeline
@@ -43,7 +44,7 @@ _ACTION = {
     "wms_without_payment": "Hold the parcel: confirm the payment with the gateway before it ships.",
     "payment_not_applied": "Check the payment callback handler; apply the payment to the order "
     "(or let the reconcile job do it) before the order auto-closes.",
-    "OrderStuck": "Open the order's timeline (GET /v1/orders/{order_id}) and find the step that "
+    "OrderStuck": "Open the order's timeline (GET {timeline}) and find the step that "
     "did not happen.",
     "illegal_transition": "Find which system sent the new status (the source of each event in "
     "the timeline) and whether callbacks raced; correct the status in the OMS if it is wrong.",
@@ -89,13 +90,19 @@ def labels(
     return out
 
 
+def timeline_path(order_id: str) -> str:
+    """The order's `GET /v1/orders/{id}` path, the id percent-encoded: order numbers such as
+    `PO/2026/0001` would otherwise name another path."""
+    return "/v1/orders/" + quote(order_id, safe="")
+
+
 def _common(order_id: str, rec: OrderRec, zone: str) -> dict[str, str]:
     out = {
         "order_id": order_id,
         "status": rec.status or "unknown",
         "status_since": local_time(rec.since, zone) if rec.status else "",
         "last_events": last_events(rec, zone),
-        "timeline": f"/v1/orders/{order_id}",
+        "timeline": timeline_path(order_id),
     }
     if rec.channel:
         out["channel"] = rec.channel
@@ -121,6 +128,7 @@ def stuck(
         text = f"Order {order_id} without any update for {dwell} while {rec.status} (limit {limit})"
     fields = {
         "order_id": order_id,
+        "timeline": timeline_path(order_id),
         "status": rec.status or "unknown",
         "dwell": dwell,
         "limit": limit,

@@ -469,6 +469,25 @@ def test_order_timeline_shows_the_orders_rejected_inputs(tmp_path: Path) -> None
     serve(d.app(), check)
 
 
+def test_an_alerts_timeline_link_leads_to_its_order_whatever_the_id_holds() -> None:
+    """The `timeline` annotation, the stuck list's link and the stuck rule's next step named
+    `/v1/orders/PO/2026/0001`, a path no order is at: the id is percent-encoded now."""
+    oid = "PO/2026 0001?#%"
+    d = Daemon().feed([order(0, oid, "paid")], until=HOUR)
+
+    async def check(client: TestClient[Any, Any]) -> None:
+        body = await (await client.get("/v1/alerts")).json()
+        (alert,) = [a for a in body["alerts"] if a["labels"]["alertname"] == "OrderStuck"]
+        link = alert["annotations"]["timeline"]
+        assert f"(GET {link})" in alert["annotations"]["description"]
+        stuck = await (await client.get("/v1/orders/stuck")).json()
+        assert stuck["orders"][0]["timeline"] == link
+        r = await client.get(link)
+        assert r.status == 200 and (await r.json())["order_id"] == oid
+
+    serve(d.app(), check)
+
+
 def test_order_timeline_errors_are_json() -> None:
     """An unknown order is a JSON 404 that mentions retention; an over-long id is a 400."""
     d = Daemon().feed(SCENARIO, until=HOUR)
