@@ -39,15 +39,14 @@ _GAP_TEXT = {
 }
 
 _ACTION = {
-    "paid_without_wms": "Check the push to WMS for this order (callback logs, ERP pre-allocation) "
-    "and its timeline's rejected_events (a WMS event stamped without an offset is rejected); "
-    "re-push the outbound order or cancel and refund.",
-    "wms_without_payment": "Hold the parcel: confirm the payment with the gateway before it ships "
-    "(a payment orderwatch rejected is in its timeline's rejected_events).",
-    "payment_not_applied": "Check the payment callback handler and the timeline's rejected_events; "
-    "apply the payment to the order (or let the reconcile job do it) before it auto-closes.",
+    "paid_without_wms": "Check the push to WMS for this order (callback logs, ERP pre-allocation, "
+    "rejected_events on its timeline); re-push the outbound order or cancel and refund.",
+    "wms_without_payment": "Hold the parcel: confirm the payment with the gateway (and "
+    "rejected_events on the timeline) before it ships.",
+    "payment_not_applied": "Check the payment callback handler and rejected_events on the "
+    "timeline; apply the payment (or let the reconcile job do it) before the order auto-closes.",
     "OrderStuck": "Open the order's timeline (GET {timeline}) and find the step that "
-    "did not happen, or was rejected (rejected_events).",
+    "did not happen or was rejected (rejected_events).",
     "illegal_transition": "Find which system sent the new status (the source of each event in "
     "the timeline) and whether callbacks raced; correct the status in the OMS if it is wrong.",
     "shipped_without_tracking": "Get the waybill number from the WMS or the carrier and add it "
