@@ -246,7 +246,7 @@ def run_daemon(
     rules = RuleSet.from_config(cfg)
     registry = build_registry(runtime, store, cfg.metrics, rules=rules)
     app = build_app(runtime, store, registry, rules=rules, timezone=cfg.timezone)
-    printer = ConsolePrinter(cfg.timezone)
+    printer = ConsolePrinter(cfg.timezone, rejected=runtime.rejected)
     retired = store.retire(rules.could_fire) if primary else []
     if retired:
         gone = sorted({f"{a.labels.get('rule')}/{a.labels.get('severity')}" for a in retired})

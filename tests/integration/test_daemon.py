@@ -168,6 +168,31 @@ def test_quiet_input_fires_deadlines_on_the_wall_clock(tmp_path: Path) -> None:
     assert "RESOLVED" in d.console()
 
 
+def test_the_console_line_of_an_alert_names_its_orders_rejected_inputs(tmp_path: Path) -> None:
+    """The 漏发 of an order whose WMS event came without a UTC offset: the warehouse did get
+    the push, and the console line says where to look instead of reading as a lost push."""
+    events = tmp_path / "live.jsonl"
+    events.write_text("")
+    cfg = {
+        "sources": [{"kind": "file", "path": str(events), "follow": True}],
+        "rules": {"gaps": {"paid_without_wms": {"within": "2s", "severity": "critical"}}},
+        "lateness": "1s",
+        "idle_after": "1s",
+    }
+    with daemon(tmp_path, cfg) as d:
+        now = _now_ms()
+        with events.open("a") as f:
+            f.write(_line(type="order", ts=now, order_id="W/1", status="created"))
+            f.write(_line(type="payment", ts=now, order_id="W/1", pay_no="P1", status="success"))
+            wms = {"type": "wms", "order_id": "W/1", "action": "outbound_created"}
+            f.write(_line(**wms, ts="2026-11-25T09:00:00"))
+        wait_for(lambda: "paid_without_wms W/1" in d.console(), 20, "the 漏发 alert")
+        (line,) = [x for x in d.console().splitlines() if "paid_without_wms W/1" in x]
+        assert line.endswith("[1 of its inputs rejected (naive_timestamp): GET /v1/orders/W%2F1]")
+        status, timeline = d.get("/v1/orders/W%2F1")
+        assert status == 200 and timeline["rejected_events"][0]["reason"] == "naive_timestamp"
+
+
 def test_restart_without_a_rule_resolves_its_alerts(tmp_path: Path) -> None:
     """Its alerts would otherwise stay firing forever, unfilterable by `rule` (ghost pages)."""
     events = tmp_path / "events.jsonl"

@@ -50,3 +50,29 @@ def test_an_alert_ended_as_unconfirmed_after_a_restart_is_no_green_tick() -> Non
         "❔ RESOLVED warning  paid_30m A at 2026-11-10 16:00:00 +00:00"
     )
     assert f": {UNCONFIRMED} — was: " in out.getvalue()
+
+
+def test_a_firing_line_says_when_its_orders_inputs_were_rejected() -> None:
+    """A 漏发 whose WMS events were all dead-lettered (stamped without an offset) read on the
+    console like a lost push; the daemon's index of rejected inputs now says so on the line."""
+    from orderwatch.domain.rejected import RejectedByOrder
+    from tests.factories import MIN, config, order, payment, track
+
+    rejected = RejectedByOrder()
+    for action in ("outbound_created", "shipped"):
+        raw = f'{{"type":"wms","ts":"2026-11-11T00:05:00","order_id":"PO/1","action":"{action}"}}'
+        rejected.add({"reason": "naive_timestamp", "source": "file:wms.jsonl", "raw": raw})
+    gaps = {"gaps": {"paid_without_wms": {"within": "10m", "severity": "critical"}}}
+    changes = track(
+        [order(0, "PO/1", "created"), payment(MIN, "PO/1"), order(20 * MIN, "PO/1", "closed")],
+        config(gaps),
+    )
+    out = io.StringIO()
+    ConsolePrinter("Asia/Shanghai", out, rejected=rejected)(changes)
+    firing, resolved = out.getvalue().splitlines()
+    assert firing.startswith("🔴 FIRING   critical paid_without_wms PO/1")
+    assert firing.endswith(" [2 of its inputs rejected (naive_timestamp): GET /v1/orders/PO%2F1]")
+    assert "rejected" not in resolved  # what ended it is what the line is about
+    out = io.StringIO()
+    ConsolePrinter("Asia/Shanghai", out)(changes)  # no index (tests, tools): as before
+    assert "rejected" not in out.getvalue()
