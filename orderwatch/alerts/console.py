@@ -44,9 +44,7 @@ def format_line(a: AlertChange, zone: str, rejected: RejectedByOrder | None = No
         count, records = rejected.get(order_id)
         if count:
             reasons = ", ".join(sorted({r["reason"] for r in records}))
-            line += (
-                f" [{count} of its inputs rejected ({reasons}): GET {timeline_path(order_id)}]"
-            )
+            line += f" [{count} of its inputs rejected ({reasons}): GET {timeline_path(order_id)}]"
     return _printable(line)
 
 

@@ -140,16 +140,19 @@ def _line(**kw: Any) -> str:
     return json.dumps(kw) + "\n"
 
 
+def _tailed(events: Path, **extra: Any) -> dict[str, Any]:
+    """A daemon tailing `events`, quick to notice a quiet input (1 s lateness and idle)."""
+    source = {"kind": "file", "path": str(events), "follow": True}
+    return {"sources": [source], "lateness": "1s", "idle_after": "1s", **extra}
+
+
 def test_quiet_input_fires_deadlines_on_the_wall_clock(tmp_path: Path) -> None:
     """No new events: after idle_after the watermark follows the wall clock and the alert fires."""
     events = tmp_path / "live.jsonl"
     events.write_text("")
-    cfg = {
-        "sources": [{"kind": "file", "path": str(events), "follow": True}],
-        "rules": {"stuck": [{"name": "paid_4s", "statuses": ["paid"], "max_dwell": "4s"}]},
-        "lateness": "1s",
-        "idle_after": "1s",
-    }
+    cfg = _tailed(
+        events, rules={"stuck": [{"name": "paid_4s", "statuses": ["paid"], "max_dwell": "4s"}]}
+    )
     with daemon(tmp_path, cfg) as d:
         entered = _now_ms()
         with events.open("a") as f:
@@ -173,12 +176,9 @@ def test_the_console_line_of_an_alert_names_its_orders_rejected_inputs(tmp_path:
     the push, and the console line says where to look instead of reading as a lost push."""
     events = tmp_path / "live.jsonl"
     events.write_text("")
-    cfg = {
-        "sources": [{"kind": "file", "path": str(events), "follow": True}],
-        "rules": {"gaps": {"paid_without_wms": {"within": "2s", "severity": "critical"}}},
-        "lateness": "1s",
-        "idle_after": "1s",
-    }
+    cfg = _tailed(
+        events, rules={"gaps": {"paid_without_wms": {"within": "2s", "severity": "critical"}}}
+    )
     with daemon(tmp_path, cfg) as d:
         now = _now_ms()
         with events.open("a") as f:
@@ -342,12 +342,9 @@ def test_tailed_file_rotated_by_logrotate_keeps_being_read(tmp_path: Path) -> No
     from an event in the new one, and orders first seen there are tracked."""
     events = tmp_path / "live.jsonl"
     events.write_text("")
-    cfg = {
-        "sources": [{"kind": "file", "path": str(events), "follow": True}],
-        "rules": {"stuck": [{"name": "paid_2s", "statuses": ["paid"], "max_dwell": "2s"}]},
-        "lateness": "1s",
-        "idle_after": "1s",
-    }
+    cfg = _tailed(
+        events, rules={"stuck": [{"name": "paid_2s", "statuses": ["paid"], "max_dwell": "2s"}]}
+    )
     with daemon(tmp_path, cfg) as d:
         with events.open("a") as f:
             f.write(_line(type="order", ts=_now_ms(), order_id="R1", status="paid"))
@@ -370,11 +367,7 @@ def test_a_tailed_file_deleted_and_not_re_created_makes_the_daemon_unready(
     file at the path is being read."""
     events = tmp_path / "live.jsonl"
     events.write_text(_line(type="order", ts=_now_ms(), order_id="G1", status="paid"))
-    cfg = {
-        "sources": [{"kind": "file", "path": str(events), "follow": True}],
-        "lateness": "1s",
-        "idle_after": "1s",
-    }
+    cfg = _tailed(events)
     with daemon(tmp_path, cfg) as d:
         wait_for(lambda: d.get("/v1/orders/G1")[0] == 200, 20, "the first file read")
         events.unlink()
@@ -594,13 +587,11 @@ def test_a_resumed_daemon_on_a_quiet_input_moves_its_watermark_on_at_once(tmp_pa
     events = tmp_path / "live.jsonl"
     events.write_text(_line(type="order", ts=_now_ms(), order_id="Q1", status="paid"))
     state = tmp_path / "state"
-    cfg = {
-        "sources": [{"kind": "file", "path": str(events), "follow": True}],
-        "rules": {"stuck": [{"name": "paid_1h", "statuses": ["paid"], "max_dwell": "1h"}]},
-        "lateness": "1s",
-        "idle_after": "1s",
-        "state": {"dir": str(state), "recovery": True, "snapshot_interval": "1s"},
-    }
+    cfg = _tailed(
+        events,
+        rules={"stuck": [{"name": "paid_1h", "statuses": ["paid"], "max_dwell": "1h"}]},
+        state={"dir": str(state), "recovery": True, "snapshot_interval": "1s"},
+    )
     with daemon(tmp_path, cfg, name="first", state=state) as d:
         wait_for(lambda: d.get("/v1/orders/Q1")[0] == 200, 20, "order read")
         time.sleep(15)  # quiet: the watermark follows the wall clock
