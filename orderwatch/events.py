@@ -20,7 +20,8 @@ from msgspec import Meta, Struct
 
 from orderwatch.domain.lifecycle import STATUSES, canonical
 
-OrderId = Annotated[str, Meta(min_length=1, max_length=128)]
+MAX_ORDER_ID = 128
+OrderId = Annotated[str, Meta(min_length=1, max_length=MAX_ORDER_ID)]
 Amount = Decimal | None
 Ts = int | str
 

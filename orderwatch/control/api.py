@@ -29,10 +29,11 @@ from prometheus_client.exposition import choose_encoder
 
 from orderwatch.alerts.store import AlertStore
 from orderwatch.config import Severity
-from orderwatch.control.timeline import MAX_ORDER_ID, find_order, local_iso, timeline
+from orderwatch.control.timeline import find_order, local_iso, timeline
 from orderwatch.domain.alert import AlertChange, rfc3339_ms
 from orderwatch.domain.rules import ANOMALY_ALERT, GAP_ALERT, STUCK_ALERT, RuleSet
 from orderwatch.domain.wording import timeline_path
+from orderwatch.events import MAX_ORDER_ID
 from orderwatch.metrics import event_clock_ms, rule_windows
 from orderwatch.runtime import Runtime
 

@@ -19,8 +19,6 @@ from orderwatch.domain.tracker import ShardTracker
 from orderwatch.pipelines.route import shard_keys, shard_of
 from orderwatch.runtime import Runtime
 
-MAX_ORDER_ID = 128
-
 
 @lru_cache(maxsize=16)
 def _zone(name: str) -> ZoneInfo:

@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
+from orderwatch.events import MAX_ORDER_ID
 from orderwatch.jsonbytes import dumps_kept
 
-MAX_ORDER_ID = 128  # as the event schema: 1-128 characters
 _RAW_CHARS = 300
 # A line that is not JSON (cut short, a stray quote) may still name its order plainly.
 _ORDER_ID = re.compile(rb'"order_id"\s*:\s*"([^"\\]{1,128})"')
