@@ -124,8 +124,7 @@ class _DeadLetterPartition(StatefulSinkPartition[Any, None]):
         records = [dead_letter_json(v) for v in values]
         self._waiting += [orjson.dumps(r) + b"\n" for r in records]
         if self._index is not None:
-            for r in records:
-                self._index.add(r)
+            _index_all(self._index, records)
         if self._log_them:
             for v in values:
                 _rejections.warning(
@@ -171,6 +170,18 @@ class _DeadLetterPartition(StatefulSinkPartition[Any, None]):
                 self._f.flush()
                 os.fsync(self._f.fileno())
             self._f.close()
+
+
+def _index_all(index: RejectedByOrder, records: list[dict[str, Any]]) -> None:
+    """The order timelines' view of the dead letters: a bug there must not stop the daemon
+    (the file, written next, has every record whatever happens here)."""
+    for r in records:
+        try:
+            index.add(r)
+        except Exception as exc:  # logged; the record is in the file whatever happens
+            _rejections.warning(  # rate-limited, apart from the reasons' own lines
+                " index", "dead letter not indexed for its order's timeline", error=repr(exc)
+            )
 
 
 class AlertFileSink(_Single):

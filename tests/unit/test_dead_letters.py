@@ -86,3 +86,21 @@ def test_the_daemon_logs_rejections_rate_limited(
     daemon.close()
     replay.close()
     assert len(positions(tmp_path / "d.jsonl")) == 505
+
+
+def test_a_failing_index_loses_no_dead_letter_and_stops_nothing(tmp_path: Path) -> None:
+    """The per-order index is a view: whatever goes wrong there, the file gets every record."""
+
+    class Broken:
+        def add(self, record: object) -> None:
+            raise RuntimeError("bug")
+
+    path = tmp_path / "d.jsonl"
+    part = DeadLetterSink(path, index=Broken()).build_part("dl", "d", None)  # type: ignore[arg-type]
+    with capture_logs() as logged:
+        part.write_batch([bad(1), bad(2)])
+        part.write_batch([bad(3)])
+    part.close()
+    assert positions(path) == ["1", "2", "3"]
+    assert [e["event"] for e in logged] == ["dead letter not indexed for its order's timeline"]
+    assert logged[0]["error"] == "RuntimeError('bug')"

@@ -8,6 +8,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orderwatch.connectors.sinks import DeadLetterSink
 from orderwatch.domain.rejected import RejectedByOrder, order_id_of
@@ -115,3 +117,17 @@ def test_a_record_is_held_in_memory_of_its_own_size() -> None:
         tracemalloc.stop()
     assert len(index) == 1000
     assert held < 1_500_000  # ~1 KB each with the order's entry; 4 KiB for the buffer alone
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "replace")))
+def test_no_input_makes_the_index_raise(raw: bytes) -> None:
+    """The dead-letter sink indexes every rejected line: nothing in one may stop it."""
+    for line in (raw, b'{"order_id":"' + raw + b'"}', b'{"order_id":"' + raw):
+        order_id_of(line)  # any bytes: None or an id, never an exception
+        text = line.decode("utf-8", "replace")  # the sink indexes only lines that are UTF-8
+        found = order_id_of(text.encode())
+        assert found is None or 1 <= len(found) <= 128
+        index = RejectedByOrder()
+        index.add({"reason": "malformed_json", "position": "1", "raw": text})
+        assert index.get(found)[0] == 1 if found is not None else len(index) == 0
