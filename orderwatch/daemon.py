@@ -32,7 +32,7 @@ from orderwatch.cluster import free_ports, run_flow, supervise
 from orderwatch.config import Config, FileSource, SimulatorSource
 from orderwatch.connectors.files import JsonlSource
 from orderwatch.connectors.simulator import SimulatorSource as SimSource
-from orderwatch.connectors.sinks import DeadLetterSink, QueueSink
+from orderwatch.connectors.sinks import DEAD_LETTERS, DeadLetterSink, QueueSink
 from orderwatch.control.api import build_app
 from orderwatch.control.server import STOP, consume_alerts, start_control_plane
 from orderwatch.domain.rules import RuleSet
@@ -243,6 +243,10 @@ def run_daemon(
     except (OSError, sqlite3.Error) as exc:
         where = state_dir / DB_NAME
         raise SystemExit(f"orderwatch: cannot open the alert store {where}: {exc}") from None
+    if on_disk:  # what the last run rejected stays on its orders' timelines (not the demo's)
+        indexed = runtime.rejected.load(state_dir / DEAD_LETTERS)
+        if indexed:
+            log.info("rejected inputs of the last run indexed for their orders", count=indexed)
     rules = RuleSet.from_config(cfg)
     registry = build_registry(runtime, store, cfg.metrics, rules=rules)
     app = build_app(runtime, store, registry, rules=rules, timezone=cfg.timezone)
@@ -289,7 +293,7 @@ def run_daemon(
         outputs = Outputs(
             QueueSink(runtime, local=primary),
             DeadLetterSink(
-                state_dir / "dead-letters.jsonl",
+                state_dir / DEAD_LETTERS,
                 local=primary,
                 log_them=True,
                 index=runtime.rejected,

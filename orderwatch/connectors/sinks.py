@@ -24,6 +24,7 @@ from orderwatch.events import Rejected
 from orderwatch.logs import RateLimited
 from orderwatch.runtime import AlertBatch, Runtime
 
+DEAD_LETTERS = "dead-letters.jsonl"  # the daemon's, in its state.dir
 _MAX_RAW = 65_536
 _MAX_WAITING = 10_000  # dead letters held while their file cannot be written
 

@@ -416,10 +416,17 @@ def test_sigterm_leaves_a_clean_state_and_a_restart_repeats_nothing(tmp_path: Pa
     assert '{"clean": true, "event": "stopped"' in d.logs()
 
     with daemon(tmp_path, cfg, name="second", state=state) as d2:
+        # the last run's dead letters are on their orders at once, before any input is read
+        status, err = d2.get("/v1/orders/O1011")
+        assert status == 404 and err["rejected_count"] == 2, err
         wait_for(lambda: firing_rules(d2) == first, 30, "same alerts after restart")
         time.sleep(1)
         assert firing_rules(d2) == first  # each raised again: none ended as unconfirmed
+        # the input read again rejects the same lines: not counted twice
+        assert d2.get("/v1/orders/O1011")[1]["rejected_count"] == 2
     assert "FIRING" not in d2.console() and "RESOLVED" not in d2.console(), d2.console()
+    indexed = '"count": 3, "event": "rejected inputs of the last run indexed for their orders"'
+    assert indexed in d2.logs()
 
 
 @pytest.mark.integration

@@ -131,3 +131,31 @@ def test_no_input_makes_the_index_raise(raw: bytes) -> None:
         index = RejectedByOrder()
         index.add({"reason": "malformed_json", "position": "1", "raw": text})
         assert index.get(found)[0] == 1 if found is not None else len(index) == 0
+
+
+def test_a_line_read_again_is_not_counted_twice() -> None:
+    """A restart without recovery reads its input again: the same (source, position)."""
+    index = RejectedByOrder()
+    record = {"reason": "naive_timestamp", "source": "file:a", "position": "7"}
+    for position in ("7", "7", "8", "7"):
+        index.add({**record, "position": position, "raw": naive("A").decode()})
+    count, records = index.get("A")
+    assert count == 2 and [r["position"] for r in records] == ["7", "8"]
+    index.add({**record, "source": "file:b", "raw": naive("A").decode()})
+    assert index.get("A")[0] == 3
+
+
+def test_the_tail_of_a_dead_letter_file_is_indexed_again(tmp_path: Path) -> None:
+    path = tmp_path / "dead-letters.jsonl"
+    part = DeadLetterSink(path).build_part("dl", "d", None)
+    part.write_batch([rejected(naive(f"T{i}"), str(i)) for i in range(50)])
+    part.close()
+    with path.open("ab") as f:
+        f.write(b'{"reason":"naive_timestamp","raw":"{\\"order_id\\":\\"T')  # a crash mid-line
+    index = RejectedByOrder()
+    assert index.load(path) == 50 and len(index) == 50
+    assert index.get("T7")[1][0]["position"] == "7"
+    small = RejectedByOrder()
+    got = small.load(path, max_bytes=path.stat().st_size // 5)
+    assert 5 <= got < 12 and small.get("T49")[0] == 1 and small.get("T0") == (0, [])
+    assert RejectedByOrder().load(tmp_path / "none.jsonl") == 0
