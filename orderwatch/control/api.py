@@ -370,6 +370,7 @@ async def stuck_orders(request: web.Request) -> web.Response:
                 "age_seconds": age,
                 "fingerprint": a.fingerprint,
                 "timeline": timeline_path(a.labels.get("order_id", "")),
+                "rejected_count": ctx.runtime.rejected.count(a.labels.get("order_id", "")),
             }
         )
     return json_response(

@@ -131,5 +131,10 @@ class RejectedByOrder:
             count, blobs = entry.count, [blob for _, blob in entry.records]
         return count, [orjson.loads(b) for b in blobs]
 
+    def count(self, order_id: str) -> int:
+        """How many of the order's inputs were rejected (0 if none is held)."""
+        entry = self._orders.get(order_id)  # one dict read: no lock needed
+        return 0 if entry is None else entry.count
+
     def __len__(self) -> int:
         return len(self._orders)

@@ -465,6 +465,11 @@ def test_order_timeline_shows_the_orders_rejected_inputs(tmp_path: Path) -> None
         assert "file:oms.jsonl 2" in body["error"]
         assert [e["position"] for e in body["rejected_events"]] == ["1", "2"]
         assert "rejected" not in (await (await client.get("/v1/orders/NOPE")).json())["error"]
+        stuck = {
+            o["order_id"]: o
+            for o in (await (await client.get("/v1/orders/stuck")).json())["orders"]
+        }
+        assert (stuck["A"]["rejected_count"], stuck["C"]["rejected_count"]) == (1, 0)
 
     serve(d.app(), check)
 
