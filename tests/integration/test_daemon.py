@@ -416,7 +416,7 @@ def test_sigterm_leaves_a_clean_state_and_a_restart_repeats_nothing(tmp_path: Pa
     assert '{"clean": true, "event": "stopped"' in d.logs()
 
     with daemon(tmp_path, cfg, name="second", state=state) as d2:
-        # the last run's dead letters are on their orders at once, before any input is read
+        # the last run's dead letters are on their orders (indexed at start: the log line below)
         status, err = d2.get("/v1/orders/O1011")
         assert status == 404 and err["rejected_count"] == 2, err
         wait_for(lambda: firing_rules(d2) == first, 30, "same alerts after restart")
