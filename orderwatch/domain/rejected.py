@@ -27,7 +27,7 @@ from orderwatch.jsonbytes import dumps_kept
 _RAW_CHARS = 300
 _TAIL_BYTES = 8 << 20  # of the dead-letter file read at start: ~10,000 records of 800 bytes
 # A line that is not JSON (cut short, a stray quote) may still name its order plainly.
-_ORDER_ID = re.compile(rb'"order_id"\s*:\s*"([^"\\]{1,128})"')
+_ORDER_ID = re.compile(rb'"order_id"\s*:\s*"([^"\\]{1,%d})"' % MAX_ORDER_ID)
 
 
 def order_id_of(raw: bytes) -> str | None:

@@ -25,7 +25,7 @@ class CarriedAlerts:
 
     key: str
     alerts: list[AlertChange]
-    since: int  # the latest event time the alert store had seen at this start
+    since: int  # how far the runs before had read their input (`AlertStore.progress`)
 
 
 def by_shard(
