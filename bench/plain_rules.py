@@ -217,6 +217,8 @@ class Order:
         self.ever_paid = False  # any successful payment (deposit included)
         self.paid_at: int | None = None
         self.wms_at: int | None = None  # first WMS event other than cancelled
+        self.wms_cancelled = False  # the WMS cancelled the outbound (not sent out again)
+        self.wms_shipped = False  # the WMS shipped it: a cancel comes too late
         self.pww_cleared = False  # WMS, cancel/refund/close or a refund seen
         self.done: set[str] = set()  # one-shot anomalies and gaps already fired
         self.firing: dict[str, tuple[dict[str, str], int]] = {}  # key -> (labels, startsAt)
@@ -308,6 +310,8 @@ class Engine:
         elif key == "wms_without_payment":
             if not o.ever_paid:
                 self.open_gap(o, key, t)
+                if o.wms_cancelled:  # ended before it was due: it ends where it starts
+                    self.resolve(o, key, t)
         elif key == "payment_not_applied":
             if o.status in self.unapplied(o) and not o.left_unpaid:
                 self.open_gap(o, key, t)
@@ -456,7 +460,13 @@ class Engine:
     def on_wms(self, o: Order, ts: int, ev: dict[str, Any]) -> None:
         if ev.get("warehouse") is not None:
             o.warehouse = ev["warehouse"]
-        if ev["action"] != "cancelled":
+        if ev["action"] == "cancelled":
+            if not o.wms_shipped:  # the goods stay: nothing leaves unpaid any more
+                o.wms_cancelled = True
+                self.resolve(o, "wms_without_payment", ts)
+        else:
+            o.wms_cancelled = False
+            o.wms_shipped = o.wms_shipped or ev["action"] == "shipped"
             self.clear_pww(o, ts)
             if o.wms_at is None:
                 o.wms_at = ts

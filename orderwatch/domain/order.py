@@ -21,7 +21,9 @@ GAP_DONE_BIT = 8  # bits 8-10: gap rule evaluated (in rules.GAP_RULES order)
 GAP_FIRING_BIT = 12  # bits 12-14: gap rule firing
 APPLIED = 1 << 15  # was in a status past created/deposit_paid: a payment was applied once
 SHIPPED_SEEN = 1 << 16  # a `shipped` order event was applied: `tracking` is now the shipped one
-STUCK_BIT = 17  # rule i: done = 17 + 2i, firing = 18 + 2i
+WMS_CANCELLED = 1 << 17  # the WMS cancelled the outbound (and has not sent it out since)
+WMS_SHIPPED = 1 << 18  # the WMS reported the parcel shipped: the goods left
+STUCK_BIT = 19  # rule i: done = 19 + 2i, firing = 20 + 2i
 
 
 def stuck_done(i: int) -> int:

@@ -48,6 +48,8 @@ from orderwatch.domain.order import (
     PAID_ANY,
     PRESALE,
     SHIPPED_SEEN,
+    WMS_CANCELLED,
+    WMS_SHIPPED,
     OrderRec,
     add_payment,
     has_payment,
@@ -618,6 +620,10 @@ class ShardTracker:
                 labels = wording.labels(GAP_ALERT, name, gap.severity, oid, rec)
                 notes = wording.gap(gap, clock, at, oid, rec, self._zone)
                 self._fire(oid, rec, name, _GAP_FIRING[name], labels, notes, at, out)
+                if name == WMS_WITHOUT_PAYMENT and rec.flags & WMS_CANCELLED:
+                    # the contract fires it; what ended it came first: it ends where it starts
+                    why = wording.ended_before_due("the warehouse had cancelled the outbound", rec)
+                    self._resolve(oid, rec, name, _GAP_FIRING[name], at, out, why)
         expiry = self._expiry(rec)
         if expiry is not None and expiry <= now:
             self._forget(oid, rec)
@@ -690,12 +696,20 @@ class ShardTracker:
         out.append(alert)
 
     def _resolve(
-        self, oid: str, rec: OrderRec, rule: str, bit: int, ts: int, out: list[AlertChange]
+        self,
+        oid: str,
+        rec: OrderRec,
+        rule: str,
+        bit: int,
+        ts: int,
+        out: list[AlertChange],
+        why: str | None = None,  # default: the event being applied (`_ending`) ended it
     ) -> None:
         if rec.flags & bit:
             rec.flags &= ~bit
             alert = self.firing.pop((oid, rule))
-            why = wording.resolution(self._ending, rec, self._zone, alert.starts_at)
+            if why is None:
+                why = wording.resolution(self._ending, rec, self._zone, alert.starts_at)
             out.append(alert.resolved(ts, **{RESOLUTION: why}))
             if not rec.flags & self._firing_mask:
                 # its expiry counts again, and may be past: schedule it now, not only once
@@ -975,6 +989,9 @@ class ShardTracker:
         if ev.warehouse:
             rec.warehouse = ev.warehouse
         if ev.action != "cancelled":
+            rec.flags &= ~WMS_CANCELLED  # (an outbound again after a cancel)
+            if ev.action == "shipped":
+                rec.flags |= WMS_SHIPPED
             if rec.wms_at is None:
                 rec.wms_at = ts
                 self.stats.wms_outbounds[self.stats.channels(rec.channel)] += 1
@@ -986,6 +1003,10 @@ class ShardTracker:
             if rec.paid_at is not None:
                 rec.flags |= _GAP_DONE[PAID_WITHOUT_WMS]
             self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)
+        elif not rec.flags & WMS_SHIPPED:  # the outbound cancelled before the goods left:
+            # nothing leaves unpaid any more (after a WMS `shipped` they are gone: it goes on)
+            rec.flags |= WMS_CANCELLED
+            self._resolve(oid, rec, WMS_WITHOUT_PAYMENT, _GAP_FIRING[WMS_WITHOUT_PAYMENT], ts, out)
         self._touch(oid, rec, ts, out, was)
         return None
 

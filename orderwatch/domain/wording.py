@@ -196,6 +196,11 @@ def anomaly(
     return out
 
 
+def ended_before_due(what: str, rec: OrderRec) -> str:
+    """The `resolution` of an alert whose condition had ended before it was due."""
+    return f"ended before it was due: {what}; the order is now {rec.status or 'unknown'}"
+
+
 def resolution(record: bytes, rec: OrderRec, zone: str, starts_at: int) -> str:
     """What a resolved alert adds, as its `resolution`: the event that ended its condition
     (`record`, its timeline record) and the order's status now, so "paid, applied" and "closed

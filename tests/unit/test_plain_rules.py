@@ -186,6 +186,22 @@ SETTLED: dict[str, tuple[dict[str, Any], list[bytes]]] = {
             order(60 * MIN, "Z", "created"),
         ],
     ),
+    "the warehouse cancelling an unpaid outbound ends wms_without_payment, unless it shipped": (
+        {},
+        [
+            wms(0, "A"),
+            wms(0, "B"),
+            wms(0, "C"),
+            wms(0, "D"),
+            wms(MIN, "B", "cancelled"),  # before the deadline: fires and resolves at 10 min
+            wms(MIN, "C", "shipped"),
+            wms(MIN, "D", "cancelled"),
+            wms(2 * MIN, "D", "picked"),  # out again: stays firing
+            wms(20 * MIN, "A", "cancelled"),  # after the deadline: resolves it
+            wms(20 * MIN, "C", "cancelled"),  # the goods left: stays firing
+            order(60 * MIN, "Z", "created"),
+        ],
+    ),
     "payments checked one by one are summed once the order turns presale": (
         {},
         [

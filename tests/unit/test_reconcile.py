@@ -142,6 +142,49 @@ def test_an_order_that_ended_is_kept_for_its_gap_deadlines(end: str) -> None:
     ]
 
 
+def test_wms_cancel_after_the_deadline_resolves_it() -> None:
+    """The warehouse cancels the unpaid outbound: the goods stay, the alert ends at the cancel
+    (an order `closed` meanwhile does not end it: the outbound was still live)."""
+    lines = [
+        order(0, "A", "created"),
+        wms(MIN, "A"),
+        order(20 * MIN, "A", "closed"),
+        wms(21 * MIN, "A", "cancelled"),
+    ]
+    out = track(lines, config(GAPS), until=HOURS(1))
+    assert summary(out) == [
+        ("firing", "wms_without_payment", "A", 11 * MIN, None),
+        ("resolved", "wms_without_payment", "A", 11 * MIN, 21 * MIN),
+    ]
+    why = out[-1].annotations["resolution"]
+    assert why.startswith("ended by wms cancelled") and "the order is now closed" in why
+
+
+def test_wms_cancel_before_the_deadline_ends_it_where_it_starts() -> None:
+    """The contract fires it at tw + within whatever the WMS did; a cancel that came first
+    has already ended it, so it resolves at its own start, saying so."""
+    lines = [order(0, "A", "created"), wms(MIN, "A"), wms(5 * MIN, "A", "cancelled")]
+    out = track(lines, config(GAPS), until=HOURS(1))
+    assert summary(out) == [
+        ("firing", "wms_without_payment", "A", 11 * MIN, None),
+        ("resolved", "wms_without_payment", "A", 11 * MIN, 11 * MIN),
+    ]
+    why = out[-1].annotations["resolution"]
+    assert why.startswith("ended before it was due: the warehouse had cancelled the outbound")
+
+
+def test_an_outbound_again_after_a_cancel_fires_and_stays() -> None:
+    """Cancelled, then sent out again before the deadline: the outbound is live after all."""
+    lines = [wms(0, "A"), wms(2 * MIN, "A", "cancelled"), wms(3 * MIN, "A", "picked")]
+    assert gaps(lines, until=HOURS(1)) == [("firing", "wms_without_payment", "A", 10 * MIN, None)]
+
+
+def test_a_cancel_after_the_wms_shipped_does_not_end_it() -> None:
+    """Once the WMS reported the parcel shipped the goods have left: a cancel cannot undo it."""
+    lines = [wms(0, "A"), wms(5 * MIN, "A", "shipped"), wms(20 * MIN, "A", "cancelled")]
+    assert gaps(lines, until=HOURS(1)) == [("firing", "wms_without_payment", "A", 10 * MIN, None)]
+
+
 def test_order_known_only_from_wms_is_tracked() -> None:
     """An order never seen on the order stream still gets wms_without_payment."""
     assert gaps([wms(0, "GHOST")], until=HOURS(1)) == [
