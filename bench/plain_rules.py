@@ -235,6 +235,7 @@ class Engine:
         self.heap: list[tuple[int, int, int, Order, str]] = []
         self.seq = 0
         self.out: list[tuple[int, str, int, str, dict[str, str], int, int | None]] = []
+        self.ended: dict[str, tuple[str, int]] = {}  # forgotten finished order -> status, last ts
 
     # -- alerts and deadlines ---------------------------------------------------------------
     def labels(self, o: Order, alertname: str, rule: str, severity: str) -> dict[str, str]:
@@ -303,7 +304,7 @@ class Engine:
             elif o.firing:
                 o.overdue = True  # forgotten once its last alert resolves
             else:
-                del self.orders[o.oid]
+                self.forget(o)
         elif key == "paid_without_wms":
             if not o.pww_cleared:
                 self.open_gap(o, key, t)
@@ -348,6 +349,12 @@ class Engine:
         if o is None:
             o = self.orders[oid] = Order(oid)
             self.schedule(o, "forget", ts + self.r.ttl)
+            ended = self.ended.get(oid)
+            if ended is not None and ts - ended[1] <= self.r.dedup_horizon:
+                # a late event of a finished order: it goes on as it ended, gaps settled
+                o.status = ended[0]
+                o.done.update(GAPS)
+                self.schedule(o, "forget", ts + self.r.retention)
         o.last_seen = ts
         if kind == "order":
             self.on_order(o, ts, ev)
@@ -368,7 +375,12 @@ class Engine:
             if keep > ts:
                 self.schedule(o, "forget", keep)
             else:
-                del self.orders[oid]
+                self.forget(o)
+
+    def forget(self, o: Order) -> None:
+        del self.orders[o.oid]
+        if o.status in TERMINAL:
+            self.ended[o.oid] = (o.status, o.last_seen)
 
     def on_order(self, o: Order, ts: int, ev: dict[str, Any]) -> None:
         new, prev, trk = ev["status"], o.status, ev.get("tracking_no")

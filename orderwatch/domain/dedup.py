@@ -6,7 +6,8 @@ Each (order, event_id) is a stable 64-bit hash (xxh3), the same in every process
 snapshots restore anywhere. A tracked order keeps its hashes itself, 8 bytes each
 (`event_key`, `seen_in`); this store only holds those of forgotten orders (tombstones), so
 a late redelivery cannot resurrect a finished order, and an order created again by a later
-event takes its forgotten self's keys back (`take`).
+event takes its forgotten self's keys back (`take`), with them whether it had ended
+(`ended_key`).
 
 Tombstones are kept per order in generations of one horizon each, by the order's last event
 time, and whole generations are dropped once the watermark is a horizon past them: a
@@ -14,6 +15,8 @@ forgotten order's ids are remembered for at least the horizon (at most twice it)
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from xxhash import xxh3_64_intdigest
 
@@ -23,12 +26,32 @@ def event_key(order_id: str, event_id: str) -> bytes:
     return _key(order_id, event_id).to_bytes(8, "little")
 
 
+def ended_key(order_id: str, status: str) -> bytes:
+    """The key an order that ended leaves among its tombstone's: that of a pseudo event id
+    naming the terminal status, so the order created again under its id knows it had ended."""
+    return event_key(order_id, f"\x00ended:{status}")
+
+
+def ended_in(order_id: str, keys: bytes, statuses: Iterable[str]) -> tuple[str | None, bytes]:
+    """The terminal status an order's forgotten self ended in (`ended_key`), if it left one,
+    and its keys without that one (a later end leaves its own)."""
+    for status in statuses:
+        at = _find(keys, ended_key(order_id, status))
+        if at >= 0:
+            return status, keys[:at] + keys[at + 8 :]
+    return None, keys
+
+
 def seen_in(keys: bytes, key: bytes) -> bool:
     """Is `key` one of the 8-byte keys packed in `keys`?"""
+    return _find(keys, key) >= 0
+
+
+def _find(keys: bytes, key: bytes) -> int:
     i = keys.find(key)
     while i >= 0 and i % 8:  # a match straddling two keys is not a match
         i = keys.find(key, i + 1)
-    return i >= 0
+    return i
 
 
 def _key(order_id: str, event_id: str) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 from orderwatch.domain import timeline, wording
 from orderwatch.domain.alert import FIRING, RESOLUTION, UNCONFIRMED, AlertChange
 from orderwatch.domain.deadlines import FarDeadlines
-from orderwatch.domain.dedup import Deduper, event_key, seen_in
+from orderwatch.domain.dedup import Deduper, ended_in, ended_key, event_key, seen_in
 from orderwatch.domain.lifecycle import (
     CLOSING,
     CREATED,
@@ -82,6 +82,7 @@ from orderwatch.events import LogisticsEvent, OrderEvent, PaymentEvent, WmsEvent
 
 _ANOMALY_FLAG = {kind: 1 << (ANOMALY_BIT + i) for i, kind in enumerate(ANOMALIES)}
 _GAP_DONE = {name: 1 << (GAP_DONE_BIT + i) for i, name in enumerate(GAP_RULES)}
+_ALL_GAPS_DONE = sum(_GAP_DONE.values())
 _GAP_FIRING = {name: 1 << (GAP_FIRING_BIT + i) for i, name in enumerate(GAP_RULES)}
 
 
@@ -672,6 +673,8 @@ class ShardTracker:
         keys = rec.eids + b"".join(
             event_key(oid, e) for e in timeline.event_ids(rec.log, rec.log_n)
         )
+        if rec.status in TERMINAL:
+            keys += ended_key(oid, rec.status)
         if keys:
             self._dedup.remember(oid, keys, rec.seen)
         self.stats.status_counts[rec.status or "unknown"] -= 1
@@ -762,7 +765,10 @@ class ShardTracker:
             rec.eids = self._dedup.take(oid)  # ids its forgotten self left, if it was one
             if self._pack_after:
                 self._unpacked.add(oid)
-            self.stats.status_counts["unknown"] += 1
+            ended, rec.eids = ended_in(oid, rec.eids, TERMINAL) if rec.eids else (None, b"")
+            if ended is not None:
+                self._after_end(rec, ended)
+            self.stats.status_counts[ended or "unknown"] += 1
         else:
             oid = rec.oid
         if ts > rec.seen:
@@ -788,6 +794,16 @@ class ShardTracker:
             rec.log = timeline.renote(rec.log, record, ts, ev, note)
         if rec.due is None:
             self._schedule(oid, rec)  # e.g. a last alert resolved: the expiry is back
+
+    @staticmethod
+    def _after_end(rec: OrderRec, status: str) -> None:
+        """An order created again by a late event (a callback retried hours later) while its
+        forgotten self's tombstone is kept: it goes on from the status it ended in, its gap
+        rules settled, as they were when it was forgotten. A fresh order would start the 漏发
+        or 未付先发 clock at that event and fire a false alert. What was forgotten (payments,
+        tracking numbers, amounts) can no longer be compared."""
+        rec.status = rec.log_status = status
+        rec.flags |= _ALL_GAPS_DONE
 
     def _on_order(
         self, oid: str, rec: OrderRec, ev: OrderEvent, ts: int, out: list[AlertChange]
