@@ -202,6 +202,8 @@ class Router:
                 late_at = floor if floor is not None and ts < floor else None
             t = type(ev)
             by_type[t] = by_type.get(t, 0) + 1
+            if live:  # every event type: an access-log source falls behind like any other
+                stats.observe_lag(source, max(0.0, (now - ts) / 1000))
             if t is AccessLogEvent:
                 access.append(ev)
                 continue
@@ -213,8 +215,6 @@ class Router:
             if late_at is not None:
                 late[h % count].append((len(shard), late_at))
             shard.append(pair)
-            if live:
-                stats.observe_lag(source, max(0.0, (now - ts) / 1000))
         if access:
             self._traffic(stats, access)
         for t, n in by_type.items():

@@ -95,6 +95,15 @@ def test_intake_counts_events_rejections_and_bytes() -> None:
     assert value(reg, "orderwatch_event_lag_seconds_count", source="test") == 2
 
 
+def test_event_lag_counts_access_logs_too() -> None:
+    """Access-log events feed the lag of their source like the others: an access-log source
+    that falls behind shows in `orderwatch_event_lag_seconds` (and its alerting rule)."""
+    hit = event("access_log", 0, route="/api/pay", method="POST", status=200, latency_ms=9)
+    lines = [hit, hit, order(0, "A", "paid")]
+    reg = World().feed(lines, until=0).registry()
+    assert value(reg, "orderwatch_event_lag_seconds_count", source="test") == 3
+
+
 def test_orders_by_status_and_tracked_count() -> None:
     """`orderwatch_orders` sums status counts over shards, with zero-valued statuses present."""
     lines = [order(0, "A", "created"), order(0, "B", "paid"), order(0, "C", "paid"), wms(0, "D")]
