@@ -643,7 +643,16 @@ def load_config(
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise ConfigError([f"{source}: not valid YAML at {where}: {exc}"]) from None
+        raise ConfigError([f"{source}: not valid YAML at {_yaml_problem(exc)}"]) from None
     return validate_config(data, env, for_run=for_run)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without PyYAML's snippet of the offending line: that line may hold a
+    webhook key or a token written into the file, and errors end up in CI logs and tickets."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+    context, at = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and at:
+        problem = f"{problem} ({context} at line {at.line + 1}, column {at.column + 1})"
+    return f"{where}: {problem or type(exc).__name__}"

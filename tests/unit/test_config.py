@@ -348,6 +348,27 @@ def test_errors_across_keys_never_show_the_value_of_a_variable() -> None:
     assert "breakers[0].switches[0]: '${SW}' is not listed" in text
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "notifiers:\n  - kind: wecom\n    url: https://x/send?key=SECRET1: oops\n",
+        "http:\n\ttoken: SECRET2\n",
+        'notifiers:\n  - {kind: wecom, url: "https://x/?key=SECRET3", url: "https://y"}\n',
+        'notifiers:\n  - {kind: wecom, url: "https://x/?key=SECRET4}\n',
+    ],
+    ids=["colon", "tab", "duplicate", "unclosed"],
+)
+def test_a_yaml_syntax_error_says_where_without_echoing_the_line(tmp_path: Path, text: str) -> None:
+    """PyYAML's message quotes the offending line, which may hold a webhook key written into
+    the file: the error gives the line, column and problem only."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    (line,) = err.value.errors
+    assert "SECRET" not in line and "not valid YAML at line " in line, line
+
+
 def test_a_key_given_twice_is_an_error_at_its_line(tmp_path: Path) -> None:
     """PyYAML keeps the last of two equal keys: a second `rules:` silently dropped the first
     block's rules. A merge key (`<<: *defaults`) may still be overridden."""
