@@ -515,7 +515,46 @@ def _across_keys(data: dict[str, Any], for_run: bool) -> list[str]:
     """Checks that relate several keys, made on the document itself, so that they are reported
     with every other error, not only once those are fixed (pydantic runs a list's validator
     only when all its items are valid)."""
-    return _duplicate_rule_names(data) + _undeclared_switches(data) + _unbuilt(data, for_run)
+    return (
+        _duplicate_rule_names(data)
+        + _duplicate_source_names(data)
+        + _undeclared_switches(data)
+        + _unbuilt(data, for_run)
+    )
+
+
+def _duplicate_source_names(data: dict[str, Any]) -> list[str]:
+    """An empty `sources` list (it would run the simulator), and two sources of one name.
+    Metrics, dead letters, logs and recovery offsets know a source by its name; two files
+    named alike in different folders (`oms/events.jsonl`, `wms/events.jsonl`) both defaulted
+    to `file:events.jsonl` and could not be told apart."""
+    sources = data.get("sources")
+    if sources == []:  # leaving the key out runs the demo simulator; an empty list is a slip
+        return [
+            "sources: an empty list; list a source, or leave `sources` out to run the "
+            "built-in simulator"
+        ]
+    seen: dict[str, int] = {}
+    errors = []
+    for i, src in enumerate(sources if isinstance(sources, list) else []):
+        if not isinstance(src, dict):
+            continue
+        name, given = src.get("name"), True
+        if name is None and src.get("kind") == "file" and isinstance(src.get("path"), str):
+            name, given = f"file:{Path(src['path']).name}", False
+        elif name is None and src.get("kind") == "simulator":
+            name, given = "simulator", False
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            how = "" if given else " (the default, from the file name)"
+            errors.append(
+                f"sources[{i}].name: {name!r}{how} is also the name of sources[{seen[name]}]; "
+                "metrics, dead letters and logs could not tell them apart: give each a `name`"
+            )
+        else:
+            seen[name] = i
+    return errors
 
 
 def _duplicate_rule_names(data: dict[str, Any]) -> list[str]:

@@ -369,6 +369,21 @@ def test_a_yaml_syntax_error_says_where_without_echoing_the_line(tmp_path: Path,
     assert "SECRET" not in line and "not valid YAML at line " in line, line
 
 
+def test_two_sources_with_one_name_are_an_error_at_the_second() -> None:
+    """Two files named alike in different folders defaulted to one source name: their
+    metrics, dead letters and rejected-input positions could not be told apart."""
+    oms = {"kind": "file", "path": "oms/events.jsonl"}
+    wms = {"kind": "file", "path": "wms/events.jsonl"}
+    (error,) = errors_of({"sources": [oms, wms]})
+    assert error.startswith("sources[1].name: 'file:events.jsonl' (the default, from the file")
+    assert "sources[0]" in error
+    (error,) = errors_of({"sources": [oms, {**wms, "name": "file:events.jsonl"}]})
+    assert error.startswith("sources[1].name: 'file:events.jsonl' is also")
+    assert errors_of({"sources": []})[0].startswith("sources: an empty list")
+    named = {"sources": [{**oms, "name": "oms"}, {**wms, "name": "wms"}]}
+    assert [s.name for s in validate_config(named).sources] == ["oms", "wms"]
+
+
 def test_a_key_given_twice_is_an_error_at_its_line(tmp_path: Path) -> None:
     """PyYAML keeps the last of two equal keys: a second `rules:` silently dropped the first
     block's rules. A merge key (`<<: *defaults`) may still be overridden."""
