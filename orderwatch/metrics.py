@@ -27,7 +27,7 @@ labels and help text, so the code and the documentation cannot drift apart.
 | `orderwatch_events_buffered` | gauge | | events waiting for the watermark to reach them |
 | `orderwatch_input_bytes_total` | counter | | raw input bytes read |
 | `orderwatch_input_lines_total` | counter | | raw input lines or messages read |
-| `orderwatch_event_lag_seconds` | histogram | source | processing time minus event time, live sources only |
+| `orderwatch_event_lag_seconds` | histogram | source | processing time minus event time of every valid event (access logs included), live sources only |
 | `orderwatch_watermark_timestamp_seconds` | gauge | | the event-time watermark every shard reached, unix seconds |
 | `orderwatch_watermark_lag_seconds` | gauge | | wall clock minus the watermark |
 | `orderwatch_orders` | gauge | status | orders tracked now, by canonical status (`unknown`: seen only via payment, WMS or logistics) |
@@ -41,7 +41,7 @@ labels and help text, so the code and the documentation cannot drift apart.
 | `orderwatch_pay_to_collect_sla_ratio` | gauge | | share of pay-to-collect observations within the SLA (已揽收达成时效; absent before the first) |
 | `orderwatch_pay_to_collect_sla_seconds` | gauge | | the fulfilment SLA (`rules.fulfilment_sla`) |
 | `orderwatch_anomalies_total` | counter | kind | one-shot anomalies detected, by kind |
-| `orderwatch_alerts_firing` | gauge | alertname, rule, severity | alerts firing now (one-shot anomalies excluded) |
+| `orderwatch_alerts_firing` | gauge | alertname, rule, severity | alerts firing now (one-shot anomalies excluded); every configured stuck and gap rule has its series, 0 when none fires |
 | `orderwatch_alerts_fired_total` | counter | alertname, rule, severity | alerts that started firing (deduplicated, one-shots included) |
 | `orderwatch_stuck_order_age_seconds` | gauge | rule, order_id | the N (`metrics.top_stuck`) oldest stuck orders per rule: watermark minus the rule's clock (time in the status set, or since the last update) |
 | `orderwatch_gaps_open` | gauge | rule | payment ↔ warehouse gaps firing now (`OrderGap` alerts) |
@@ -330,10 +330,15 @@ class OrderwatchCollector(Collector):
         yield self._gauge(
             "orderwatch_pay_to_collect_sla_ratio", {(): within / total} if total else {}
         )
-        rules = self.rules or (trackers[0].rules if trackers else None)
+        rules = self._rules()
         sla = {(): rules.fulfilment_sla_ms / 1000} if rules else {}
         yield self._gauge("orderwatch_pay_to_collect_sla_seconds", sla)
         yield from self._watermark()
+
+    def _rules(self) -> RuleSet | None:
+        """The configured rules (given, or any shard's: all shards share them)."""
+        trackers = _values(self.runtime.trackers)
+        return self.rules or (trackers[0].rules if trackers else None)
 
     def _watermark(self) -> Iterator[Metric]:
         mark = _watermark(self.runtime, self.now)
@@ -343,7 +348,15 @@ class OrderwatchCollector(Collector):
         yield self._gauge("orderwatch_watermark_lag_seconds", lag)
 
     def _alerts(self) -> Iterator[Metric]:
-        yield self._gauge("orderwatch_alerts_firing", self.store.counts())
+        # Every configured rule has its series, at 0 when nothing fires: a series that vanished
+        # at zero showed as "No data" in Grafana, and `== 0` / `absent()` could not tell why.
+        rules = self._rules()
+        firing: dict[Any, int] = {}
+        if rules is not None:
+            firing.update({(STUCK_ALERT, s.name, s.severity): 0 for s in rules.stuck})
+            firing.update({(GAP_ALERT, g.name, g.severity): 0 for g in rules.gaps.values()})
+        firing.update(self.store.counts())
+        yield self._gauge("orderwatch_alerts_firing", firing)
         yield self._counter("orderwatch_alerts_fired_total", self.store.fired())
         clock = event_clock_ms(self.runtime, self.now)
         windows = rule_windows(self.runtime, self.rules)

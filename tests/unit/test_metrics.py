@@ -188,6 +188,9 @@ def test_alerts_firing_and_anomalies_come_from_store_and_shards() -> None:
     assert value(reg, "orderwatch_anomalies_total", kind="duplicate_payment") == 0
     one_shot = {"alertname": "OrderAnomaly", "rule": "amount_mismatch", "severity": "warning"}
     assert value(reg, "orderwatch_alerts_firing", **one_shot) is None
+    # a configured rule with nothing firing has its series, at 0 ("No data" hid why)
+    gap = {"alertname": "OrderGap", "rule": "wms_without_payment", "severity": "warning"}
+    assert value(reg, "orderwatch_alerts_firing", **gap) == 0
 
 
 def test_stuck_gauge_keeps_only_the_oldest_n_per_rule() -> None:
