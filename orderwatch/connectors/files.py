@@ -171,6 +171,7 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
             raise StopIteration  # shutdown: end the input cleanly
         lines: list[bytes] = []
         want = self._src.batch_size
+        drained = False  # read to the end of what has been written
         while len(lines) < want:
             if self._next < len(self._ahead):
                 take = self._ahead[self._next : self._next + want - len(lines)]
@@ -182,6 +183,7 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
             elif self._src.follow:
                 why = self._rotated()
                 if why is None:
+                    drained = True
                     break  # a half-written last line waits for its newline
                 if self._read_ahead():  # what was written to the old file meanwhile
                     continue
@@ -213,7 +215,11 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
             lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
         src = self._src
         shown_first = None if shown == first else shown
-        return [RawChunk(src.name, first, lines, src.bound_type, src.fmt, shown_first=shown_first)]
+        chunk = RawChunk(src.name, first, lines, src.bound_type, src.fmt, shown_first=shown_first)
+        if drained or self._eof or (self._next >= len(self._ahead) and not self._read_ahead()):
+            # the backlog ends here: the file's last write says since when it has been quiet
+            chunk.written = os.fstat(self._f.fileno()).st_mtime_ns // 1_000_000
+        return [chunk]
 
     def next_awake(self) -> datetime | None:
         return self._awake

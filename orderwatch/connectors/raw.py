@@ -19,6 +19,9 @@ class RawChunk(Struct, gc=False):
     fmt: str = "jsonl"  # "jsonl" or "nginx"
     positions: list[str] | None = None  # explicit positions when not consecutive
     shown_first: int | None = None  # the first line's number in its file, if not `first`
+    # wall ms of the source's last write, on a chunk that read it to its end (a file's mtime):
+    # how long the input has been quiet already when it is read, e.g. a backlog after a start
+    written: int | None = None
 
     def position(self, i: int) -> str:
         if self.positions is not None:

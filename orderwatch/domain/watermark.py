@@ -40,8 +40,14 @@ class WatermarkClock:
         """False in a replay: event time only, never the wall clock."""
         return self._idle_after is not None
 
-    def observe(self, max_ts: int | None, wall_ms: int) -> None:
-        """Input arrived at `wall_ms`; `max_ts` is the largest event time in it (if any).
+    def observe(self, max_ts: int | None, wall_ms: int, written_ms: int | None = None) -> None:
+        """Input arrived at `wall_ms`; `max_ts` is the largest event time in it (if any);
+        `written_ms`: when its source was last written, if this input read it to its end.
+
+        A backlog read at start (a restart, or a file written before the daemon came up) was
+        counted as arriving when it was read: its quiet spell, and every deadline after its
+        newest event, came that much late (a file last written 2 h before a restart: alerts
+        2 h late). The source's last write is when the input went quiet.
 
         Only input that moves event time on ends an idle spell. A rejected line, or an event
         behind the newest one, used to restart the idle clock without moving event time: the
@@ -52,7 +58,7 @@ class WatermarkClock:
             self.value = self.peek(wall_ms)  # what the quiet spell reached stays reached
             self.max_ts = max_ts
             self._last_input = wall_ms
-            self._carry = 0
+            self._carry = 0 if written_ms is None else max(0, wall_ms - written_ms)
         elif self._last_input is None:
             self._last_input = wall_ms  # started (or resumed): the idle clock runs from here
             if self._stopped_input is not None:  # resumed: and from before the restart

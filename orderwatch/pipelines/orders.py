@@ -92,7 +92,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, AlertChange, bytes | None]):
             if batch.events:
                 marks = late_marks(batch, self.clock.current(wall))
                 out += self.tracker.arrive(batch.events, marks)
-            self.clock.observe(batch.max_ts if batch.max_ts >= 0 else None, wall)
+            self.clock.observe(batch.max_ts if batch.max_ts >= 0 else None, wall, batch.written)
         return out
 
     def on_notify(self) -> tuple[list[AlertChange], bool]:

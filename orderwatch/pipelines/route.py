@@ -52,7 +52,7 @@ class ShardBatch:
     newest event before it in the chunk; the shard adds those behind the watermark it had.
     """
 
-    __slots__ = ("events", "first", "key", "late", "max_ts", "next", "part")
+    __slots__ = ("events", "first", "key", "late", "max_ts", "next", "part", "written")
 
     def __init__(
         self,
@@ -63,6 +63,7 @@ class ShardBatch:
         first: int = 1,
         next_first: int = 1,
         late: list[tuple[int, int]] | None = None,
+        written: int | None = None,
     ) -> None:
         self.key = key
         self.events = events
@@ -71,15 +72,20 @@ class ShardBatch:
         self.first = first
         self.next = next_first
         self.late = late or []
+        self.written = written  # `RawChunk.written`
 
     # Only crossing a process boundary pickles a batch: one msgpack blob (msgspec, C speed)
     # instead of a pickle per event struct, which cost more than the work it moved.
-    def __getstate__(self) -> tuple[str, bytes, int, str, int, int, list[tuple[int, int]]]:
+    def __getstate__(self) -> tuple[Any, ...]:
         events = _PACK(self.events)
-        return (self.key, events, self.max_ts, self.part, self.first, self.next, self.late)
+        return (
+            *(self.key, events, self.max_ts, self.part, self.first, self.next, self.late),
+            self.written,
+        )
 
-    def __setstate__(self, state: tuple[str, bytes, int, str, int, int, Any]) -> None:
-        self.key, blob, self.max_ts, self.part, self.first, self.next, self.late = state
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.key, blob, self.max_ts, self.part, self.first, self.next, self.late = state[:7]
+        self.written = state[7]
         self.events = _UNPACK(blob)
         for _, ev in self.events:  # share the few distinct strings again
             if type(ev) is OrderEvent:
@@ -226,9 +232,9 @@ class Router:
         out: list[tuple[str, Any]] = rejects
         # Every shard hears of every chunk, even one without a valid event (max_ts -1):
         # that is how a shard knows no earlier chunk is still on its way.
-        next_first = chunk.first + len(chunk.lines)
+        next_first, written = chunk.first + len(chunk.lines), chunk.written
         out.extend(
-            (key, ShardBatch(key, evs, max_ts, source, chunk.first, next_first, marks))
+            (key, ShardBatch(key, evs, max_ts, source, chunk.first, next_first, marks, written))
             for key, evs, marks in zip(self._keys, per_shard, late, strict=True)
         )
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import os
 import pickle
 import shutil
 import signal
@@ -169,6 +170,22 @@ def test_quiet_input_fires_deadlines_on_the_wall_clock(tmp_path: Path) -> None:
             f.write(_line(type="order", ts=left, order_id="L1", status="allocated"))
         wait_for(lambda: firing_rules(d) == set(), 30, "resolution")
     assert "RESOLVED" in d.console()
+
+
+def test_a_file_quiet_before_the_start_is_quiet_since_its_last_write(tmp_path: Path) -> None:
+    """A restart without recovery (or a first start) reads the file again: its newest event
+    was written 60 s ago. The quiet spell counted from the read, so the watermark trailed the
+    wall clock by those 60 s for good and every deadline fired 60 s late; it counts from the
+    file's last write now, as if the daemon had been running."""
+    events = tmp_path / "live.jsonl"
+    written = _now_ms() - 60_000
+    events.write_text(_line(type="order", ts=written, order_id="Q1", status="paid"))
+    os.utime(events, ns=(written * 1_000_000, written * 1_000_000))
+    rule = {"name": "paid_10s", "statuses": ["paid"], "max_dwell": "10s"}
+    with daemon(tmp_path, _tailed(events, rules={"stuck": [rule]})) as d:
+        wait_for(lambda: firing_rules(d) == {("paid_10s", "Q1")}, 30, "the deadline long past")
+        lag = _metric(d, "orderwatch_watermark_lag_seconds")
+        assert lag < 30, f"the watermark trails the wall clock by {lag:.1f} s (60 s: the bug)"
 
 
 def test_the_console_line_of_an_alert_names_its_orders_rejected_inputs(tmp_path: Path) -> None:

@@ -101,6 +101,23 @@ def test_a_resumed_idle_watermark_goes_on_from_the_input_before_the_stop() -> No
     assert again.current(93_000) == 1_095_000  # quiet 1 s: on from this input
 
 
+def test_a_backlog_read_at_start_is_quiet_since_its_source_was_last_written() -> None:
+    """A file last written 60 s before the daemon read it (a restart without recovery, or a
+    start): its quiet spell counted from the read, so every deadline after its newest event
+    came 60 s late. The chunk that reads it to its end carries the file's last write."""
+    c = WatermarkClock(lateness_ms=1_000, idle_after_ms=1_000)
+    c.observe(1_000_000, wall_ms=100_000, written_ms=40_000)
+    assert c.current(100_999) == 999_000  # time to read the rest of a backlog first
+    assert c.current(101_000) == 999_000 + 61_000  # quiet since 40_000: 61 s by now
+    assert c.wake_at(101_000, next_due=1_070_000) == 111_000  # due 70 s after the write
+    plain = WatermarkClock(lateness_ms=1_000, idle_after_ms=1_000)
+    plain.observe(1_000_000, wall_ms=100_000)  # a chunk that did not reach the end
+    assert plain.current(101_000) == 1_000_000  # quiet since the read
+    tail = WatermarkClock(lateness_ms=1_000, idle_after_ms=1_000)
+    tail.observe(1_000_000, wall_ms=100_000, written_ms=100_200)  # written after the read
+    assert tail.current(101_000) == 1_000_000  # counts from the read, never before it
+
+
 def test_wake_before_idle_is_the_idle_moment() -> None:
     """Before the input is idle the shard wakes up when it would become idle."""
     c = WatermarkClock(lateness_ms=0, idle_after_ms=5_000)

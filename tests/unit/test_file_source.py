@@ -224,3 +224,21 @@ def test_crlf_lines_lose_their_carriage_return_wherever_the_first_one_is_read(
     lines = [ln for c in part.next_batch() for ln in c.lines]
     assert lines == [b"a1", b"b2", b"c\r3", b"d4"]  # a CR inside a line is the line's
     assert part.snapshot()[0] == path.stat().st_size
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_the_chunk_that_reads_a_file_to_its_end_carries_its_last_write(
+    tmp_path: Path, follow: bool
+) -> None:
+    """A backlog read at start is quiet since the file's last write, not since the read: the
+    chunk that empties the file carries its mtime (`RawChunk.written`), the others none."""
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(f"line{i}\n" for i in range(250)))
+    an_hour_ago = int(time.time() * 1000) - 3_600_000  # ms
+    os.utime(path, ns=(an_hour_ago * 1_000_000, an_hour_ago * 1_000_000))
+    src = JsonlSource(path, follow=follow, batch_size=100)
+    part: Part = src.build_part("test", src.name, None)
+    chunks = [c for _ in range(3) for c in part.next_batch()]
+    assert [len(c.lines) for c in chunks] == [100, 100, 50]
+    assert [c.written for c in chunks] == [None, None, an_hour_ago]
+    part.close()
