@@ -137,12 +137,25 @@ def build_sources(cfg: Config, runtime: Runtime) -> list[Source[Any]]:
     return sources
 
 
+# Set by `run --processes N` in its children: the parent's pid, told of a stop request that
+# reached one child alone, so that it stops them all.
+CLUSTER_PARENT_ENV = "ORDERWATCH_CLUSTER_PARENT"
+
+
 def _install_signals(runtime: Runtime) -> None:
+    parent = os.environ.get(CLUSTER_PARENT_ENV)
+
     def on_signal(signum: int, _frame: Any) -> None:
         if runtime.stopping.is_set():
-            raise KeyboardInterrupt  # second signal: abort now
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: abort now
+            return  # a SIGTERM again (the cluster's parent passing on this one's): stopping
         log.info("stopping", signal=signal.Signals(signum).name)
         runtime.stopping.set()
+        if parent is not None and int(parent) == os.getppid():
+            # One process of a local cluster cannot end the dataflow alone: the others' inputs
+            # go on, and it waited for them for ever (then a stop of the parent hung too).
+            os.kill(os.getppid(), signal.SIGTERM)
 
     def on_hangup(_signum: int, _frame: Any) -> None:
         # A closed terminal must not end the monitoring; nor does a reload request silently.
@@ -350,6 +363,7 @@ def _spawn_cluster(processes: int, workers: int) -> int:
     if "--processes" in sys.argv:
         i = sys.argv.index("--processes")
         args = sys.argv[1:i] + sys.argv[i + 2 :]
+    env = {**os.environ, CLUSTER_PARENT_ENV: str(os.getpid())}
     procs = [
         subprocess.Popen(
             [
@@ -363,7 +377,11 @@ def _spawn_cluster(processes: int, workers: int) -> int:
                 str(i),
                 "--workers",
                 str(workers),
-            ]
+            ],
+            env=env,
+            # Not in the terminal's process group: a Ctrl-C reaches each once, passed on by
+            # `forward` (in the group, each got the terminal's too: a second Ctrl-C aborts)
+            process_group=0,
         )
         for i in range(processes)
     ]

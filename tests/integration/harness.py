@@ -100,8 +100,10 @@ def daemon(
     name: str = "d",
     state: Path | None = None,
     args: tuple[str, ...] = (),
+    new_session: bool = False,
 ) -> Iterator[Daemon]:
-    """Run `orderwatch run --config` with `config` (http and state filled in) during the block."""
+    """Run `orderwatch run --config` with `config` (http and state filled in) during the block;
+    `new_session`: in a process group of its own, as a terminal's foreground job is."""
     port = free_port()
     state = state or tmp / f"{name}-state"
     cfg = {"http": {"listen": f"127.0.0.1:{port}"}, "state": {"dir": str(state)}, **config}
@@ -114,6 +116,7 @@ def daemon(
             stdout=fo,
             stderr=fe,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=new_session,
         )
     d = Daemon(proc, port, state, out, err)
     try:

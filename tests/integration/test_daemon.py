@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import http.client
 import json
@@ -464,6 +465,46 @@ def test_real_prometheus_scrapes_the_daemon(tmp_path: Path) -> None:
         assert float(gaps[0]["value"][1]) == 1
         by_status = prom_query(prom, "sum by (status) (orderwatch_orders)")
         assert {r["metric"]["status"] for r in by_status} >= {"paid", "created", "completed"}
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of each child process of `pid` (Linux /proc)."""
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [
+        (int(k), Path(f"/proc/{k}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        for k in kids
+    ]
+
+
+@pytest.mark.parametrize("how", ["sigterm-to-one-child", "ctrl-c-to-the-terminal-group"])
+def test_a_stop_request_stops_a_local_cluster_cleanly(tmp_path: Path, how: str) -> None:
+    """`run --processes 2` on a followed file. A SIGTERM that reaches one child alone (`kill`
+    of the pid on a port) stopped its input only: the cluster ran on, and a stop of the parent
+    then hung. A Ctrl-C reaches the terminal's whole process group (the children now have
+    their own, so each gets it once, from the parent). Both stop the whole cluster: exit 0,
+    no traceback."""
+    events = tmp_path / "events.jsonl"
+    shutil.copy(SAMPLE, events)
+    cfg = {
+        **sample_config(events),
+        "sources": [{"kind": "file", "path": str(events), "follow": True}],
+    }
+    with daemon(tmp_path, cfg, args=("--processes", "2"), new_session=True) as d:
+        wait_for(lambda: len(firing_rules(d)) == 12, 40, "the cluster running")
+        kids = _children(d.proc.pid)
+        assert len(kids) == 2, kids
+        try:
+            if how == "sigterm-to-one-child":
+                (one,) = [k for k, cmd in kids if "--process-id 1" in cmd]
+                os.kill(one, signal.SIGTERM)
+            else:
+                os.killpg(d.proc.pid, signal.SIGINT)
+            assert d.proc.wait(timeout=30) == 0
+        finally:  # a hung cluster's children outlive the parent the harness kills
+            for pid, _ in kids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert "Traceback" not in d.logs() and "KeyboardInterrupt" not in d.logs()
 
 
 def test_two_process_daemon_answers_for_every_order(tmp_path: Path) -> None:
