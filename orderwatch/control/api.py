@@ -272,6 +272,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     rt = _ctx(request).runtime
     missing = []
+    if rt.stopping.is_set():  # a load balancer should send no more traffic here
+        missing.append("stopping (SIGTERM or Ctrl-C): finishing the last epoch")
     if not rt.dataflow_running:
         missing.append("dataflow not running")
     if not rt.sources_connected:

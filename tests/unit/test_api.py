@@ -112,6 +112,10 @@ def test_healthz_and_readyz() -> None:
         d.runtime.dataflow_running = d.runtime.sources_connected = True
         r = await client.get("/readyz")
         assert r.status == 200
+        d.runtime.stopping.set()  # stopping: no more traffic, though it still runs
+        r = await client.get("/readyz")
+        assert r.status == 503
+        assert (await r.json())["missing"][0].startswith("stopping")
 
     serve(d.app(), check)
 
