@@ -1,12 +1,16 @@
-"""Drop redelivered events by `event_id` within a horizon of event time.
+"""Drop redelivered events by `event_id` within a horizon of event time (CONTRACT §1).
 
-A duplicate is the same `event_id` for the same order: a redelivery always carries its
-order, and keying by order keeps the result independent of how orders fall on shards.
-Each (order, event_id) is a stable 64-bit hash (xxh3), the same in every process, so
-snapshots restore anywhere. A tracked order keeps its hashes itself, 8 bytes each
-(`event_key`, `seen_in`); this store only holds those of forgotten orders (tombstones), so
-a late redelivery cannot resurrect a finished order, and an order created again by a later
-event takes its forgotten self's keys back (`take`), with them whether it had ended
+A duplicate is the same `event_id` for the same order, within `horizon` of event time of a
+copy that was applied: a redelivery always carries its order, and keying by order keeps the
+result independent of how orders fall on shards. An id seen again later than that is a new
+event (an upstream that reuses ids: a daily counter, a topic created again).
+
+A tracked order's timeline holds its recent ids with their times; the older ones it keeps as
+entries: a stable 64-bit hash of (order, event_id) (xxh3, the same in every process, so
+snapshots restore anywhere), then the event time as 6 bytes of epoch ms (`entry`,
+`seen_in`). This store only holds the entries of forgotten orders (tombstones), so a late
+redelivery cannot resurrect a finished order, and an order created again by a later event
+takes its forgotten self's entries back (`take`), with them whether it had ended
 (`ended_key`).
 
 Tombstones are kept per order in generations of one horizon each, by the order's last event
@@ -20,38 +24,61 @@ from collections.abc import Iterable
 
 from xxhash import xxh3_64_intdigest
 
+ENTRY = 14  # bytes per remembered id: its 8-byte key, then its event time (6 bytes, epoch ms)
+
 
 def event_key(order_id: str, event_id: str) -> bytes:
     """The 8-byte key of one order's event id."""
     return _key(order_id, event_id).to_bytes(8, "little")
 
 
+def entry(key: bytes, ts: int) -> bytes:
+    """An id remembered with its event time (decoded times are positive and under 2⁴⁸)."""
+    return key + ts.to_bytes(6, "little")
+
+
 def ended_key(order_id: str, status: str) -> bytes:
-    """The key an order that ended leaves among its tombstone's: that of a pseudo event id
-    naming the terminal status, so the order created again under its id knows it had ended."""
+    """The key an order that ended leaves among its tombstone's entries (at its last event
+    time): that of a pseudo event id naming the terminal status, so the order created again
+    under its id within the horizon knows it had ended."""
     return event_key(order_id, f"\x00ended:{status}")
 
 
-def ended_in(order_id: str, keys: bytes, statuses: Iterable[str]) -> tuple[str | None, bytes]:
-    """The terminal status an order's forgotten self ended in (`ended_key`), if it left one,
-    and its keys without that one (a later end leaves its own)."""
+def ended_in(
+    order_id: str, entries: bytes, statuses: Iterable[str], ts: int, horizon: int
+) -> tuple[str | None, bytes]:
+    """The terminal status an order's forgotten self ended in (`ended_key`) within `horizon`
+    before `ts`, if it left one, and its entries without any such (a later end leaves its own)."""
+    found: str | None = None
     for status in statuses:
-        at = _find(keys, ended_key(order_id, status))
-        if at >= 0:
-            return status, keys[:at] + keys[at + 8 :]
-    return None, keys
+        key = ended_key(order_id, status)
+        at = _find(entries, key, ts, horizon)
+        if at >= 0 and found is None:
+            found = status
+        while (at := _find(entries, key)) >= 0:  # older ends too: they are done with
+            entries = entries[:at] + entries[at + ENTRY :]
+    return found, entries
 
 
-def seen_in(keys: bytes, key: bytes) -> bool:
-    """Is `key` one of the 8-byte keys packed in `keys`?"""
-    return _find(keys, key) >= 0
+def seen_in(entries: bytes, key: bytes, ts: int, horizon: int) -> bool:
+    """Is `key` (`event_key`) among the `entries`, within `horizon` of event time of `ts`?"""
+    return _find(entries, key, ts, horizon) >= 0
 
 
-def _find(keys: bytes, key: bytes) -> int:
-    i = keys.find(key)
-    while i >= 0 and i % 8:  # a match straddling two keys is not a match
-        i = keys.find(key, i + 1)
-    return i
+def _find(entries: bytes, key: bytes, ts: int | None = None, horizon: int = 0) -> int:
+    """Where the entry of `key` is (within `horizon` of `ts`, if given), else -1."""
+    i = entries.find(key)
+    while i >= 0:
+        if (
+            i % ENTRY == 0
+            and (  # a match straddling two entries is not a match
+                ts is None
+                or abs(ts - int.from_bytes(entries[i + 8 : i + ENTRY], "little")) <= horizon
+            )
+        ):
+            return i
+        i = entries.find(key, i + 1)
+    return -1
 
 
 def _key(order_id: str, event_id: str) -> int:
@@ -63,34 +90,35 @@ def _key(order_id: str, event_id: str) -> int:
 
 
 class Deduper:
-    __slots__ = ("_gens", "_horizon")
+    __slots__ = ("_gens", "horizon")
 
     def __init__(self, horizon_ms: int) -> None:
-        self._horizon = horizon_ms
-        # generation -> forgotten order (`_order_key`) -> its packed 8-byte event keys
+        self.horizon = horizon_ms
+        # generation -> forgotten order (`_order_key`) -> its packed entries
         self._gens: dict[int, dict[int, bytes]] = {}
 
     def seen_key(self, order_id: str, key: bytes, ts: int) -> bool:
-        """Is `key` (`event_key`) among those a forgotten `order_id` left, around `ts`?"""
+        """Is `key` (`event_key`) among those a forgotten `order_id` left, within the horizon
+        of `ts`? (Every generation is looked in: a late redelivery's order may have been
+        filed under a much later last event; only two or three are ever kept.)"""
         if not self._gens:
             return False
         order = _order_key(order_id)
-        g = ts // self._horizon
-        for x in (g, g - 1, g + 1):
-            keys = self._gens.get(x, {}).get(order)
-            if keys is not None and seen_in(keys, key):
+        for gen in self._gens.values():
+            entries = gen.get(order)
+            if entries is not None and seen_in(entries, key, ts, self.horizon):
                 return True
         return False
 
-    def remember(self, order_id: str, keys: bytes, ts: int) -> None:
-        """Keep a forgotten order's packed keys for at least a horizon after `ts`."""
-        gen = self._gens.setdefault(ts // self._horizon, {})
+    def remember(self, order_id: str, entries: bytes, ts: int) -> None:
+        """Keep a forgotten order's entries for at least a horizon after `ts`."""
+        gen = self._gens.setdefault(ts // self.horizon, {})
         order = _order_key(order_id)
-        gen[order] = gen.get(order, b"") + keys
+        gen[order] = gen.get(order, b"") + entries
 
     def take(self, order_id: str) -> bytes:
-        """The keys a forgotten `order_id` left, handed to the order created again under its
-        id (which keeps them in its own record from now on)."""
+        """The entries a forgotten `order_id` left, handed to the order created again under
+        its id (which keeps them in its own record from now on)."""
         if not self._gens:
             return b""
         order = _order_key(order_id)
@@ -98,13 +126,13 @@ class Deduper:
 
     def expire(self, watermark: int) -> None:
         """Forget generations that ended more than a horizon before `watermark`."""
-        oldest = watermark // self._horizon - 1
+        oldest = watermark // self.horizon - 1
         for g in [g for g in self._gens if g < oldest]:
             del self._gens[g]
 
     def __len__(self) -> int:
-        """Keys held."""
-        return sum(len(keys) // 8 for gen in self._gens.values() for keys in gen.values())
+        """Entries held."""
+        return sum(len(e) // ENTRY for gen in self._gens.values() for e in gen.values())
 
 
 def _order_key(order_id: str) -> int:

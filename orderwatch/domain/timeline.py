@@ -92,6 +92,7 @@ class Dropped(NamedTuple):
 
     status: str | None  # the order status it set (an order event), else None
     event_id: str | None
+    ts: int
 
 
 def append(blob: bytes, count: int, record: bytes, keep: int) -> tuple[bytes, int, Dropped | None]:
@@ -107,11 +108,12 @@ def append(blob: bytes, count: int, record: bytes, keep: int) -> tuple[bytes, in
     # msgspec writes every value in its shortest form, so the head re-encodes to its size
     status = _word(head[1], head[2]) if head[1] == 0 else None
     event_id = head[_EVENT_ID] if len(head) > _EVENT_ID else None
-    return blob[len(_encode(head)) :], count - 1, Dropped(status, event_id)
+    return blob[len(_encode(head)) :], count - 1, Dropped(status, event_id, head[0])
 
 
-def holds_event(blob: bytes, count: int, event_id: str) -> bool:
-    """Does one of the records carry `event_id`? (A byte search first: most events are new.)"""
+def holds_event(blob: bytes, count: int, event_id: str, ts: int, horizon: int) -> bool:
+    """Does a record within `horizon` of event time of `ts` carry `event_id`? (A byte search
+    first: most events are new.)"""
     try:
         # msgpack keeps a str as its UTF-8 bytes. find(), not `in`: bytes.__contains__ first
         # tries its operand as an int and builds a TypeError to discard (~1,800 instructions)
@@ -119,13 +121,17 @@ def holds_event(blob: bytes, count: int, event_id: str) -> bool:
             return False
     except UnicodeEncodeError:
         pass
-    return event_id in event_ids(blob, count)
+    return any(e == event_id and abs(ts - t) <= horizon for t, e in event_ids(blob, count))
 
 
-def event_ids(blob: bytes, count: int) -> list[str]:
-    """The event ids the records carry."""
+def event_ids(blob: bytes, count: int) -> list[tuple[int, str]]:
+    """`(ts, event_id)` of each record that carries an event id."""
     rows = _rows(blob, count)
-    return [row[_EVENT_ID] for row in rows if len(row) > _EVENT_ID and row[_EVENT_ID] is not None]
+    return [
+        (row[0], row[_EVENT_ID])
+        for row in rows
+        if len(row) > _EVENT_ID and row[_EVENT_ID] is not None
+    ]
 
 
 def renote(blob: bytes, record: bytes, ts: int, ev: Any, note: str) -> bytes:

@@ -27,7 +27,7 @@ from typing import Any
 from orderwatch.domain import timeline, wording
 from orderwatch.domain.alert import FIRING, RESOLUTION, UNCONFIRMED, AlertChange
 from orderwatch.domain.deadlines import FarDeadlines
-from orderwatch.domain.dedup import Deduper, ended_in, ended_key, event_key, seen_in
+from orderwatch.domain.dedup import Deduper, ended_in, ended_key, entry, event_key, seen_in
 from orderwatch.domain.lifecycle import (
     CLOSING,
     CREATED,
@@ -671,10 +671,10 @@ class ShardTracker:
         self._slots[rec.slot] = None
         self._free.append(rec.slot)
         keys = rec.eids + b"".join(
-            event_key(oid, e) for e in timeline.event_ids(rec.log, rec.log_n)
+            entry(event_key(oid, e), t) for t, e in timeline.event_ids(rec.log, rec.log_n)
         )
         if rec.status in TERMINAL:
-            keys += ended_key(oid, rec.status)
+            keys += entry(ended_key(oid, rec.status), rec.seen)
         if keys:
             self._dedup.remember(oid, keys, rec.seen)
         self.stats.status_counts[rec.status or "unknown"] -= 1
@@ -744,8 +744,8 @@ class ShardTracker:
         eid = ev.event_id
         if eid is not None and (
             (  # seen before? The timeline holds the recent ids, `eids` the hashes of older ones
-                timeline.holds_event(rec.log, rec.log_n, eid)
-                or (rec.eids and seen_in(rec.eids, event_key(oid, eid)))
+                timeline.holds_event(rec.log, rec.log_n, eid, ts, self._dedup.horizon)
+                or (rec.eids and seen_in(rec.eids, event_key(oid, eid), ts, self._dedup.horizon))
             )
             if rec is not None
             else self._dedup.seen_key(oid, event_key(oid, eid), ts)
@@ -765,7 +765,11 @@ class ShardTracker:
             rec.eids = self._dedup.take(oid)  # ids its forgotten self left, if it was one
             if self._pack_after:
                 self._unpacked.add(oid)
-            ended, rec.eids = ended_in(oid, rec.eids, TERMINAL) if rec.eids else (None, b"")
+            ended, rec.eids = (
+                ended_in(oid, rec.eids, TERMINAL, ts, self._dedup.horizon)
+                if rec.eids
+                else (None, b"")
+            )
             if ended is not None:
                 self._after_end(rec, ended)
             self.stats.status_counts[ended or "unknown"] += 1
@@ -786,7 +790,7 @@ class ShardTracker:
                 if dropped.status is not None:
                     rec.log_status = dropped.status
                 if dropped.event_id is not None:  # its id now only lives on as a hash
-                    rec.eids += event_key(oid, dropped.event_id)
+                    rec.eids += entry(event_key(oid, dropped.event_id), dropped.ts)
         note = self._handlers[type(ev)](oid, rec, ev, ts, out)
         if self._settled is not None and ts <= self._settled:
             note = f"{note}; late" if note else "late"

@@ -25,7 +25,7 @@ from orderwatch.config import Config
 from orderwatch.domain.rules import GAP_RULES
 
 #: Bump whenever the pickled shard state changes shape (e.g. `OrderRec` fields).
-STATE_FORMAT = 19
+STATE_FORMAT = 20
 _LEN = struct.Struct(">H")
 _MAGIC = b"OWS"
 #: bytewax 0.21 keeps snapshots in `<dir>/part-*.sqlite3`, table `snaps`, keyed by step id.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from orderwatch.config import ConfigError, load_config, validate_config
 from orderwatch.connectors.raw import RawChunk
-from orderwatch.domain.dedup import Deduper, event_key
+from orderwatch.domain.dedup import Deduper, entry, event_key
 from orderwatch.domain.lifecycle import STATUSES, TERMINAL, StateMachine
 from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
@@ -207,12 +208,13 @@ def test_late_events_are_counted_by_their_arrival_whatever_the_chunks(chunk: int
 
 
 def test_tombstones_are_per_order_and_kept_for_a_horizon() -> None:
-    """A forgotten order's ids catch its redeliveries around their time, not another order
-    reusing an id, and go once the watermark is a horizon past their generation."""
+    """A forgotten order's ids catch its redeliveries within a horizon of their time, not
+    another order reusing an id, and go once the watermark is a horizon past their generation."""
     d = Deduper(horizon_ms=HOUR)
-    d.remember("A", event_key("A", "e1") + event_key("A", "e2"), 10)
+    d.remember("A", entry(event_key("A", "e1"), 10) + entry(event_key("A", "e2"), 10), 10)
     assert d.seen_key("A", event_key("A", "e2"), 10)
-    assert d.seen_key("A", event_key("A", "e1"), HOUR + 5 * MIN)  # restamped, next generation
+    assert d.seen_key("A", event_key("A", "e1"), HOUR + 10)  # restamped, still within
+    assert not d.seen_key("A", event_key("A", "e1"), HOUR + 11)  # a horizon later: new
     assert not d.seen_key("A", event_key("A", "e3"), 10)
     assert not d.seen_key("B", event_key("B", "e1"), 10)
     d.expire(HOUR + 20)
@@ -223,10 +225,29 @@ def test_tombstones_are_per_order_and_kept_for_a_horizon() -> None:
 
 def test_an_order_created_again_takes_its_tombstones_back() -> None:
     d = Deduper(horizon_ms=HOUR)
-    d.remember("A", event_key("A", "e1"), 10)
-    d.remember("B", event_key("B", "e1"), 10)
-    assert d.take("A") == event_key("A", "e1")
+    d.remember("A", entry(event_key("A", "e1"), 10), 10)
+    d.remember("B", entry(event_key("B", "e1"), 10), 10)
+    assert d.take("A") == entry(event_key("A", "e1"), 10)
     assert d.take("A") == b"" and len(d) == 1
+
+
+@pytest.mark.parametrize("kept", ["in the timeline", "as an entry"])
+def test_an_event_id_seen_again_after_the_horizon_is_a_new_event(kept: str) -> None:
+    """CONTRACT §1: a duplicate is an id already seen *within the dedup horizon*. A tracked
+    order kept every id it had seen for good: an upstream reusing ids (a daily counter) lost
+    a status change, silently. Here `paid` reuses `created`'s id three hours later."""
+    rules = {"stuck": [{"name": "paid_30m", "statuses": ["paid"], "max_dwell": "30m"}]}
+    engine: dict[str, Any] = {"dedup_horizon": "1h"}
+    if kept == "as an entry":
+        engine["timeline_events"] = 1  # the timeline keeps only the newest event
+    cfg = config(rules, engine=engine)
+    first = [order(0, "D1", "created", event_id="7"), order(MIN, "D1", "created", event_id="8")]
+    again = order(3 * HOUR, "D1", "paid", event_id="7")
+    redelivered = order(3 * HOUR + MIN, "D1", "created", event_id="7")  # within: a copy
+    tracker = ShardTracker(RuleSet.from_config(cfg))
+    out = track([*first, again, redelivered, order(5 * HOUR, "Z", "created")], cfg, tracker=tracker)
+    assert summary(out) == [("firing", "paid_30m", "D1", 3 * HOUR + 30 * MIN, None)]
+    assert tracker.stats.duplicates == 1
 
 
 def test_redelivered_event_changes_nothing() -> None:
@@ -404,14 +425,15 @@ def test_replay_summary_round_trips_through_json() -> None:
 
 
 def test_packed_key_lookup_ignores_matches_across_two_keys() -> None:
-    """Keys are compared on 8-byte boundaries only."""
-    from orderwatch.domain.dedup import event_key, seen_in
+    """Entries are compared on their own boundaries only, and by their time."""
+    from orderwatch.domain.dedup import seen_in
 
     a, b = event_key("A", "e1"), event_key("A", "e2")
-    packed = a + b
-    assert seen_in(packed, a) and seen_in(packed, b)
-    assert not seen_in(packed, a[4:] + b[:4])
-    assert not seen_in(packed, event_key("B", "e1"))
+    packed = entry(a, 1_000) + entry(b, 2_000)
+    assert seen_in(packed, a, 1_000, 0) and seen_in(packed, b, 1_500, 500)
+    assert not seen_in(packed, b, 1_499, 500)
+    assert not seen_in(packed, packed[10:18], 1_000, 10**9)  # straddles two entries
+    assert not seen_in(packed, event_key("B", "e1"), 1_000, 10**9)
 
 
 def test_redelivery_after_the_order_was_forgotten_is_still_dropped() -> None:

@@ -280,7 +280,7 @@ def test_settled_cases_agree(case: str) -> None:
 @given(lines=adversarial_streams())
 def test_plain_script_equals_orderwatch_on_adversarial_streams(lines: list[bytes]) -> None:
     """Any event in any order about three orders, on the rule boundaries: the same alerts.
-    (Ids are kept longer than the stream spans: the script forgets an id a horizon after its
-    first use, orderwatch only once the order is forgotten too.)"""
-    cfg = {**RAW_CFG, "engine": {"terminal_retention": "30m", "dedup_horizon": "30d"}}
+    The dedup horizon (2 h, a step of the streams) is shorter than they span, so ids are
+    seen again both within it (copies) and beyond it (new events), live and forgotten."""
+    cfg = {**RAW_CFG, "engine": {"terminal_retention": "30m", "dedup_horizon": "2h"}}
     assert comparable(run(lines, cfg)) == orderwatch_routed(cfg, lines)

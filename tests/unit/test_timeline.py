@@ -73,7 +73,7 @@ def test_only_the_last_events_are_kept_and_the_status_before_them_is_known(keep:
     assert count == len(got) == keep
     assert [e.event_id for e in got] == [ev.event_id for _, ev in kept]
     assert gone == [ev.event_id for _, ev in events[:-keep]]
-    assert timeline.event_ids(blob, count) == [ev.event_id for _, ev in kept]
+    assert timeline.event_ids(blob, count) == [(ts, ev.event_id) for ts, ev in kept]
     assert [e.ident for e in got] == [ev.tracking_no for _, ev in kept]
     assert before == statuses[-keep - 1]
 
@@ -106,10 +106,12 @@ def test_holds_event_matches_whole_ids_only() -> None:
         (T0 + 2, LogisticsEvent(T0 + 2, "A", "collected", "SF1", "SF")),  # no event_id
     ]
     blob, count, _ = _fill(events, keep=20)
-    assert timeline.holds_event(blob, count, "e10-x")
-    assert timeline.holds_event(blob, count, "pay-7")
-    assert not timeline.holds_event(blob, count, "")
+    day = 86_400_000
+    assert timeline.holds_event(blob, count, "e10-x", T0, day)
+    assert timeline.holds_event(blob, count, "pay-7", T0 + day + 1, day)  # within: a copy
+    assert not timeline.holds_event(blob, count, "pay-7", T0 + day + 2, day)  # beyond: new
+    assert not timeline.holds_event(blob, count, "", T0, day)
     empty = [*events, (T0 + 3, OrderEvent(T0 + 3, "A", "paid", ""))]  # an empty id is an id
-    assert timeline.holds_event(*_fill(empty, keep=20)[:2], "")
+    assert timeline.holds_event(*_fill(empty, keep=20)[:2], "", T0, day)
     for other in ("e1", "e10", "e2", "pay-", "SF1", "订单-1"):
-        assert not timeline.holds_event(blob, count, other), other
+        assert not timeline.holds_event(blob, count, other, T0, day), other
