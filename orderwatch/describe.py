@@ -114,6 +114,6 @@ def describe(cfg: Config) -> str:
         f"  routing: group by {','.join(rt.group_by)}, wait {fmt(rt.group_wait)}, "
         f"interval {fmt(rt.group_interval)}, repeat {fmt(rt.repeat_interval)}"
     )
-    token = f"${cfg.http.token_env}" if cfg.http.token_env else str(cfg.http.token_file)
+    token = str(cfg.http.token_file) if cfg.http.token_file else f"${cfg.http.token_env}"
     lines.append(f"  http token (for the switch API) from {token}")
     return "\n".join(lines)

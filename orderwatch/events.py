@@ -95,11 +95,15 @@ class LogisticsEvent(Struct, tag_field="type", tag=LOGISTICS, gc=False):
     source: str | None = None
 
 
+MAX_LATENCY_MS = 86_400_000
+
+
 class AccessLogEvent(Struct, tag_field="type", tag=ACCESS_LOG, gc=False):
     ts: Ts
     route: Annotated[str, Meta(min_length=1, max_length=512)]
     status: Annotated[int, Meta(ge=100, le=599)]
-    latency_ms: Annotated[float, Meta(ge=0)]
+    # A day bounds it: a value like 1e300 went into the latency histogram's sum for good
+    latency_ms: Annotated[float, Meta(ge=0, le=MAX_LATENCY_MS)]
     method: str | None = None
     service: str | None = None
     event_id: str | None = None

@@ -481,3 +481,12 @@ def test_a_stuck_rule_may_not_take_a_gap_rule_s_name() -> None:
     stuck = [{"name": "paid_without_wms", "statuses": ["paid"], "max_dwell": "1h"}]
     (line,) = errors_of({"rules": {"stuck": stuck}})
     assert line.startswith("rules.stuck[0].name: 'paid_without_wms' is a gap rule's name")
+
+
+def test_check_config_names_the_token_file_when_one_is_set() -> None:
+    """`http.token_file` set: the description said the token came from $ORDERWATCH_TOKEN."""
+    from orderwatch.describe import describe
+
+    assert "http token (for the switch API) from $ORDERWATCH_TOKEN" in describe(validate_config({}))
+    cfg = validate_config({"http": {"token_file": "/run/secrets/ow-token"}})
+    assert "http token (for the switch API) from /run/secrets/ow-token" in describe(cfg)

@@ -111,6 +111,11 @@ def test_epoch_seconds_are_rejected_with_a_hint() -> None:
         (b'{"type":"order","ts":1794326400000,"order_id":"\xff\xfe","status":"paid"}', "encoding"),
         (b'\xff{"type":"order","ts":1794326400000,"order_id":"A","status":"paid"}', "encoding"),
         (b'{"type":5,"ts":1794326400000,"order_id":"A","status":"paid"}', "invalid_field"),
+        (
+            b'{"type":"access_log","ts":1794326400000,"route":"/p","status":200,'
+            b'"latency_ms":1e300}',
+            "invalid_field",
+        ),
     ],
 )
 def test_bad_input_gets_a_bounded_reason(raw: bytes, why: str) -> None:
