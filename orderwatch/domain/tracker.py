@@ -743,7 +743,7 @@ class ShardTracker:
             self._busy.add(oid)
         eid = ev.event_id
         if eid is not None and (
-            (  # seen before? The timeline holds the recent ids, `eids` the hashes of older ones
+            (  # seen within the horizon? The timeline holds the recent ids, `eids` older ones
                 timeline.holds_event(rec.log, rec.log_n, eid, ts, self._dedup.horizon)
                 or (rec.eids and seen_in(rec.eids, event_key(oid, eid), ts, self._dedup.horizon))
             )
@@ -789,7 +789,7 @@ class ShardTracker:
             if dropped is not None:
                 if dropped.status is not None:
                     rec.log_status = dropped.status
-                if dropped.event_id is not None:  # its id now only lives on as a hash
+                if dropped.event_id is not None:  # its id now only lives on as an entry
                     rec.eids += entry(event_key(oid, dropped.event_id), dropped.ts)
         note = self._handlers[type(ev)](oid, rec, ev, ts, out)
         if self._settled is not None and ts <= self._settled:
