@@ -37,6 +37,12 @@ def entry(key: bytes, ts: int) -> bytes:
     return key + ts.to_bytes(6, "little")
 
 
+def event_entry(order_id: str, event_id: str, ts: int) -> bytes:
+    """`entry(event_key(order_id, event_id), ts)` in one step (every id of every forgotten
+    order goes through it)."""
+    return ((ts << 64) | _key(order_id, event_id)).to_bytes(ENTRY, "little")
+
+
 def ended_key(order_id: str, status: str) -> bytes:
     """The key an order that ended leaves among its tombstone's entries (at its last event
     time): that of a pseudo event id naming the terminal status, so the order created again

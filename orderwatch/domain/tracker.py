@@ -27,7 +27,15 @@ from typing import Any
 from orderwatch.domain import timeline, wording
 from orderwatch.domain.alert import FIRING, RESOLUTION, UNCONFIRMED, AlertChange
 from orderwatch.domain.deadlines import FarDeadlines
-from orderwatch.domain.dedup import Deduper, ended_in, ended_key, entry, event_key, seen_in
+from orderwatch.domain.dedup import (
+    Deduper,
+    ended_in,
+    ended_key,
+    entry,
+    event_entry,
+    event_key,
+    seen_in,
+)
 from orderwatch.domain.lifecycle import (
     CLOSING,
     CREATED,
@@ -671,7 +679,7 @@ class ShardTracker:
         self._slots[rec.slot] = None
         self._free.append(rec.slot)
         keys = rec.eids + b"".join(
-            entry(event_key(oid, e), t) for t, e in timeline.event_ids(rec.log, rec.log_n)
+            event_entry(oid, e, t) for t, e in timeline.event_ids(rec.log, rec.log_n)
         )
         if rec.status in TERMINAL:
             keys += entry(ended_key(oid, rec.status), rec.seen)
@@ -790,7 +798,7 @@ class ShardTracker:
                 if dropped.status is not None:
                     rec.log_status = dropped.status
                 if dropped.event_id is not None:  # its id now only lives on as an entry
-                    rec.eids += entry(event_key(oid, dropped.event_id), dropped.ts)
+                    rec.eids += event_entry(oid, dropped.event_id, dropped.ts)
         note = self._handlers[type(ev)](oid, rec, ev, ts, out)
         if self._settled is not None and ts <= self._settled:
             note = f"{note}; late" if note else "late"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from orderwatch.config import ConfigError, load_config, validate_config
 from orderwatch.connectors.raw import RawChunk
-from orderwatch.domain.dedup import Deduper, entry, event_key
+from orderwatch.domain.dedup import Deduper, entry, event_entry, event_key
 from orderwatch.domain.lifecycle import STATUSES, TERMINAL, StateMachine
 from orderwatch.domain.rules import RuleSet
 from orderwatch.domain.tracker import ShardTracker
@@ -430,6 +430,7 @@ def test_packed_key_lookup_ignores_matches_across_two_keys() -> None:
 
     a, b = event_key("A", "e1"), event_key("A", "e2")
     packed = entry(a, 1_000) + entry(b, 2_000)
+    assert packed == event_entry("A", "e1", 1_000) + event_entry("A", "e2", 2_000)
     assert seen_in(packed, a, 1_000, 0) and seen_in(packed, b, 1_500, 500)
     assert not seen_in(packed, b, 1_499, 500)
     assert not seen_in(packed, packed[10:18], 1_000, 10**9)  # straddles two entries
