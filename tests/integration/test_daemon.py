@@ -493,6 +493,9 @@ def test_a_stop_request_stops_a_local_cluster_cleanly(tmp_path: Path, how: str) 
         wait_for(lambda: len(firing_rules(d)) == 12, 40, "the cluster running")
         kids = _children(d.proc.pid)
         assert len(kids) == 2, kids
+        # process 1 ready too (its signal handlers are in place by then): it serves port + 1
+        peer = f"http://127.0.0.1:{d.port + 1}/readyz"
+        wait_for(lambda: http_get(peer)[0] == 200, 30, "process 1 ready")
         try:
             if how == "sigterm-to-one-child":
                 (one,) = [k for k, cmd in kids if "--process-id 1" in cmd]
