@@ -144,33 +144,37 @@ CLUSTER_PARENT_ENV = "ORDERWATCH_CLUSTER_PARENT"
 
 def _install_signals(runtime: Runtime) -> None:
     parent = os.environ.get(CLUSTER_PARENT_ENV)
-    received: list[str] = []
+    # A handler runs in the main thread between two bytecodes: one that logged waited for the
+    # log's lock (structlog's, not reentrant) when the code it interrupted held it, for ever (a
+    # cluster child never stopped). Handlers only set the stop and leave a note, on a queue
+    # made to be put to from a handler; a thread logs the notes.
+    notes: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        # Nothing here takes a lock: a handler runs in the main thread between two bytecodes,
-        # and one that logged could wait for the log's lock held by the code it interrupted
-        # (a cluster child then never stopped). A thread says "stopping" instead.
         if runtime.stopping.is_set():
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C: abort now
             return  # a SIGTERM again (the cluster's parent passing on this one's): stopping
-        received.append(signal.Signals(signum).name)
         runtime.stopping.set()
+        notes.put(("stopping", signal.Signals(signum).name))
         if parent is not None and int(parent) == os.getppid():
             # One process of a local cluster cannot end the dataflow alone: the others' inputs
             # go on, and it waited for them for ever (then a stop of the parent hung too).
             os.kill(os.getppid(), signal.SIGTERM)
 
-    def announce() -> None:
-        runtime.stopping.wait()
-        log.info("stopping", signal=received[0] if received else None)
-
-    threading.Thread(target=announce, name="orderwatch-stop-log", daemon=True).start()
-
     def on_hangup(_signum: int, _frame: Any) -> None:
         # A closed terminal must not end the monitoring; nor does a reload request silently.
-        log.warning("sighup_ignored", note="config reload is not supported: restart to apply")
+        notes.put(("sighup_ignored", "SIGHUP"))
 
+    def log_notes() -> None:
+        while True:
+            event, name = notes.get()
+            if event == "stopping":
+                log.info("stopping", signal=name)
+            else:
+                log.warning(event, note="config reload is not supported: restart to apply")
+
+    threading.Thread(target=log_notes, name="orderwatch-signal-log", daemon=True).start()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
