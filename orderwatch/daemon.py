@@ -9,6 +9,7 @@ Ctrl-C aborts at once.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import os
 import queue
@@ -142,6 +143,24 @@ def build_sources(cfg: Config, runtime: Runtime) -> list[Source[Any]]:
 CLUSTER_PARENT_ENV = "ORDERWATCH_CLUSTER_PARENT"
 
 
+def _stop_with_parent(parent: str | None) -> None:
+    """A local cluster's child asks Linux for a SIGTERM when its parent dies: a parent killed
+    with SIGKILL (or by the OOM killer) left its children running, holding the state lock
+    and their ports, until killed one by one."""
+    if parent is None:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent's death is not noticed
+        return
+    if os.getppid() != int(parent):  # it died before the request: stop now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def _install_signals(runtime: Runtime) -> None:
     parent = os.environ.get(CLUSTER_PARENT_ENV)
     # A handler runs in the main thread between two bytecodes: one that logged waited for the
@@ -178,6 +197,7 @@ def _install_signals(runtime: Runtime) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
+    _stop_with_parent(parent)
 
 
 def _recovery(cfg: Config, state_dir: Path, processes: int) -> RecoveryConfig | None:

@@ -510,6 +510,38 @@ def test_a_stop_request_stops_a_local_cluster_cleanly(tmp_path: Path, how: str) 
     assert "Traceback" not in d.logs() and "KeyboardInterrupt" not in d.logs()
 
 
+def _exited(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def test_a_local_cluster_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """`kill -9` of the parent (or the OOM killer) left its children running, holding the
+    state lock and their ports. They now ask Linux for a SIGTERM when it dies, and stop."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("")
+    cfg = {"sources": [{"kind": "file", "path": str(events), "follow": True}]}
+    with daemon(tmp_path, cfg, args=("--processes", "2"), new_session=True) as d:
+        kids = [pid for pid, _ in _children(d.proc.pid)]
+        assert len(kids) == 2, kids
+        wait_for(lambda: http_get(f"http://127.0.0.1:{d.port + 1}/readyz")[0] == 200, 30, "ready")
+        try:
+            d.proc.kill()
+            d.proc.wait(10)
+
+            def gone() -> bool:  # exited: no /proc entry, or a zombie left for init to reap
+                return all(_exited(pid) for pid in kids)
+
+            wait_for(gone, 30, "the children stopped")
+        finally:
+            for pid in kids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert d.logs().count('"event": "stopping"') == 2  # each stopped as told, not killed
+
+
 def test_two_process_daemon_answers_for_every_order(tmp_path: Path) -> None:
     """`run --processes 2`: process 0 serves all alerts and every order's timeline."""
     events = tmp_path / "events.jsonl"
