@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from orderwatch.connectors.raw import file_source_name
 from orderwatch.domain.lifecycle import STATUSES
 from orderwatch.durations import parse_duration_ms, parse_instant_ms
 from orderwatch.simulate.scenarios import check_name, check_order_total, check_share
@@ -107,6 +108,9 @@ class FileSource(_Model):
         return v
 
 
+SIMULATOR_NAME = "simulator"  # a simulator source's name when its config gives none
+
+
 class SimulatorSource(_Model):
     kind: Literal["simulator"]
     name: str | None = None  # default "simulator"
@@ -132,7 +136,7 @@ class SimulatorSource(_Model):
 
     @property
     def source_name(self) -> str:
-        return self.name or "simulator"
+        return self.name or SIMULATOR_NAME
 
 
 Source = Annotated[KafkaSource | FileSource | SimulatorSource, Field(discriminator="kind")]
@@ -541,9 +545,9 @@ def _duplicate_source_names(data: dict[str, Any]) -> list[str]:
             continue
         name, given = src.get("name"), True
         if name is None and src.get("kind") == "file" and isinstance(src.get("path"), str):
-            name, given = f"file:{Path(src['path']).name}", False
+            name, given = file_source_name(src["path"]), False
         elif name is None and src.get("kind") == "simulator":
-            name, given = "simulator", False
+            name, given = SIMULATOR_NAME, False
         if not isinstance(name, str):
             continue
         if name in seen:

@@ -359,7 +359,7 @@ class OrderwatchCollector(Collector):
         yield self._gauge("orderwatch_alerts_firing", firing)
         yield self._counter("orderwatch_alerts_fired_total", self.store.fired())
         clock = event_clock_ms(self.runtime, self.now)
-        windows = rule_windows(self.runtime, self.rules)
+        windows = rule_windows(self.runtime, rules)
         ages: dict[tuple[str, str], float] = {}
         # rules no longer configured have no clock to measure from
         for (name, rule), window in windows.items():

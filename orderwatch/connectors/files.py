@@ -25,7 +25,7 @@ from typing import BinaryIO
 import structlog
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from orderwatch.connectors.raw import RawChunk
+from orderwatch.connectors.raw import RawChunk, file_source_name
 from orderwatch.runtime import SourceHealth
 
 _READ_SIZE = 1 << 20
@@ -248,7 +248,7 @@ class JsonlSource(FixedPartitionedSource[RawChunk, ResumeState]):
     ) -> None:
         self.path = Path(path)
         self.stop = stop
-        self.name = name or f"file:{self.path.name}"
+        self.name = name or file_source_name(self.path)
         # whether the followed path is usable, as the reader last found it (for /readyz)
         self.health = health if health is not None else SourceHealth(self.name)
         self.follow = follow

@@ -6,7 +6,14 @@ between workers, and decoding happens in one place (`pipelines.route`).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from msgspec import Struct
+
+
+def file_source_name(path: str | Path) -> str:
+    """A file source's name when its config gives none (metrics, dead letters, logs)."""
+    return f"file:{Path(path).name}"
 
 
 class RawChunk(Struct, gc=False):

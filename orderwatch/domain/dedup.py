@@ -7,11 +7,11 @@ event (an upstream that reuses ids: a daily counter, a topic created again).
 
 A tracked order's timeline holds its recent ids with their times; the older ones it keeps as
 entries: a stable 64-bit hash of (order, event_id) (xxh3, the same in every process, so
-snapshots restore anywhere), then the event time as 6 bytes of epoch ms (`entry`,
+snapshots restore anywhere), then the event time as 6 bytes of epoch ms (`event_entry`,
 `seen_in`). This store only holds the entries of forgotten orders (tombstones), so a late
 redelivery cannot resurrect a finished order, and an order created again by a later event
 takes its forgotten self's entries back (`take`), with them whether it had ended
-(`ended_key`).
+(`ended_entry`).
 
 Tombstones are kept per order in generations of one horizon each, by the order's last event
 time, and whole generations are dropped once the watermark is a horizon past them: a
@@ -32,32 +32,30 @@ def event_key(order_id: str, event_id: str) -> bytes:
     return _key(order_id, event_id).to_bytes(8, "little")
 
 
-def entry(key: bytes, ts: int) -> bytes:
-    """An id remembered with its event time (decoded times are positive and under 2⁴⁸)."""
-    return key + ts.to_bytes(6, "little")
-
-
 def event_entry(order_id: str, event_id: str, ts: int) -> bytes:
-    """`entry(event_key(order_id, event_id), ts)` in one step (every id of every forgotten
-    order goes through it)."""
+    """An id remembered with its event time: `event_key`, then `ts` in 6 bytes (decoded times
+    are positive and under 2⁴⁸), built as one int (every id of a forgotten order goes here)."""
     return ((ts << 64) | _key(order_id, event_id)).to_bytes(ENTRY, "little")
 
 
-def ended_key(order_id: str, status: str) -> bytes:
-    """The key an order that ended leaves among its tombstone's entries (at its last event
-    time): that of a pseudo event id naming the terminal status, so the order created again
-    under its id within the horizon knows it had ended."""
-    return event_key(order_id, f"\x00ended:{status}")
+def _ended(status: str) -> str:
+    """The pseudo event id an order that ended leaves among its tombstone's entries (at its
+    last event time), so the order created again under its id within the horizon knows."""
+    return f"\x00ended:{status}"
+
+
+def ended_entry(order_id: str, status: str, ts: int) -> bytes:
+    return event_entry(order_id, _ended(status), ts)
 
 
 def ended_in(
     order_id: str, entries: bytes, statuses: Iterable[str], ts: int, horizon: int
 ) -> tuple[str | None, bytes]:
-    """The terminal status an order's forgotten self ended in (`ended_key`) within `horizon`
+    """The terminal status an order's forgotten self ended in (`ended_entry`) within `horizon`
     before `ts`, if it left one, and its entries without any such (a later end leaves its own)."""
     found: str | None = None
     for status in statuses:
-        key = ended_key(order_id, status)
+        key = event_key(order_id, _ended(status))
         at = _find(entries, key, ts, horizon)
         if at >= 0 and found is None:
             found = status

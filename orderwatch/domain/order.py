@@ -63,7 +63,7 @@ class OrderRec(msgspec.Struct, array_like=True, gc=False):
     wms_at: int | None = None  # first WMS event other than `cancelled`
     closed_at: int | None = None  # cancelled / refunded / closed
     flags: int = 0
-    # the event_ids seen that the timeline no longer holds, with their times (`dedup.entry`;
+    # the event_ids seen that the timeline no longer holds, with their times (`dedup.event_entry`;
     # it keeps the recent ones itself, so most orders need none): redeliveries are dropped
     # by either
     eids: bytes = b""

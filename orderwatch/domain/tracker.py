@@ -29,9 +29,8 @@ from orderwatch.domain.alert import FIRING, RESOLUTION, UNCONFIRMED, AlertChange
 from orderwatch.domain.deadlines import FarDeadlines
 from orderwatch.domain.dedup import (
     Deduper,
+    ended_entry,
     ended_in,
-    ended_key,
-    entry,
     event_entry,
     event_key,
     seen_in,
@@ -682,7 +681,7 @@ class ShardTracker:
             event_entry(oid, e, t) for t, e in timeline.event_ids(rec.log, rec.log_n)
         )
         if rec.status in TERMINAL:
-            keys += entry(ended_key(oid, rec.status), rec.seen)
+            keys += ended_entry(oid, rec.status, rec.seen)
         if keys:
             self._dedup.remember(oid, keys, rec.seen)
         self.stats.status_counts[rec.status or "unknown"] -= 1

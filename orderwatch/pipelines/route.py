@@ -79,13 +79,20 @@ class ShardBatch:
     def __getstate__(self) -> tuple[Any, ...]:
         events = _PACK(self.events)
         return (
-            *(self.key, events, self.max_ts, self.part, self.first, self.next, self.late),
+            self.key,
+            events,
+            self.max_ts,
+            self.part,
+            self.first,
+            self.next,
+            self.late,
             self.written,
         )
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.key, blob, self.max_ts, self.part, self.first, self.next, self.late = state[:7]
-        self.written = state[7]
+        (self.key, blob, self.max_ts, self.part, self.first, self.next, self.late, self.written) = (
+            state
+        )
         self.events = _UNPACK(blob)
         for _, ev in self.events:  # share the few distinct strings again
             if type(ev) is OrderEvent:
