@@ -477,6 +477,10 @@ class Engine:
                 o.wms_cancelled = True
                 self.resolve(o, "wms_without_payment", ts)
         else:
+            if o.wms_cancelled and not o.ever_paid:  # sent out again, unpaid: a new clock
+                o.wms_at = ts
+                o.done.discard("wms_without_payment")
+                self.schedule_gap(o, "wms_without_payment", ts)
             o.wms_cancelled = False
             o.wms_shipped = o.wms_shipped or ev["action"] == "shipped"
             self.clear_pww(o, ts)

@@ -60,7 +60,7 @@ class OrderRec(msgspec.Struct, array_like=True, gc=False):
     pay_nos: tuple[str, ...] = ()
     paid: tuple[Money | None, ...] = ()
     refunded: tuple[str, ...] | None = None  # refunded pay_nos: final, never count again
-    wms_at: int | None = None  # first WMS event other than `cancelled`
+    wms_at: int | None = None  # first WMS event other than `cancelled` (or first since one)
     closed_at: int | None = None  # cancelled / refunded / closed
     flags: int = 0
     # the event_ids seen that the timeline no longer holds, with their times (`dedup.event_entry`;

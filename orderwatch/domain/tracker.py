@@ -1016,7 +1016,14 @@ class ShardTracker:
         if ev.warehouse:
             rec.warehouse = ev.warehouse
         if ev.action != "cancelled":
-            rec.flags &= ~WMS_CANCELLED  # (an outbound again after a cancel)
+            if rec.flags & WMS_CANCELLED and not rec.flags & PAID_ANY:
+                # sent out again after a cancel, still unpaid: a new push, on its own clock
+                rec.wms_at = ts
+                rec.flags &= ~(WMS_CANCELLED | _GAP_DONE[WMS_WITHOUT_PAYMENT])
+                for within, _, wms_clock in self._gap_plan:
+                    if wms_clock:
+                        self._offer(oid, rec, ts + within)
+            rec.flags &= ~WMS_CANCELLED
             if ev.action == "shipped":
                 rec.flags |= WMS_SHIPPED
             if rec.wms_at is None:

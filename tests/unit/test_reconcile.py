@@ -174,9 +174,41 @@ def test_wms_cancel_before_the_deadline_ends_it_where_it_starts() -> None:
 
 
 def test_an_outbound_again_after_a_cancel_fires_and_stays() -> None:
-    """Cancelled, then sent out again before the deadline: the outbound is live after all."""
+    """Cancelled, then sent out again before the deadline: the outbound is live after all, and
+    the new push has its own clock (`within` from the push, not from the cancelled one)."""
     lines = [wms(0, "A"), wms(2 * MIN, "A", "cancelled"), wms(3 * MIN, "A", "picked")]
-    assert gaps(lines, until=HOURS(1)) == [("firing", "wms_without_payment", "A", 10 * MIN, None)]
+    assert gaps(lines, until=HOURS(1)) == [("firing", "wms_without_payment", "A", 13 * MIN, None)]
+
+
+def test_an_outbound_again_after_the_cancel_ended_it_fires_again() -> None:
+    """A cancel ended the alert; the warehouse sends the unpaid goods out again: a new push
+    that stays unpaid fires again, `within` after it."""
+    lines = [
+        wms(0, "A"),
+        wms(20 * MIN, "A", "cancelled"),
+        wms(30 * MIN, "A", "outbound_created"),
+        wms(31 * MIN, "A", "picked"),  # the same push going on: no new clock
+    ]
+    out = track(lines, config(GAPS), until=HOURS(1))
+    assert summary(out) == [
+        ("firing", "wms_without_payment", "A", 10 * MIN, None),
+        ("resolved", "wms_without_payment", "A", 10 * MIN, 20 * MIN),
+        ("firing", "wms_without_payment", "A", 40 * MIN, None),
+    ]
+
+
+def test_an_outbound_again_after_a_cancel_is_no_gap_once_paid() -> None:
+    """Paid after the cancel: the new push has its payment, nothing fires again."""
+    lines = [
+        wms(0, "A"),
+        wms(20 * MIN, "A", "cancelled"),
+        payment(25 * MIN, "A"),
+        wms(30 * MIN, "A", "outbound_created"),
+    ]
+    assert gaps(lines, until=HOURS(1)) == [
+        ("firing", "wms_without_payment", "A", 10 * MIN, None),
+        ("resolved", "wms_without_payment", "A", 10 * MIN, 20 * MIN),
+    ]
 
 
 def test_a_cancel_after_the_wms_shipped_does_not_end_it() -> None:
