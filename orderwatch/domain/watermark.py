@@ -20,6 +20,7 @@ class WatermarkClock:
         "_last_input",
         "_lateness",
         "_stopped_input",
+        "_written",
         "max_ts",
         "value",
     )
@@ -32,6 +33,8 @@ class WatermarkClock:
         # into `_carry`, the quiet time before the restart added to a quiet spell (0: none)
         self._stopped_input: int | None = None
         self._carry = 0
+        # per source: its last write, if its last input read it to its end; None: still reading
+        self._written: dict[str | None, int | None] = {}
         self.max_ts: int | None = None
         self.value: int | None = None
 
@@ -40,30 +43,59 @@ class WatermarkClock:
         """False in a replay: event time only, never the wall clock."""
         return self._idle_after is not None
 
-    def observe(self, max_ts: int | None, wall_ms: int, written_ms: int | None = None) -> None:
-        """Input arrived at `wall_ms`; `max_ts` is the largest event time in it (if any);
-        `written_ms`: when its source was last written, if this input read it to its end.
+    def observe(
+        self,
+        max_ts: int | None,
+        wall_ms: int,
+        written_ms: int | None = None,
+        source: str | None = None,
+    ) -> None:
+        """Input from `source` arrived at `wall_ms`; `max_ts` is the largest event time in it
+        (if any); `written_ms`: when the source was last written, if this input read it to its
+        end.
 
         A backlog read at start (a restart, or a file written before the daemon came up) was
         counted as arriving when it was read: its quiet spell, and every deadline after its
         newest event, came that much late (a file last written 2 h before a restart: alerts
-        2 h late). The source's last write is when the input went quiet.
+        2 h late). The input went quiet at the last write of any of its sources, once every
+        source that has sent input has been read to its end: while one is still reading its
+        backlog (behind in event time, so it moves nothing), its events may yet settle what
+        the others' deadlines would fire.
 
         Only input that moves event time on ends an idle spell. A rejected line, or an event
         behind the newest one, used to restart the idle clock without moving event time: the
         watermark fell back by the whole quiet spell (an hour's quiet and one bad line held
         every deadline an hour more), and such lines trickling in held it still.
         """
+        written = self._written
+        changed = written.get(source) != written_ms  # (a source without writes never changes)
+        written[source] = written_ms
         if max_ts is not None and (self.max_ts is None or max_ts > self.max_ts):
             self.value = self.peek(wall_ms)  # what the quiet spell reached stays reached
             self.max_ts = max_ts
             self._last_input = wall_ms
-            self._carry = 0 if written_ms is None else max(0, wall_ms - written_ms)
+            self._carry = self._quiet_before(wall_ms)
         elif self._last_input is None:
-            self._last_input = wall_ms  # started (or resumed): the idle clock runs from here
-            if self._stopped_input is not None:  # resumed: and from before the restart
+            self.start(wall_ms)
+        elif changed:  # a source behind the others read to its end, or reading again
+            self._carry = self._quiet_before(self._last_input)
+
+    def start(self, wall_ms: int) -> None:
+        """Started (or resumed): the idle clock runs from here, and from before a restart."""
+        if self._last_input is None:
+            self._last_input = wall_ms
+            if self._stopped_input is not None:
                 self._carry = max(0, wall_ms - self._stopped_input)
                 self._stopped_input = None
+
+    def _quiet_before(self, wall_ms: int) -> int:
+        """How long before `wall_ms` every source had been quiet (0 while one still reads)."""
+        last = 0
+        for written in self._written.values():
+            if written is None:
+                return 0
+            last = max(last, written)
+        return max(0, wall_ms - last)
 
     def current(self, wall_ms: int) -> int | None:
         """The watermark now (never moves back)."""
@@ -121,3 +153,4 @@ class WatermarkClock:
     def __setstate__(self, state: tuple[int | None, ...]) -> None:
         self._lateness, self._idle_after, self.max_ts, self.value, stopped = state  # type: ignore[assignment]
         self._last_input, self._stopped_input, self._carry = None, stopped, 0
+        self._written = {}  # the sources say again, as they are read from where they stopped

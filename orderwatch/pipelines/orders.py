@@ -67,7 +67,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, AlertChange, bytes | None]):
         self.key = key
         if key is not None:
             self._register(key)
-        clock.observe(None, now_ms())
+        clock.start(now_ms())
 
     def _register(self, key: str) -> None:
         self.key = key
@@ -92,7 +92,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, AlertChange, bytes | None]):
             if batch.events:
                 marks = late_marks(batch, self.clock.current(wall))
                 out += self.tracker.arrive(batch.events, marks)
-            self.clock.observe(batch.max_ts if batch.max_ts >= 0 else None, wall, batch.written)
+            max_ts = batch.max_ts if batch.max_ts >= 0 else None
+            self.clock.observe(max_ts, wall, batch.written, batch.part)
         return out
 
     def on_notify(self) -> tuple[list[AlertChange], bool]:

@@ -119,6 +119,21 @@ def test_a_backlog_read_at_start_is_quiet_since_its_source_was_last_written() ->
     assert tail.current(101_000) == 1_000_000  # counts from the read, never before it
 
 
+def test_a_backlog_is_quiet_since_the_last_write_once_every_source_is_read() -> None:
+    """Two files: `orders` read to its end (last written 60 s ago) while `payments` still reads
+    an older backlog (behind in event time, so it moves nothing). Counting the quiet spell from
+    the orders' write would fire the deadlines the payments still to come may settle."""
+    c = WatermarkClock(lateness_ms=1_000, idle_after_ms=1_000)
+    c.observe(1_000_000, wall_ms=100_000, source="payments")  # a chunk, not the last
+    c.observe(1_000_500, wall_ms=100_000, written_ms=40_000, source="orders")
+    assert c.current(101_000) == 999_500 + 1_000  # quiet since the read, not since 40_000
+    c.observe(999_000, wall_ms=101_500, written_ms=30_000, source="payments")  # its end
+    assert c.current(102_000) == 999_500 + 2_000 + 60_000  # now quiet since the last write
+    c.observe(998_000, wall_ms=102_000, source="payments")  # appended to: reading again
+    assert c.current(103_000) == 999_500 + 62_000  # what was reached stays reached
+    assert c.current(200_000) == 999_500 + 100_000  # and goes on from the read again
+
+
 def test_wake_before_idle_is_the_idle_moment() -> None:
     """Before the input is idle the shard wakes up when it would become idle."""
     c = WatermarkClock(lateness_ms=0, idle_after_ms=5_000)
@@ -170,6 +185,27 @@ def test_an_idle_live_shard_wakes_when_the_watermark_passes_its_deadline() -> No
     wall[0] = round(at.timestamp() * 1000)
     assert logic.clock.peek(wall[0]) == BASE + 30 * MIN + 1
     (fired,) = logic.on_notify()[0]
+    assert (fired.labels["rule"], fired.starts_at) == ("paid_not_allocated", BASE + 30 * MIN)
+
+
+def test_a_drained_file_waits_for_a_source_still_reading_its_backlog() -> None:
+    """The shard hears which chunk read its file to the end: `orders` (a paid order, written
+    an hour ago) has, `payments` (behind in event time) has not. Its payment may yet come:
+    nothing due after the newest event fires until `payments` is read to its end too."""
+    wall = [BASE + 60 * MIN]
+    logic = ShardLogic(
+        ShardTracker(RuleSet.from_config(config())),
+        WatermarkClock(1_000, 1_000),
+        Runtime(shards=1),
+        lambda: wall[0],
+    )
+    (d,) = decode_all([order(0, "A", "paid")])
+    orders = ShardBatch("s000", [(d.ts_ms, d.event)], d.ts_ms, "orders", 1, 2, written=BASE)
+    assert logic.on_batch([ShardBatch("s000", [], -1, "payments", 1, 2), orders])[0] == []
+    wall[0] += 2_000
+    assert logic.on_notify()[0] == []  # quiet since the read: 1 s past the event
+    done = ShardBatch("s000", [], -1, "payments", 2, 3, written=BASE - MIN)
+    (fired,) = logic.on_batch([done])[0]  # both read: quiet since the newest write, 1 h ago
     assert (fired.labels["rule"], fired.starts_at) == ("paid_not_allocated", BASE + 30 * MIN)
 
 
