@@ -159,15 +159,19 @@ def test_the_process_watermark_moves_on_while_idle_shards_sleep() -> None:
     assert [t.watermark for t in runtime.trackers.values()] == [BASE - 1_000] * 2
 
 
-def _live_shard_with_a_paid_order(wall: list[int]) -> ShardLogic:
-    """A live shard (1 s lateness and idle_after) on the clock `wall`, that took a `paid`
-    order at BASE: paid_not_allocated is due 30 min later."""
-    logic = ShardLogic(
+def _live_shard(wall: list[int]) -> ShardLogic:
+    """A live shard (1 s lateness and idle_after) on the clock `wall`."""
+    return ShardLogic(
         ShardTracker(RuleSet.from_config(config())),
         WatermarkClock(1_000, 1_000),
         Runtime(shards=1),
         lambda: wall[0],
     )
+
+
+def _live_shard_with_a_paid_order(wall: list[int]) -> ShardLogic:
+    """A live shard that took a `paid` order at BASE: paid_not_allocated is due 30 min later."""
+    logic = _live_shard(wall)
     (d,) = decode_all([order(0, "A", "paid")])
     logic.on_batch([ShardBatch("s000", [(d.ts_ms, d.event)], d.ts_ms)])
     return logic
@@ -193,12 +197,7 @@ def test_a_drained_file_waits_for_a_source_still_reading_its_backlog() -> None:
     an hour ago) has, `payments` (behind in event time) has not. Its payment may yet come:
     nothing due after the newest event fires until `payments` is read to its end too."""
     wall = [BASE + 60 * MIN]
-    logic = ShardLogic(
-        ShardTracker(RuleSet.from_config(config())),
-        WatermarkClock(1_000, 1_000),
-        Runtime(shards=1),
-        lambda: wall[0],
-    )
+    logic = _live_shard(wall)
     (d,) = decode_all([order(0, "A", "paid")])
     orders = ShardBatch("s000", [(d.ts_ms, d.event)], d.ts_ms, "orders", 1, 2, written=BASE)
     assert logic.on_batch([ShardBatch("s000", [], -1, "payments", 1, 2), orders])[0] == []
