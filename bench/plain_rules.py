@@ -477,7 +477,8 @@ class Engine:
                 o.wms_cancelled = True
                 self.resolve(o, "wms_without_payment", ts)
         else:
-            if o.wms_cancelled and not o.ever_paid:  # sent out again, unpaid: a new clock
+            if o.wms_cancelled and not o.ever_paid and "wms_without_payment" in o.done:
+                # sent out again, unpaid, after the cancel ended the alert: a new clock
                 o.wms_at = ts
                 o.done.discard("wms_without_payment")
                 self.schedule_gap(o, "wms_without_payment", ts)

@@ -1016,10 +1016,12 @@ class ShardTracker:
         if ev.warehouse:
             rec.warehouse = ev.warehouse
         if ev.action != "cancelled":
-            if rec.flags & WMS_CANCELLED and not rec.flags & PAID_ANY:
-                # sent out again after a cancel, still unpaid: a new push, on its own clock
+            done = _GAP_DONE[WMS_WITHOUT_PAYMENT]
+            if rec.flags & (WMS_CANCELLED | PAID_ANY | done) == WMS_CANCELLED | done:
+                # sent out again, still unpaid, after the cancel had ended the alert: a new
+                # push, on its own clock (before the deadline the first push's clock goes on)
                 rec.wms_at = ts
-                rec.flags &= ~(WMS_CANCELLED | _GAP_DONE[WMS_WITHOUT_PAYMENT])
+                rec.flags &= ~done
                 for within, _, wms_clock in self._gap_plan:
                     if wms_clock:
                         self._offer(oid, rec, ts + within)

@@ -196,7 +196,7 @@ SETTLED: dict[str, tuple[dict[str, Any], list[bytes]]] = {
             wms(MIN, "B", "cancelled"),  # before the deadline: fires and resolves at 10 min
             wms(MIN, "C", "shipped"),
             wms(MIN, "D", "cancelled"),
-            wms(2 * MIN, "D", "picked"),  # out again: fires at 12 min and stays firing
+            wms(2 * MIN, "D", "picked"),  # out again before the deadline: stays firing
             wms(20 * MIN, "A", "cancelled"),  # after the deadline: resolves it
             wms(20 * MIN, "C", "cancelled"),  # the goods left: stays firing
             wms(25 * MIN, "A", "outbound_created"),  # out again, unpaid: fires again at 35 min

@@ -175,9 +175,9 @@ def test_wms_cancel_before_the_deadline_ends_it_where_it_starts() -> None:
 
 def test_an_outbound_again_after_a_cancel_fires_and_stays() -> None:
     """Cancelled, then sent out again before the deadline: the outbound is live after all, and
-    the new push has its own clock (`within` from the push, not from the cancelled one)."""
+    it fires at the first push's deadline, as the contract says."""
     lines = [wms(0, "A"), wms(2 * MIN, "A", "cancelled"), wms(3 * MIN, "A", "picked")]
-    assert gaps(lines, until=HOURS(1)) == [("firing", "wms_without_payment", "A", 13 * MIN, None)]
+    assert gaps(lines, until=HOURS(1)) == [("firing", "wms_without_payment", "A", 10 * MIN, None)]
 
 
 def test_an_outbound_again_after_the_cancel_ended_it_fires_again() -> None:
