@@ -38,7 +38,7 @@ labels and help text, so the code and the documentation cannot drift apart.
 | `orderwatch_status_dwell_seconds` | histogram | status, channel | time spent in a status, observed when the order leaves it |
 | `orderwatch_pay_to_collect_seconds` | histogram | | payment to carrier collection: from the first successful payment callback (or the move to `paid`, if that came first) to the first of `shipped`, `in_transit`, `delivered`, `completed` |
 | `orderwatch_pay_to_collect_within_sla_total` | counter | | pay-to-collect observations within the fulfilment SLA |
-| `orderwatch_pay_to_collect_sla_ratio` | gauge | | share of pay-to-collect observations within the SLA (已揽收达成时效; absent before the first) |
+| `orderwatch_pay_to_collect_sla_ratio` | gauge | | share of pay-to-collect observations within the SLA since the process started (已揽收达成时效; absent before the first; over a window, the query below) |
 | `orderwatch_pay_to_collect_sla_seconds` | gauge | | the fulfilment SLA (`rules.fulfilment_sla`) |
 | `orderwatch_anomalies_total` | counter | kind | one-shot anomalies detected, by kind |
 | `orderwatch_alerts_firing` | gauge | alertname, rule, severity | alerts firing now (one-shot anomalies excluded); every configured stuck and gap rule has its series, 0 when none fires |
@@ -58,7 +58,11 @@ report the rest as `other`; `method` outside the standard HTTP methods is `other
 `order_id` appears only in `orderwatch_stuck_order_age_seconds`, at most
 `metrics.top_stuck` series per stuck rule. Ages use the event-time watermark (the wall
 clock before the first shard reports), so a replay shows the ages the live run would have
-shown. Counters restart at zero with the process, as Prometheus expects.
+shown. Counters restart at zero with the process, as Prometheus expects; a daemon resumed
+with `state.recovery` re-reads the input since its last snapshot (about
+`state.snapshot_interval` of it) and counts those events, and what they detect, again: an
+`increase()` across the restart can be that much high (the alerts themselves are not
+repeated: the alert store absorbs them).
 
 Useful queries:
 
