@@ -88,6 +88,10 @@ class FileSource(_Model):
     format: Literal["jsonl", "nginx"] = "jsonl"
     batch_size: int = Field(default=2000, ge=1, le=100_000)
 
+    @property
+    def source_name(self) -> str:
+        return self.name or file_source_name(self.path)
+
     @field_validator("format")
     @classmethod
     def _nginx_is_access_log(cls, v: str, info: ValidationInfo) -> str:
@@ -401,6 +405,10 @@ class Config(_Model):
     def inputs(self) -> list[Source]:
         """The sources that run: those configured, or else the simulator with its defaults."""
         return list(self.sources) or [SimulatorSource(kind="simulator")]
+
+    def source_names(self) -> list[str]:
+        """The names the sources' input carries (Kafka sources do not run in this build)."""
+        return [s.source_name for s in self.inputs() if not isinstance(s, KafkaSource)]
 
     def simulated(self) -> frozenset[str]:
         """Names of the simulator sources: their clock runs `speed`x ahead of the wall's."""

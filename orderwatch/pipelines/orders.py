@@ -176,6 +176,7 @@ def flow_steps(
     )
     channels = runtime.channel_labels(cfg.metrics)
     idle_after = cfg.idle_after if live else None
+    sources = cfg.source_names()
     settings = state_settings(cfg)
 
     def build_shard(resume: bytes | None) -> ShardLogic:
@@ -187,6 +188,8 @@ def flow_steps(
         else:
             tracker = ShardTracker(rules, ShardStats(channels))
             clock = WatermarkClock(cfg.lateness, idle_after)
+        if live:
+            clock.expect(sources)
         return ShardLogic(tracker, clock, runtime, now_ms, recovery, order, settings, key)
 
     return router, build_shard

@@ -189,6 +189,44 @@ def test_a_file_quiet_before_the_start_is_quiet_since_its_last_write(tmp_path: P
         assert lag < 30, f"the watermark trails the wall clock by {lag:.1f} s (60 s: the bug)"
 
 
+def test_a_backlog_in_several_files_fires_only_what_it_does_not_clear(tmp_path: Path) -> None:
+    """An hour of history in three files, one per event type, read at start (a first start,
+    or a restart without recovery). The payments file, one line an order, raced ahead of the
+    orders file, ten lines an order, through the same hour: the watermark followed it and
+    fired a 漏发 for hundreds of orders whose WMS events were still unread (then resolved
+    them as late). A source still reading its backlog holds the watermark now."""
+    start = _now_ms() - 65 * 60_000
+    lines: dict[str, list[str]] = {"order": [], "payment": [], "wms": []}
+    for i in range(300):
+        t, oid = start + i * 12_000, f"B{i}"
+        lines["order"] += [_line(type="order", ts=t, order_id=oid, status="created")]
+        lines["order"] += [
+            _line(type="order", ts=t + j, order_id=oid, status="paid") for j in range(9)
+        ]
+        lines["payment"].append(
+            _line(type="payment", ts=t, order_id=oid, pay_no=f"P{i}", status="success")
+        )
+        if i != 7:  # the one push that was lost
+            wms = {"type": "wms", "order_id": oid, "action": "outbound_created"}
+            lines["wms"].append(_line(**wms, ts=t + 120_000))
+    sources = []
+    for kind, rows in lines.items():
+        path = tmp_path / f"{kind}.jsonl"
+        path.write_text("".join(rows))
+        sources.append({"kind": "file", "path": str(path), "follow": True, "type": kind})
+        sources[-1]["batch_size"] = 200
+    gap = {"paid_without_wms": {"within": "10m", "severity": "critical"}}
+    cfg = {"sources": sources, "lateness": "60s", "idle_after": "2s", "rules": {"gaps": gap}}
+    with daemon(tmp_path, cfg) as d:
+        total = sum(map(len, lines.values()))
+        wait_for(lambda: _metric(d, "orderwatch_events_total") == total, 60, "the backlog read")
+        wait_for(lambda: firing_rules(d), 30, "the lost push's 漏发")
+        time.sleep(3)  # idle: the watermark is at the wall clock, past every deadline
+        assert firing_rules(d) == {("paid_without_wms", "B7")}
+        assert d.console().count("FIRING") == 1, d.console()[:2000]
+        assert _metric(d, "orderwatch_events_late_total") == 0
+
+
 def test_the_console_line_of_an_alert_names_its_orders_rejected_inputs(tmp_path: Path) -> None:
     """The 漏发 of an order whose WMS event came without a UTC offset: the warehouse did get
     the push, and the console line says where to look instead of reading as a lost push."""

@@ -134,6 +134,31 @@ def test_a_backlog_is_quiet_since_the_last_write_once_every_source_is_read() -> 
     assert c.current(200_000) == 999_500 + 100_000  # and goes on from the read again
 
 
+def test_a_source_reading_its_backlog_holds_the_watermark_until_read_or_silent() -> None:
+    """`payments` raced ahead through the same hour of backlog as `orders`: the watermark is
+    the slower one's newest event, until it is read to its end or falls silent (an unreadable
+    file must not hold every alert back)."""
+    c = WatermarkClock(lateness_ms=1_000, idle_after_ms=5_000)
+    c.expect(["orders", "payments"])
+    c.start(0)
+    c.observe(3_600_000, wall_ms=10, written_ms=0, source="payments")  # read to its end
+    assert c.current(20) is None  # `orders` not heard from yet
+    assert c.wake_at(20, next_due=None) == 5_000  # then it goes on without it
+    c.observe(600_000, wall_ms=30, source="orders")  # a chunk, the backlog goes on
+    assert c.current(40) == 599_000
+    c.observe(1_200_000, wall_ms=50, source="orders")
+    assert c.current(60) == 1_199_000
+    assert c.wake_at(60, next_due=2_000_000) == 5_050  # when `orders` would fall silent
+    assert c.current(5_049) == 1_199_000
+    assert c.current(5_050) == 3_599_000 + 5_040  # silent: idle since the payments' input
+    resumed = WatermarkClock(lateness_ms=1_000, idle_after_ms=5_000)
+    resumed.expect(["orders", "payments"])
+    resumed.start(0)
+    resumed.observe(3_600_000, wall_ms=10, written_ms=0, source="payments")
+    assert resumed.current(4_999) is None
+    assert resumed.current(5_000) == 3_599_000  # `orders` had nothing to read: not waited for
+
+
 def test_wake_before_idle_is_the_idle_moment() -> None:
     """Before the input is idle the shard wakes up when it would become idle."""
     c = WatermarkClock(lateness_ms=0, idle_after_ms=5_000)
