@@ -129,6 +129,7 @@ def build_sources(cfg: Config, runtime: Runtime) -> list[Source[Any]]:
                     fmt=s.format,
                     stop=stop,
                     health=health,
+                    max_line_bytes=cfg.engine.max_event_bytes,
                 )
             )
         elif isinstance(s, SimulatorSource):

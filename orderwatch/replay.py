@@ -173,7 +173,7 @@ def run_here(
         route_cap=LabelCap(cfg.metrics.max_label_values, cfg.metrics.routes),
     )
     tune_gc()
-    source = JsonlSource(events, batch_size=batch_size)
+    source = JsonlSource(events, batch_size=batch_size, max_line_bytes=cfg.engine.max_event_bytes)
     sink = AlertFileSink(alerts_out)
     flow = build_flow(
         cfg, [source], Outputs(sink, DeadLetterSink(dead_letters)), runtime, live=False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from bytewax.inputs import StatefulSourcePartition
@@ -12,6 +13,7 @@ from bytewax.inputs import StatefulSourcePartition
 from orderwatch.connectors import files
 from orderwatch.connectors.files import JsonlSource, ResumeState
 from orderwatch.connectors.raw import RawChunk
+from orderwatch.events import Decoder, Rejected
 from orderwatch.runtime import SourceHealth
 
 Part = StatefulSourcePartition[RawChunk, ResumeState]
@@ -35,6 +37,12 @@ class Tail:
         return [(int(c.position(0)), c.lines) for c in chunks]
 
 
+@pytest.fixture
+def no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renamed file is left as soon as it was read to its end (its writer is done with it)."""
+    monkeypatch.setattr(files, "_ROTATE_GRACE", 0.0)
+
+
 def _append(path: Path, text: str) -> None:
     with path.open("a") as f:
         f.write(text)
@@ -50,6 +58,7 @@ def _stopped_after_two_lines(live: Path) -> ResumeState:
     return state
 
 
+@pytest.mark.usefixtures("no_grace")
 def test_renamed_file_is_read_to_its_end_then_the_new_one_from_its_start(tmp_path: Path) -> None:
     live = tmp_path / "access.log"
     live.write_text("a1\na2\n")
@@ -63,12 +72,13 @@ def test_renamed_file_is_read_to_its_end_then_the_new_one_from_its_start(tmp_pat
     assert tail.read() == [(4, [b"a4-half"])]  # every line of the old file, by its numbering
     assert tail.read() == [(1, [b"b1", b"b2"])]
     state = tail.part.snapshot()
-    assert state == (6, 7, os.stat(live).st_ino, 3)  # the sequence goes on, the line restarts
+    assert state[:4] == (6, 7, os.stat(live).st_ino, 3)  # the sequence goes on, the line restarts
     _append(live, "b3\n")
     assert tail.read() == [(3, [b"b3"])]
     assert Tail(live, state).read() == [(3, [b"b3"])]  # and a resume knows both
 
 
+@pytest.mark.usefixtures("no_grace")
 def test_old_files_unterminated_last_line_is_not_lost(tmp_path: Path) -> None:
     """It goes out as it is (a dead letter if it is not a whole event), not silently dropped."""
     live = tmp_path / "events.jsonl"
@@ -106,12 +116,16 @@ def test_a_quiet_file_is_not_taken_for_a_rotated_one(tmp_path: Path) -> None:
 def test_resume_continues_in_the_same_file(tmp_path: Path) -> None:
     live = tmp_path / "events.jsonl"
     state = _stopped_after_two_lines(live)
-    assert state == (6, 3, os.stat(live).st_ino, 3)  # offset, sequence, inode, line
+    st = os.stat(live)
+    # offset, sequence, inode, line, device, and the fingerprint: length, hash
+    assert state[:6] == (6, 3, st.st_ino, 3, st.st_dev, 6)
     _append(live, "a3\n")
     assert Tail(live, state).read() == [(3, [b"a3"])]
+    assert Tail(live, state[:4]).read() == [(3, [b"a3"])]  # a state from before fingerprints
     assert Tail(live, state[:2]).read() == [(3, [b"a3"])]  # a state from before inodes
 
 
+@pytest.mark.usefixtures("no_grace")
 def test_resume_after_a_rotation_while_stopped_finishes_the_old_file_first(
     tmp_path: Path,
 ) -> None:
@@ -141,6 +155,7 @@ def test_resume_after_a_rotation_reads_the_new_file_when_the_old_one_is_gone(
     assert Tail(live, state[:2]).read() == [(1, [b"c1"])]  # no inode: shorter than the offset
 
 
+@pytest.mark.usefixtures("no_grace")
 def test_a_new_file_that_cannot_be_opened_yet_is_tried_again(tmp_path: Path) -> None:
     """Something else at the path for a moment (here a directory): no crash, no loss."""
     live = tmp_path / "access.log"
@@ -164,6 +179,7 @@ def _followed(tmp_path: Path) -> tuple[Path, Tail, SourceHealth]:
     return live, tail, tail.src.health
 
 
+@pytest.mark.usefixtures("no_grace")
 def test_a_deleted_file_is_reported_gone_until_a_file_at_its_path_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -196,6 +212,7 @@ def test_a_file_moved_away_and_back_is_connected_again(
     assert tail.read() == [] and health.problem is None
 
 
+@pytest.mark.usefixtures("no_grace")
 def test_a_rotation_gap_is_not_reported_as_gone(tmp_path: Path) -> None:
     """Between logrotate's rename and the new file's creation the path is missing for a moment;
     reporting that made /readyz flap to 503 at every rotation a poll happened to fall in."""
@@ -242,3 +259,150 @@ def test_the_chunk_that_reads_a_file_to_its_end_carries_its_last_write(
     assert [len(c.lines) for c in chunks] == [100, 100, 50]
     assert [c.written for c in chunks] == [None, None, an_hour_ago]
     part.close()
+
+
+def test_a_renamed_file_is_read_on_until_its_writer_is_done_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer (nginx, or any logger reopening on logrotate's postrotate signal) goes on
+    writing to the renamed file for a while: its lines, and a line half-written at the rename,
+    were lost or cut when the new file was taken as soon as it appeared. The old file is read
+    on until it has been quiet for the grace, and the new one waits until then."""
+    clock = [1000.0]
+    monkeypatch.setattr(files, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    live, old = tmp_path / "access.log", tmp_path / "access.log.1"
+    live.write_text("a1\n")
+    tail = Tail(live)
+    assert tail.read() == [(1, [b"a1"])]
+    with live.open("a") as writer:  # the writer's handle, held until it reopens its log
+        writer.write("a2-ha")
+        writer.flush()
+        live.rename(old)
+        live.write_text("b1\n")
+        assert tail.read() == []  # the half-written line waits, and so does the new file
+        clock[0] += 1
+        writer.write("lf\na3\n")
+        writer.flush()
+        assert tail.read() == [(2, [b"a2-half", b"a3"])]
+        during = tail.part.snapshot()  # taken during the grace: still the old file
+        assert during[:4] == (len("a1\na2-half\na3\n"), 4, old.stat().st_ino, 4)
+        assert tail.src.bytes_read == during[0]
+        writer.write("a4-cut")  # the writer's last words, never finished
+    assert tail.read() == []  # the old file grew: quiet since now
+    clock[0] += files._ROTATE_GRACE - 0.1
+    assert tail.read() == [] and tail.src.health.problem is None  # quiet, not yet for long
+    clock[0] += 0.2
+    assert tail.read() == [(4, [b"a4-cut"])]  # out as it is, as at the end of any file
+    assert tail.read() == [(1, [b"b1"])]
+    # A restart during the grace finishes the old file (and waits on it) before the new one.
+    resumed = Tail(live, during)
+    assert resumed.read() == []
+    clock[0] += files._ROTATE_GRACE
+    assert resumed.read() == [(4, [b"a4-cut"])]
+    assert resumed.read() == [(1, [b"b1"])]
+
+
+def _moved_away(live: Path, state: ResumeState) -> Path:
+    """`live` rotated while stopped and its old file compressed away: an unrelated file in
+    the folder then gets the freed inode number (ext4 gives them out again soon); here its
+    number is written into the state instead."""
+    live.rename(live.with_suffix(".1"))
+    live.with_suffix(".1").unlink()
+    other = live.parent / "other.log"
+    other.write_text("another program's text log\n" * 4)
+    return other
+
+
+def test_resume_does_not_take_a_file_that_reused_the_old_inode_for_the_old_log(
+    tmp_path: Path,
+) -> None:
+    live = tmp_path / "events.jsonl"
+    state = _stopped_after_two_lines(live)
+    other = _moved_away(live, state)
+    live.write_text("b1\n")
+    reused = (*state[:2], other.stat().st_ino, *state[3:])
+    assert Tail(live, reused).read() == [(1, [b"b1"])]  # not "program's text log" at offset 6
+    # a state from before fingerprints has only the inode to go by
+    assert Tail(live, reused[:4]).read()[0][0] == 3
+
+
+def test_a_file_at_the_path_that_reused_the_old_inode_is_read_from_its_start(
+    tmp_path: Path,
+) -> None:
+    live = tmp_path / "events.jsonl"
+    state = _stopped_after_two_lines(live)
+    live.unlink()
+    live.write_text("b1\nb2\nb3\n")  # longer than the offset, and here with the old inode
+    reused = (*state[:2], live.stat().st_ino, *state[3:])
+    assert Tail(live, reused).read() == [(1, [b"b1", b"b2", b"b3"])]
+
+
+def test_a_file_rewritten_in_place_at_a_larger_size_is_read_from_its_start(
+    tmp_path: Path,
+) -> None:
+    """Same inode, no smaller than what was read: only its first bytes tell."""
+    live = tmp_path / "events.jsonl"
+    live.write_text("a1\na2\n")
+    tail = Tail(live)
+    assert tail.read() == [(1, [b"a1", b"a2"])]
+    assert tail.read() == []
+    live.write_text("b1\nb2\nb3\n")  # O_TRUNC, then written again
+    assert tail.read() == [(1, [b"b1", b"b2", b"b3"])]  # not "b3" as the old file's line 3
+
+
+def test_a_line_over_the_limit_is_cut_and_the_next_one_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer's hole of NUL bytes with no newline (or any very long line) was held whole
+    and scanned again at every read. Only its head is kept; the reader returns to bytewax
+    between reads; the line goes out cut, for the decoder to reject as `oversized` at its
+    position; and the event after it is read as usual."""
+    monkeypatch.setattr(files, "_READ_SIZE", 1000)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"a1\n" + b"\0" * 50_000)
+    src = JsonlSource(path, follow=True, batch_size=100, max_line_bytes=256)
+    part: Part = src.build_part("test", src.name, None)
+    assert [c.lines for c in part.next_batch()] == [[b"a1"]]
+    calls = 0
+    while part.next_awake() is None:  # more to read: called again at once
+        assert part.next_batch() == []
+        calls += 1
+        assert len(part._rest) <= 256 + 4  # type: ignore[attr-defined]
+        assert part.snapshot()[0] == 3  # the cut line is not emitted yet
+    assert calls >= 50_000 // (files._READS_PER_CALL * 1000)  # a few reads a call
+    assert part.next_batch() == [] and part.next_awake() is not None  # the line waits
+    with path.open("ab") as f:
+        f.write(b'\0\0\n{"type":"order"}\n')
+    [chunk] = part.next_batch()
+    cut, after = chunk.lines
+    assert (chunk.position(0), len(cut), after) == ("2", 256 + 4, b'{"type":"order"}')
+    assert part.snapshot()[0] == path.stat().st_size
+    rejected = Decoder(max_bytes=256).decode(cut, src.name, chunk.position(0))
+    assert isinstance(rejected, Rejected) and rejected.reason == "oversized"
+    assert rejected.truncated
+    part.close()
+
+
+@pytest.mark.parametrize("size", [256, 257, 259, 260, 261])
+def test_lines_about_the_limit_are_cut_only_when_the_decoder_would_reject_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """A line read in pieces is joined up to the limit (and a BOM's 3 bytes); one cut is
+    still over the limit for the decoder, with or without a BOM."""
+    monkeypatch.setattr(files, "_READ_SIZE", 7)
+    path = tmp_path / "events.jsonl"
+    line = b"\xef\xbb\xbf" + b"x" * (size - 3)
+    path.write_bytes(line + b"\nz\n" + line)  # the last one without a newline, at the end
+    src = JsonlSource(path, batch_size=100, max_line_bytes=256)
+    part: Part = src.build_part("test", src.name, None)
+    lines: list[bytes] = []
+    with pytest.raises(StopIteration):  # at the end of the file
+        for _ in range(500):
+            lines.extend(ln for c in part.next_batch() for ln in c.lines)
+    assert lines[1] == b"z" and len(lines) == 3
+    for got in (lines[0], lines[2]):
+        assert got == line[: 256 + 4]
+        decoded = Decoder(max_bytes=256).decode(got, src.name, "1")
+        assert isinstance(decoded, Rejected)
+        assert (decoded.reason == "oversized") == (size > 256 + 3)
+    assert part.snapshot()[0] == path.stat().st_size
