@@ -330,6 +330,13 @@ def run_daemon(
         "breakers": len(cfg.breakers),
         "switches": len(cfg.switches),
     }
+    once = [s.source_name for s in cfg.sources if isinstance(s, FileSource) and not s.follow]
+    if once and pid == 0:  # a daemon that ends by itself after a second surprises on-call
+        log.warning(
+            "read once (follow: false): the daemon stops when they are read to their end, and "
+            "fires nothing due after their last event; set follow: true to tail them",
+            sources=once,
+        )
     if any(unbuilt.values()) and pid == 0:  # configured, but this build only validates them
         log.warning(
             "configured but not run by this build: alerts go to the console and GET /v1/alerts",
@@ -386,7 +393,8 @@ def run_daemon(
         if clean and primary:
             store.note_progress(runtime.read_to())
         store.close()
-        log.info("stopped", clean=clean)  # False: the dataflow ended by an error, said after
+        ended = "stop asked" if runtime.stopping.is_set() else "input ended" if clean else "error"
+        log.info("stopped", clean=clean, why=ended)  # an error is said after
     return 0
 
 

@@ -27,6 +27,7 @@ from orderwatch.pipelines.snapshots import SHARD_STEP
 from tests.factories import CONTRACT_RULES
 from tests.integration.harness import (
     daemon,
+    free_port,
     http_get,
     prom_query,
     prometheus,
@@ -469,7 +470,7 @@ def test_sigterm_leaves_a_clean_state_and_a_restart_repeats_nothing(tmp_path: Pa
     ]
     announced = d.console().count("FIRING")
     assert announced >= 10
-    assert '{"clean": true, "event": "stopped"' in d.logs()
+    assert '{"clean": true, "why": "stop asked", "event": "stopped"' in d.logs()
 
     with daemon(tmp_path, cfg, name="second", state=state) as d2:
         # the last run's dead letters are on their orders (indexed at start: the log line below)
@@ -880,3 +881,27 @@ def test_the_demo_keeps_its_alerts_in_memory_so_a_restart_shows_only_its_new_tra
         assert starts and max(starts) < watermark
         assert not (state / DB_NAME).exists()
         assert "configured but not run" not in d.logs()
+
+
+def test_a_file_read_once_says_so_at_start_and_why_it_stopped(tmp_path: Path) -> None:
+    """`follow` defaults to false: `run` reads the file and ends by itself. It used to log only
+    `stopped`, which a crash-looping service cannot tell from a crash."""
+    events = tmp_path / "once.jsonl"
+    events.write_text(_line(type="order", ts=_now_ms(), order_id="O1", status="created"))
+    tailed = tmp_path / "tailed.jsonl"
+    tailed.write_text("")
+    sources = [
+        {"kind": "file", "path": str(events), "name": "orders-once"},
+        {"kind": "file", "path": str(tailed), "follow": True},
+    ]
+    done = run_once(
+        tmp_path, {"sources": sources[:1], "http": {"listen": f"127.0.0.1:{free_port()}"}}
+    )
+    assert done.returncode == 0, done.stderr
+    logs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    (warning,) = [x for x in logs if x["event"].startswith("read once (follow: false)")]
+    assert warning["sources"] == ["orders-once"] and warning["level"] == "warning"
+    assert [x.get("why") for x in logs if x["event"] == "stopped"] == ["input ended"]
+    with daemon(tmp_path, {"sources": sources[1:]}) as d:
+        wait_for(lambda: "started" in d.logs(), 20, "start")
+    assert "read once" not in d.logs()

@@ -182,7 +182,7 @@ def test_a_process_that_cannot_listen_at_its_address_says_so_without_a_traceback
         )
         assert run.returncode == 1
         assert f"process 0 cannot listen at {own} (--addresses): " in run.stderr
-        assert '{"clean": false, "event": "stopped"' in run.stderr
+        assert '{"clean": false, "why": "error", "event": "stopped"' in run.stderr
         assert "Traceback" not in run.stderr
     finally:
         taken.close()
