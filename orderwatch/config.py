@@ -106,7 +106,9 @@ class FileSource(_Model):
         replay, which takes only the rules from it."""
         if info.context and info.context.get("for_run"):
             if not v.exists():
-                raise ValueError(f"file not found: {v.absolute()}")
+                glob = any(c in str(v) for c in "*?[")
+                hint = " (patterns are not expanded: list each file as a source)" if glob else ""
+                raise ValueError(f"file not found: {v.absolute()}{hint}")
             if not v.is_file() or not os.access(v, os.R_OK):
                 raise ValueError(f"not a readable file: {v.absolute()}")
         return v
@@ -547,10 +549,20 @@ def _duplicate_source_names(data: dict[str, Any]) -> list[str]:
             "built-in simulator"
         ]
     seen: dict[str, int] = {}
+    files: dict[str, int] = {}
     errors = []
     for i, src in enumerate(sources if isinstance(sources, list) else []):
         if not isinstance(src, dict):
             continue
+        path = src.get("path")
+        if src.get("kind") == "file" and isinstance(path, str):
+            real = os.path.realpath(path)  # the same file by a link or another spelling
+            if real in files:
+                errors.append(
+                    f"sources[{i}].path: {path!r} is the file sources[{files[real]}] reads; "
+                    "every event in it would be counted twice"
+                )
+            files.setdefault(real, i)
         name, given = src.get("name"), True
         if name is None and src.get("kind") == "file" and isinstance(src.get("path"), str):
             name, given = file_source_name(src["path"]), False

@@ -122,9 +122,31 @@ def test_missing_source_file_is_an_error_when_files_are_checked(
     doc = {"sources": [{"kind": "file", "path": str(tmp_path / "none.jsonl"), "follow": follow}]}
     (line,) = errors_of(doc, for_run=True)
     assert line.startswith("sources[0].path: ") and "file not found" in line
+    assert "patterns are not expanded" not in line
     validate_config(doc)  # a replay only uses the rules: its config may name files elsewhere
     (tmp_path / "none.jsonl").write_text("")
     validate_config(doc, for_run=True)
+
+
+def test_a_glob_is_not_expanded_and_the_error_says_so(tmp_path: Path) -> None:
+    (tmp_path / "a1.jsonl").write_text("")
+    doc = {"sources": [{"kind": "file", "path": str(tmp_path / "a*.jsonl")}]}
+    (line,) = errors_of(doc, for_run=True)
+    assert "file not found" in line and "patterns are not expanded" in line
+
+
+def test_one_file_as_two_sources_is_an_error(tmp_path: Path) -> None:
+    """Under two names, or by a link, one file was read twice: every event counted twice."""
+    (tmp_path / "events.jsonl").write_text("")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "events.jsonl")
+    first = {"kind": "file", "path": str(tmp_path / "events.jsonl"), "name": "a"}
+    for path in (tmp_path / "events.jsonl", tmp_path / "." / "link.jsonl"):
+        doc = {"sources": [first, {"kind": "file", "path": str(path), "name": "b"}]}
+        (line,) = errors_of(doc, for_run=True)
+        assert line.startswith("sources[1].path: ") and "the file sources[0] reads" in line
+    (tmp_path / "other.jsonl").write_text("")
+    other = {"kind": "file", "path": str(tmp_path / "other.jsonl"), "name": "b"}
+    validate_config({"sources": [first, other]}, for_run=True)
 
 
 def test_a_directory_is_not_a_source_file(tmp_path: Path) -> None:
