@@ -112,6 +112,14 @@ class _Move:
     new: BinaryIO | None = None  # the file at the path, once it could be opened
 
 
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError:  # the folder is gone or unreadable: nothing there to finish
+        return []
+
+
 class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
     def __init__(self, src: JsonlSource, resume: ResumeState | None) -> None:
         self._src = src
@@ -168,9 +176,13 @@ class _FilePartition(StatefulSourcePartition[RawChunk, ResumeState]):
         return True
 
     def _find_rotated(self, was: _Identity) -> BinaryIO | None:
-        """The file the snapshot was taken from, renamed beside the path (`access.log.1`)."""
-        folder = self._src.path.parent
-        for entry in os.scandir(folder):
+        """The file the snapshot was taken from, renamed beside the path (`access.log.1`), or
+        beside the file a linked path points to (Kubernetes' `/var/log/containers/*.log` link
+        to the runtime's log, which is rotated where it is)."""
+        path = self._src.path
+        folders = dict.fromkeys((path.parent, Path(os.path.realpath(path)).parent))
+        entries = [e for folder in folders for e in _entries(folder)]
+        for entry in entries:
             try:
                 if not (entry.inode() == was.ino and entry.is_file()):
                     continue

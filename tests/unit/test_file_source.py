@@ -141,6 +141,27 @@ def test_resume_after_a_rotation_while_stopped_finishes_the_old_file_first(
     assert resumed.read() == [(1, [b"b1", b"b2", b"b3"])]
 
 
+@pytest.mark.usefixtures("no_grace")
+def test_resume_finds_the_old_file_beside_the_one_a_linked_path_points_to(
+    tmp_path: Path,
+) -> None:
+    """Kubernetes: the path is a link (`/var/log/containers/app.log`) to the runtime's log,
+    which is rotated in its own folder. The old file is looked for there too."""
+    (tmp_path / "pods").mkdir()
+    (tmp_path / "containers").mkdir()
+    target = tmp_path / "pods" / "0.log"
+    target.write_text("")
+    link = tmp_path / "containers" / "app.log"
+    link.symlink_to(target)
+    state = _stopped_after_two_lines(link)
+    _append(target, "a3\n")
+    target.rename(tmp_path / "pods" / "0.log.1")
+    target.write_text("b1\nb2\nb3\n")
+    resumed = Tail(link, state)
+    assert resumed.read() == [(3, [b"a3"])]
+    assert resumed.read() == [(1, [b"b1", b"b2", b"b3"])]
+
+
 def test_resume_after_a_rotation_reads_the_new_file_when_the_old_one_is_gone(
     tmp_path: Path,
 ) -> None:
