@@ -531,14 +531,15 @@ def _across_keys(data: dict[str, Any], for_run: bool) -> list[str]:
     only when all its items are valid)."""
     return (
         _duplicate_rule_names(data)
-        + _duplicate_source_names(data)
+        + _duplicate_sources(data)
         + _undeclared_switches(data)
         + _unbuilt(data, for_run)
     )
 
 
-def _duplicate_source_names(data: dict[str, Any]) -> list[str]:
-    """An empty `sources` list (it would run the simulator), and two sources of one name.
+def _duplicate_sources(data: dict[str, Any]) -> list[str]:
+    """An empty `sources` list (it would run the simulator), two sources of one name, and one
+    file read as two sources (every event counted twice).
     Metrics, dead letters, logs and recovery offsets know a source by its name; two files
     named alike in different folders (`oms/events.jsonl`, `wms/events.jsonl`) both defaulted
     to `file:events.jsonl` and could not be told apart."""
@@ -554,8 +555,8 @@ def _duplicate_source_names(data: dict[str, Any]) -> list[str]:
     for i, src in enumerate(sources if isinstance(sources, list) else []):
         if not isinstance(src, dict):
             continue
-        path = src.get("path")
-        if src.get("kind") == "file" and isinstance(path, str):
+        path = src.get("path") if src.get("kind") == "file" else None
+        if isinstance(path, str):
             real = os.path.realpath(path)  # the same file by a link or another spelling
             if real in files:
                 errors.append(
@@ -564,8 +565,8 @@ def _duplicate_source_names(data: dict[str, Any]) -> list[str]:
                 )
             files.setdefault(real, i)
         name, given = src.get("name"), True
-        if name is None and src.get("kind") == "file" and isinstance(src.get("path"), str):
-            name, given = file_source_name(src["path"]), False
+        if name is None and isinstance(path, str):
+            name, given = file_source_name(path), False
         elif name is None and src.get("kind") == "simulator":
             name, given = SIMULATOR_NAME, False
         if not isinstance(name, str):

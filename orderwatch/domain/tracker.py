@@ -1020,22 +1020,16 @@ class ShardTracker:
             if rec.flags & (WMS_CANCELLED | PAID_ANY | done) == WMS_CANCELLED | done:
                 # sent out again, still unpaid, after the cancel had ended the alert: a new
                 # push, on its own clock (before the deadline the first push's clock goes on)
-                rec.wms_at = ts
                 rec.flags &= ~done
-                for within, _, wms_clock in self._gap_plan:
-                    if wms_clock:
-                        self._offer(oid, rec, ts + within)
+                self._start_wms_clock(oid, rec, ts)
             rec.flags &= ~WMS_CANCELLED
             if ev.action == "shipped":
                 rec.flags |= WMS_SHIPPED
             if rec.wms_at is None:
-                rec.wms_at = ts
                 self.stats.wms_outbounds[self.stats.channels(rec.channel)] += 1
                 if rec.flags & PAID_ANY:
                     rec.flags |= _GAP_DONE[WMS_WITHOUT_PAYMENT]
-                for within, _, wms_clock in self._gap_plan:
-                    if wms_clock:
-                        self._offer(oid, rec, ts + within)
+                self._start_wms_clock(oid, rec, ts)
             if rec.paid_at is not None:
                 rec.flags |= _GAP_DONE[PAID_WITHOUT_WMS]
             self._resolve(oid, rec, PAID_WITHOUT_WMS, _GAP_FIRING[PAID_WITHOUT_WMS], ts, out)
@@ -1045,6 +1039,13 @@ class ShardTracker:
             self._resolve(oid, rec, WMS_WITHOUT_PAYMENT, _GAP_FIRING[WMS_WITHOUT_PAYMENT], ts, out)
         self._touch(oid, rec, ts, out, was)
         return None
+
+    def _start_wms_clock(self, oid: str, rec: OrderRec, ts: int) -> None:
+        """The outbound at `ts` starts the clock of the rules timed from it."""
+        rec.wms_at = ts
+        for within, _, wms_clock in self._gap_plan:
+            if wms_clock:
+                self._offer(oid, rec, ts + within)
 
     def _on_logistics(
         self, oid: str, rec: OrderRec, ev: LogisticsEvent, ts: int, out: list[AlertChange]

@@ -221,7 +221,7 @@ class WatermarkClock:
         last = self._last_input
         if last is not None:  # still quiet: keep when it went quiet (a first stop's, say)
             last -= self._quiet_carry()
-        elif last is None:
+        else:
             last = self._stopped_input
         return (self._lateness, self._idle_after, self.max_ts, self.value, last)
 
